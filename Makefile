@@ -1,0 +1,31 @@
+# Two entry points: `make demo` and `make test`. Both create .venv when it is missing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= runs/mae-digits
+
+.PHONY: demo test test-slow venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	rm -rf $(DEMO_OUT)
+	$(BIN)/accelerate launch --config_file launch/cpu.yaml pretrain/mae.py --out $(DEMO_OUT)
+	$(BIN)/python probes/knn.py --ckpt $(DEMO_OUT)
+	@echo "Outputs: $(DEMO_OUT)/ (backbone.safetensors, knn.json, pictures_*.png, log.jsonl, checkpoints/)"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+clean:
+	rm -rf runs

@@ -1,0 +1,190 @@
+"""Entry-point configs: nested dataclasses, loaded from YAML and overridden per key on the
+command line (``--train.epochs 10``, ``--train.epochs=10`` or ``train.epochs=10``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value or key a user gave is wrong; the message names it and the fix."""
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _fields(cls) -> dict[str, tuple[Any, Any]]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: (hints[f.name], f) for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"'{key}' must be true or false (got {value!r}).")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"'{key}' must be a number (got {value!r}).")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"'{key}' must be an integer (got {value!r}).")
+    if tp is str:
+        return str(value)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"'{key}' must be a list like [0.9, 0.95] (got {value!r}).")
+        item = args[0] if args else Any
+        out = [_coerce(v, item, key) if item is not Any and item is not Ellipsis else v for v in value]
+        return tuple(out) if origin is tuple else out
+    return value
+
+
+def _apply(cfg, updates: dict, prefix: str = "") -> None:
+    fields = _fields(type(cfg))
+    for name, value in updates.items():
+        key = f"{prefix}{name}"
+        if name not in fields:
+            close = difflib.get_close_matches(name, list(fields), n=1)
+            hint = f" Did you mean '{prefix}{close[0]}'?" if close else f" Known keys: {', '.join(prefix + k for k in fields)}."
+            raise ConfigError(f"Unknown config key '{key}'.{hint}")
+        tp, _ = fields[name]
+        current = getattr(cfg, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"'{key}' is a section; set its keys, e.g. {key}.<name>=<value>.")
+            _apply(current, value, prefix=f"{key}.")
+        else:
+            setattr(cfg, name, _coerce(value, tp, key))
+
+
+def _nest(dotted: str, value: Any) -> dict:
+    out: dict = {}
+    node = out
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def _merge(a: dict, b: dict) -> dict:
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(a.get(k), dict):
+            _merge(a[k], v)
+        else:
+            a[k] = v
+    return a
+
+
+def parse_overrides(argv: list[str]) -> tuple[Optional[str], dict]:
+    """argv -> (path of --config or None, nested dict of overrides). Values are parsed as YAML."""
+    config_path = None
+    overrides: dict = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--"):
+            arg = arg[2:]
+            if "=" in arg:
+                key, raw = arg.split("=", 1)
+            else:
+                key = arg
+                if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                    raw = argv[i + 1]
+                    i += 1
+                else:
+                    raw = "true"  # a bare flag such as --resume
+        elif "=" in arg:
+            key, raw = arg.split("=", 1)
+        else:
+            raise ConfigError(f"Cannot read the argument '{arg}'; write key=value or --key value.")
+        key = key.replace("-", "_")
+        if key == "config":
+            config_path = raw
+        else:
+            try:
+                value = yaml.safe_load(raw) if raw != "" else ""
+            except yaml.YAMLError:
+                value = raw
+            _merge(overrides, _nest(key, value))
+        i += 1
+    return config_path, overrides
+
+
+def load_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"Config file '{p}' does not exist; pass --config with the path of a YAML file.")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Config file '{p}' is not valid YAML ({e.__class__.__name__}); fix its syntax.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file '{p}' must hold a mapping of keys to values.")
+    return data
+
+
+def build_config(cls, argv: Optional[list[str]] = None, presets: Optional[dict[str, dict]] = None):
+    """Defaults of ``cls`` <- preset (if the data source has one) <- --config YAML <- command line."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(help_text(cls, Path(sys.argv[0]).name))
+        raise SystemExit(0)
+    config_path, overrides = parse_overrides(argv)
+    layers = load_yaml(config_path) if config_path else {}
+    _merge(layers, overrides)
+    cfg = cls()
+    data = layers.get("data", getattr(cfg, "data", None))
+    if presets and isinstance(data, str) and data in presets:
+        _apply(cfg, presets[data])
+    _apply(cfg, layers)
+    return cfg
+
+
+def help_text(cls, prog: str) -> str:
+    lines = [f"usage: {prog} [--config FILE.yaml] [--key value | key=value ...]", "", "keys (default):"]
+
+    def walk(obj, prefix=""):
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if dataclasses.is_dataclass(v):
+                walk(v, f"{prefix}{f.name}.")
+            else:
+                lines.append(f"  --{prefix}{f.name} {v!r}")
+
+    walk(cls())
+    return "\n".join(lines)
+
+
+def save_yaml(cfg, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(_plain(to_dict(cfg)), sort_keys=False))
+    tmp.replace(path)
+
+
+def _plain(x):
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x

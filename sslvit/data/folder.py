@@ -1,0 +1,42 @@
+"""Image folders: any tree of images; labels from the first-level sub-folder names when
+every image sits in one (ImageNet layout), else unlabelled (-1)."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from PIL import Image
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+class DataError(ValueError):
+    """The data a user pointed at cannot be used; the message names it and the fix."""
+
+
+def scan_folder(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
+    """-> (image paths sorted, labels, class names). Raises DataError for a missing or empty folder."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"Data folder '{root}' does not exist; pass --data with a folder of images "
+                        "(or 'digits' for the embedded data).")
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
+    if not paths:
+        raise DataError(f"Data folder '{root}' holds no images ({', '.join(IMG_EXTENSIONS)}); "
+                        "point --data at the folder that contains them.")
+    rel_parts = [p.relative_to(root).parts for p in paths]
+    if all(len(parts) >= 2 for parts in rel_parts):
+        classes = sorted({parts[0] for parts in rel_parts})
+        index = {c: i for i, c in enumerate(classes)}
+        return paths, [index[parts[0]] for parts in rel_parts], classes
+    return paths, [-1] * len(paths), []
+
+
+def load_rgb(path: Path) -> Image.Image | None:
+    """The image as RGB, or None (with a warning) when it cannot be decoded."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except Exception as e:  # PIL raises many types for corrupt files
+        warnings.warn(f"Skipping unreadable image '{path}' ({e.__class__.__name__}).", stacklevel=2)
+        return None

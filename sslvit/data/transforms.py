@@ -1,0 +1,37 @@
+"""Image transforms (torchvision.transforms.v2)."""
+from __future__ import annotations
+
+import torch
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _to_normalized_tensor():
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+
+
+def mae_train_transform(img_size: int, scale=(0.2, 1.0)) -> v2.Compose:
+    """MAE pretraining augmentation: RandomResizedCrop(scale 0.2-1, bicubic) + horizontal flip."""
+    return v2.Compose([
+        v2.RandomResizedCrop(img_size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        v2.RandomHorizontalFlip(),
+        *_to_normalized_tensor(),
+    ])
+
+
+def eval_transform(img_size: int) -> v2.Compose:
+    """Resize the short side to img_size / 0.875, centre-crop img_size (the usual 224/256 protocol)."""
+    return v2.Compose([
+        v2.Resize(int(round(img_size / 0.875)), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        v2.CenterCrop(img_size),
+        *_to_normalized_tensor(),
+    ])
+
+
+def denormalize(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) normalized -> [0, 1] for pictures."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x * std + mean).clamp(0, 1)

@@ -1,0 +1,17 @@
+"""What every ``probes/*.py`` script does around its probe: config, clear errors, output."""
+from __future__ import annotations
+
+import sys
+
+from sslvit.config import build_config
+from sslvit.train.entry import USER_ERRORS
+
+
+def main(config_cls, run, fmt) -> None:
+    try:
+        cfg = build_config(config_cls)
+        report = run(cfg)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(fmt(report))

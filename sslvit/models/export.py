@@ -1,0 +1,53 @@
+"""The exported backbone: ``backbone.safetensors`` (timm parameter names) + ``backbone.json``."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from sslvit.models.vit import BackboneConfig, SSLViT, build_backbone, timm_spec
+from sslvit.train.checkpoint import save_safetensors_atomic, write_json_atomic
+
+WEIGHTS = "backbone.safetensors"
+SPEC = "backbone.json"
+
+
+def export_backbone(backbone: SSLViT, cfg: BackboneConfig, out_dir: Path) -> Path:
+    spec = timm_spec(cfg)
+    spec["embed_layer"] = f"{spec['embed_layer'].__module__}.{spec['embed_layer'].__name__}"
+    spec["block_fn"] = getattr(spec["block_fn"], "__name__", str(spec["block_fn"]))
+    write_json_atomic({"backbone": dataclasses.asdict(cfg), "timm": spec}, out_dir / SPEC)
+    state = {k: v for k, v in backbone.state_dict().items() if not k.startswith("head.")}
+    path = out_dir / WEIGHTS
+    save_safetensors_atomic(state, path, metadata={"format": "pt", "producer": "sslvit"})
+    return path
+
+
+def resolve_backbone_path(path: str | Path) -> Path:
+    """A run directory or a ``backbone.safetensors`` path -> the weights file (checked)."""
+    p = Path(path).expanduser()
+    weights = p / WEIGHTS if p.is_dir() else p
+    if not weights.is_file():
+        raise FileNotFoundError(f"No backbone weights at '{weights}'; pass --ckpt with a run directory "
+                                f"or its {WEIGHTS} (a run writes it when it ends).")
+    if not (weights.parent / SPEC).is_file():
+        raise FileNotFoundError(f"'{weights.parent / SPEC}' is missing; it describes the backbone's shape and is "
+                                f"written next to {WEIGHTS}. Copy it along with the weights.")
+    return weights
+
+
+def load_backbone(path: str | Path, **overrides) -> tuple[SSLViT, BackboneConfig]:
+    """Rebuild the exported backbone from a run directory or its ``backbone.safetensors``."""
+    weights = resolve_backbone_path(path)
+    spec = json.loads((weights.parent / SPEC).read_text())
+    cfg = BackboneConfig(**{**spec["backbone"], **overrides})
+    model = build_backbone(cfg)
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"'{weights}' is not a readable safetensors file ({e}); re-export it from its run.") from None
+    model.load_state_dict(state, strict=True)
+    return model, cfg

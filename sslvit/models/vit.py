@@ -1,0 +1,175 @@
+"""The one backbone: timm's VisionTransformer with an hMLP (or linear) patch stem.
+
+``SSLViT`` subclasses timm's ``VisionTransformer`` only to add a forward over a subset of
+patches; every parameter keeps timm's name, so a state dict loads with ``strict=True`` into
+``timm.create_model(**timm_spec(cfg))`` and gives the same features.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from timm.layers import PatchEmbed, resample_abs_pos_embed
+from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
+from timm.models.vision_transformer import Block, ParallelThingsBlock, VisionTransformer
+
+from sslvit.models.hmlp_stem import HMLPStem, hmlp_kernels
+
+# width, depth, heads of the standard ViT sizes
+VIT_SIZES = {
+    "tiny": (192, 12, 3),
+    "small": (384, 12, 6),
+    "base": (768, 12, 12),
+    "large": (1024, 24, 16),
+}
+
+
+@dataclass
+class BackboneConfig:
+    size: str = "small"
+    patch_size: int = 16
+    img_size: int = 224
+    stem: str = "hmlp"  # hmlp | linear
+    pos_embed: str = "sincos"  # sincos (fixed, MAE) | learned
+    depth: Optional[int] = None  # None: the size's standard depth
+    parallel: int = 1  # branches per block; 2 with depth 18 gives ViT-S 18x2
+    init_values: Optional[float] = None  # LayerScale init; None disables it
+    drop_path_rate: float = 0.0
+    dynamic_img_size: bool = False  # interpolate position embeddings for other grids (DINO local crops)
+
+    def validate(self) -> None:
+        if self.size not in VIT_SIZES:
+            raise ValueError(f"model.size '{self.size}' is unknown; use one of {sorted(VIT_SIZES)}.")
+        if self.stem not in ("hmlp", "linear"):
+            raise ValueError(f"model.stem '{self.stem}' is unknown; use 'hmlp' or 'linear'.")
+        if self.pos_embed not in ("sincos", "learned"):
+            raise ValueError(f"model.pos_embed '{self.pos_embed}' is unknown; use 'sincos' or 'learned'.")
+        if self.stem == "hmlp":
+            hmlp_kernels(self.patch_size)
+        if self.img_size % self.patch_size:
+            raise ValueError(f"model.img_size {self.img_size} is not a multiple of model.patch_size "
+                             f"{self.patch_size}; pick sizes that divide.")
+        if self.parallel < 1:
+            raise ValueError(f"model.parallel must be >= 1 (got {self.parallel}).")
+
+
+def timm_spec(cfg: BackboneConfig) -> dict:
+    """Arguments for ``timm.create_model(**spec)`` that build this backbone (no head) in timm."""
+    width, depth, heads = VIT_SIZES[cfg.size]
+    kwargs = dict(
+        model_name=f"vit_{cfg.size}_patch16_224",
+        pretrained=False,
+        num_classes=0,
+        patch_size=cfg.patch_size,
+        img_size=cfg.img_size,
+        embed_dim=width,
+        depth=cfg.depth or depth,
+        num_heads=heads,
+        init_values=cfg.init_values,
+        drop_path_rate=cfg.drop_path_rate,
+        dynamic_img_size=cfg.dynamic_img_size,
+        embed_layer=HMLPStem if cfg.stem == "hmlp" else PatchEmbed,
+        block_fn=Block,
+    )
+    if cfg.parallel > 1:
+        kwargs["block_fn"] = _parallel_block(cfg.parallel)
+    return kwargs
+
+
+def _parallel_block(n: int):
+    if n == 2:
+        return ParallelThingsBlock  # its default num_parallel is 2: keeps the spec plain for timm users
+
+    def block(**kw):
+        return ParallelThingsBlock(num_parallel=n, **kw)
+
+    return block
+
+
+def sincos_pos_embed(grid_size, dim: int, num_prefix_tokens: int = 1) -> torch.Tensor:
+    """Fixed 2-D sin-cos table (1, prefix + h*w, dim); the prefix (cls) rows are zero, as in MAE."""
+    table = build_sincos2d_pos_embed(list(grid_size), dim=dim)  # (h*w, dim), raster order
+    return torch.cat([torch.zeros(num_prefix_tokens, dim), table], 0).unsqueeze(0)
+
+
+class SSLViT(VisionTransformer):
+    """timm ViT plus ``forward_visible`` (the encoder over a subset of patches) and ``patchify``."""
+
+    def __init__(self, *args, fixed_pos_embed: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.reg_token is not None or self.no_embed_class or not self.has_class_token:
+            raise ValueError("SSLViT expects one class token that carries a position embedding.")
+        if fixed_pos_embed:
+            with torch.no_grad():
+                self.pos_embed.copy_(sincos_pos_embed(self.patch_embed.grid_size, self.embed_dim))
+            self.pos_embed.requires_grad_(False)
+
+    @property
+    def patch_size(self) -> int:
+        return self.patch_embed.patch_size[0]
+
+    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, N, C, P, P), patches in the stem's raster order."""
+        B, C, H, W = imgs.shape
+        p = self.patch_size
+        h, w = H // p, W // p
+        x = imgs[:, :, : h * p, : w * p].reshape(B, C, h, p, w, p)
+        return x.permute(0, 2, 4, 1, 3, 5).reshape(B, h * w, C, p, p)
+
+    def embed_patches(self, patches: torch.Tensor) -> torch.Tensor:
+        """(B, M, C, P, P) -> (B, M, D). Exact for both stems: every conv has kernel == stride."""
+        B, M = patches.shape[:2]
+        x = self.patch_embed.proj(patches.flatten(0, 1))  # (B*M, D, 1, 1)
+        return self.patch_embed.norm(x.reshape(B, M, -1))
+
+    def grid_pos_embed(self, grid) -> torch.Tensor:
+        """Position table (1, 1 + h*w, D) for a grid, interpolated when it is not the native one."""
+        if tuple(grid) == tuple(self.patch_embed.grid_size):
+            return self.pos_embed
+        if not self.dynamic_img_size:
+            raise ValueError(f"Image grid {tuple(grid)} differs from the model's {self.patch_embed.grid_size}; "
+                             "build the backbone with dynamic_img_size=True to use other image sizes.")
+        return resample_abs_pos_embed(self.pos_embed, new_size=list(grid), old_size=self.patch_embed.grid_size,
+                                      num_prefix_tokens=self.num_prefix_tokens)
+
+    def forward_visible(self, imgs: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+        """Encode only the patches ``ids_keep`` (B, K) of ``imgs`` (B, C, H, W) -> (B, 1 + K, D).
+
+        Stem, position embedding and blocks all run on the K visible patches; the result
+        equals the full forward restricted to those patches plus the cls token, with the
+        masked patches absent from attention (MAE's encoder).
+        """
+        B = imgs.shape[0]
+        p = self.patch_size
+        grid = (imgs.shape[2] // p, imgs.shape[3] // p)
+        patches = self.patchify(imgs)
+        idx = ids_keep[:, :, None, None, None].expand(-1, -1, *patches.shape[2:])
+        x = self.embed_patches(torch.gather(patches, 1, idx))
+        pos = self.grid_pos_embed(grid)
+        pos_patch = pos[:, self.num_prefix_tokens:].expand(B, -1, -1)
+        x = x + torch.gather(pos_patch, 1, ids_keep[:, :, None].expand(-1, -1, x.shape[-1]))
+        cls = (self.cls_token + pos[:, :1]).expand(B, -1, -1)
+        x = self.pos_drop(torch.cat([cls, x], dim=1))
+        x = self.norm_pre(x)
+        x = self.blocks(x)
+        return self.norm(x)
+
+    def features(self, imgs: torch.Tensor, pool: str = "cls") -> torch.Tensor:
+        """(B, C, H, W) -> (B, D): the final-norm cls token, or the mean of the patch tokens."""
+        x = self.forward_features(imgs)
+        if pool == "cls":
+            return x[:, 0]
+        if pool == "avg":
+            return x[:, self.num_prefix_tokens:].mean(1)
+        raise ValueError(f"pool '{pool}' is unknown; use 'cls' or 'avg'.")
+
+
+def build_backbone(cfg: BackboneConfig) -> SSLViT:
+    """Build the backbone described by ``cfg`` (see ``timm_spec`` for the timm equivalent)."""
+    cfg.validate()
+    spec = timm_spec(cfg)
+    spec.pop("model_name")
+    spec.pop("pretrained")
+    return SSLViT(fixed_pos_embed=cfg.pos_embed == "sincos", **spec)

@@ -1,0 +1,145 @@
+"""MAE: masked autoencoder with pixel targets (He et al. 2022; facebookresearch/mae).
+
+The encoder (the shared backbone) sees the visible 25% of patches only, stem included;
+a light decoder fills the masked places with a shared mask token and regresses the
+(per-patch normalised) pixels; the loss is averaged over the masked patches only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+from timm.models.vision_transformer import Block
+
+from sslvit.data.transforms import mae_train_transform
+from sslvit.masking import random_masking
+from sslvit.models.vit import BackboneConfig, SSLViT, build_backbone, sincos_pos_embed
+from sslvit.train.loop import TrainConfig
+
+
+@dataclass
+class MAEConfig:
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = True
+    decoder_dim: int = 512
+    decoder_depth: int = 8
+    decoder_heads: int = 16
+
+
+def mae_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_pix_loss: bool = True) -> torch.Tensor:
+    """pred, target: (B, N, P*P*C); mask: (B, N), 1 = masked. Mean per-patch MSE over masked patches."""
+    if norm_pix_loss:
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + 1.0e-6) ** 0.5
+    loss = (pred - target).pow(2).mean(dim=-1)
+    return (loss * mask).sum() / mask.sum()
+
+
+class MAEDecoder(nn.Module):
+    """Latent (B, 1 + K, D) + ids_restore (B, N) -> pixel predictions (B, N, P*P*C)."""
+
+    def __init__(self, embed_dim: int, grid_size, patch_dim: int, dim: int = 512, depth: int = 8,
+                 heads: int = 16, mlp_ratio: float = 4.0):
+        super().__init__()
+        num_patches = grid_size[0] * grid_size[1]
+        self.decoder_embed = nn.Linear(embed_dim, dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.decoder_pos_embed = nn.Parameter(sincos_pos_embed(grid_size, dim), requires_grad=False)
+        self.decoder_blocks = nn.Sequential(*[Block(dim, heads, mlp_ratio, qkv_bias=True) for _ in range(depth)])
+        self.decoder_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.decoder_pred = nn.Linear(dim, patch_dim)
+        assert self.decoder_pos_embed.shape[1] == num_patches + 1
+
+    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        x = self.decoder_embed(latent)
+        B, N = ids_restore.shape
+        mask_tokens = self.mask_token.expand(B, N + 1 - x.shape[1], -1)
+        x_ = torch.cat([x[:, 1:], mask_tokens], dim=1)  # [visible, masked] in shuffled order
+        x_ = torch.gather(x_, 1, ids_restore[:, :, None].expand(-1, -1, x.shape[-1]))  # unshuffle
+        x = torch.cat([x[:, :1], x_], dim=1) + self.decoder_pos_embed
+        x = self.decoder_norm(self.decoder_blocks(x))
+        return self.decoder_pred(x[:, 1:])
+
+
+class MAE(nn.Module):
+    """Objective: ``forward(imgs (B, C, H, W))`` -> dict(loss, ...)."""
+
+    def __init__(self, backbone: SSLViT, cfg: MAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+        p = backbone.patch_size
+        self.decoder = MAEDecoder(backbone.embed_dim, backbone.patch_embed.grid_size,
+                                  patch_dim=p * p * backbone.in_chans, dim=cfg.decoder_dim,
+                                  depth=cfg.decoder_depth, heads=cfg.decoder_heads)
+        self.apply(_xavier_linear)  # MAE initialises every Linear with xavier_uniform
+
+    def no_weight_decay(self) -> set[str]:
+        return {"backbone.cls_token", "backbone.pos_embed", "decoder.mask_token", "decoder.decoder_pos_embed"}
+
+    def forward_pred(self, imgs: torch.Tensor):
+        """imgs (B, C, H, W) -> pred (B, N, P*P*C), target (B, N, P*P*C), mask (B, N)."""
+        patches = self.backbone.patchify(imgs)
+        B, N = patches.shape[:2]
+        ids_keep, mask, ids_restore = random_masking(B, N, self.cfg.mask_ratio, device=imgs.device)
+        latent = self.backbone.forward_visible(imgs, ids_keep)
+        pred = self.decoder(latent, ids_restore)
+        return pred, patches.flatten(2), mask
+
+    def forward(self, imgs: torch.Tensor) -> dict:
+        pred, target, mask = self.forward_pred(imgs)
+        return {"loss": mae_loss(pred.float(), target.float(), mask, self.cfg.norm_pix_loss)}
+
+    @torch.no_grad()
+    def pictures(self, imgs: torch.Tensor) -> dict:
+        """Pictures for a grid, each (B, C, H, W): original, masked, reconstruction, reconstruction + visible."""
+        pred, target, mask = self.forward_pred(imgs)
+        pred = pred.float()
+        if self.cfg.norm_pix_loss:  # undo the per-patch normalisation with the true patch statistics
+            mean = target.mean(-1, keepdim=True)
+            std = (target.var(-1, keepdim=True) + 1.0e-6) ** 0.5
+            pred = pred * std + mean
+        m = mask[:, :, None]
+        unpatch = self._unpatchify
+        return {
+            "original": imgs,
+            "masked": unpatch(target * (1 - m)),
+            "reconstruction": unpatch(pred),
+            "reconstruction + visible": unpatch(pred * m + target * (1 - m)),
+        }
+
+    def _unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, C*P*P) -> (B, C, H, W), inverse of ``SSLViT.patchify``."""
+        B = x.shape[0]
+        p, C = self.backbone.patch_size, self.backbone.in_chans
+        h, w = self.backbone.patch_embed.grid_size
+        x = x.reshape(B, h, w, C, p, p).permute(0, 3, 1, 4, 2, 5)
+        return x.reshape(B, C, h * p, w * p)
+
+
+def _xavier_linear(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+@dataclass
+class MAERunConfig:
+    """``pretrain/mae.py``: the reference defaults (ViT-B/16, 224 px, 800 epochs, blr 1.5e-4).
+    With ``data: digits`` the ``sslvit/presets/mae.yaml`` preset replaces them first."""
+
+    data: str = "digits"  # 'digits' (embedded) or a folder of images
+    out: str = "runs/mae"
+    resume: bool = False
+    model: BackboneConfig = field(default_factory=lambda: BackboneConfig(size="base", pos_embed="sincos"))
+    mae: MAEConfig = field(default_factory=MAEConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def build_objective(self) -> MAE:
+        return MAE(build_backbone(self.model), self.mae)
+
+    def train_transform(self):
+        return mae_train_transform(self.model.img_size)

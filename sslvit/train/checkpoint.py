@@ -1,0 +1,79 @@
+"""Atomic checkpoints and the exported backbone.
+
+A checkpoint is accelerate's ``save_state`` folder (model with every head and decoder as
+safetensors, optimizer, RNG states) plus ``meta.json``. It is written under a temporary
+name and renamed into place, so a kill while saving never leaves a readable-looking but
+incomplete checkpoint; ``--resume`` takes the newest folder that has ``meta.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors.torch import save_file
+
+CKPT_DIR = "checkpoints"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(accelerator, run_dir: Path, epoch: int, step: int, keep: int = 2) -> Path:
+    """Save the accelerate state after ``epoch`` (0-based) atomically; keep the newest ``keep``."""
+    root = run_dir / CKPT_DIR
+    final = root / f"epoch_{epoch + 1:04d}"
+    tmp = root / f".tmp_epoch_{epoch + 1:04d}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "meta.json").write_text(json.dumps({"epoch": epoch, "step": step}))
+        _fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        for old in sorted(root.glob("epoch_*"))[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The newest complete checkpoint folder in ``run_dir``, or None."""
+    root = Path(run_dir) / CKPT_DIR
+    done = [p for p in root.glob("epoch_*") if (p / "meta.json").is_file()]
+    return max(done, key=lambda p: json.loads((p / "meta.json").read_text())["epoch"]) if done else None
+
+
+def read_meta(ckpt: Path) -> dict:
+    return json.loads((Path(ckpt) / "meta.json").read_text())
+
+
+def save_safetensors_atomic(state: dict[str, torch.Tensor], path: Path, metadata: Optional[dict] = None) -> None:
+    tmp = path.with_name(f".tmp_{path.name}")
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(f".tmp_{path.name}")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)

@@ -1,0 +1,47 @@
+"""What every ``pretrain/*.py`` script does: build the config, the data and the objective,
+run the shared loop, and turn a user's mistake into one clear sentence."""
+from __future__ import annotations
+
+import sys
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from sslvit.config import ConfigError, build_config
+from sslvit.data.dataset import build_dataset
+from sslvit.data.folder import DataError
+from sslvit.data.transforms import eval_transform
+from sslvit.train.loop import TrainingDiverged, pretrain
+
+USER_ERRORS = (ConfigError, DataError, FileNotFoundError, FileExistsError, ValueError, TrainingDiverged)
+NUM_PICTURES = 8
+
+
+def load_presets(name: str) -> dict:
+    return yaml.safe_load(resources.files("sslvit.presets").joinpath(f"{name}.yaml").read_text())
+
+
+def run_pretraining(config_cls, preset: str, argv=None) -> Path:
+    cfg = build_config(config_cls, argv, presets=load_presets(preset))
+    cfg.model.validate()
+    train_set = build_dataset(cfg.data, "all" if cfg.data != "digits" else "train", cfg.model.img_size,
+                              transform=cfg.train_transform())
+    picture_set = build_dataset(cfg.data, "val" if cfg.data == "digits" else "all", cfg.model.img_size,
+                                transform=eval_transform(cfg.model.img_size))
+    import torch
+
+    picture_imgs = torch.stack([picture_set[i][0] for i in range(min(NUM_PICTURES, len(picture_set)))])
+    objective = cfg.build_objective()
+    return pretrain(cfg, objective, train_set, picture_imgs)
+
+
+def main(config_cls, preset: str) -> None:
+    """Entry point: errors a user can cause end as one sentence on stderr and exit code 2."""
+    try:
+        run_dir = run_pretraining(config_cls, preset)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"Done. Outputs in {run_dir}/ : backbone.safetensors, backbone.json, config.yaml, log.jsonl, "
+          "checkpoints/, pictures_*.png, tensorboard/")

@@ -1,0 +1,257 @@
+"""The one training loop, shared by every objective.
+
+An objective is an ``nn.Module`` with
+  - ``forward(imgs) -> dict`` holding a scalar ``loss`` and any other scalars to log;
+  - ``backbone`` (or ``exported_backbone()``): the ``SSLViT`` that is exported;
+  - optional ``no_weight_decay() -> set[str]``, ``after_step(step, total_steps)`` (called
+    after every optimizer step, e.g. an EMA teacher update), ``pictures(imgs) -> dict``
+    (columns of a picture grid) and ``on_epoch_start(epoch)``.
+The loop owns devices, processes, precision and gradient accumulation (accelerate), the
+AdamW optimizer, the per-iteration schedules, logging, checkpoints and export.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from sslvit.config import save_yaml, to_dict
+from sslvit.models.export import export_backbone
+from sslvit.train.checkpoint import latest_checkpoint, read_meta, save_checkpoint
+from sslvit.train.optim import build_adamw
+from sslvit.train.pictures import save_columns
+from sslvit.train.schedules import cosine_schedule, scaled_lr
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 800
+    batch_size: int = 64  # per process
+    accum_steps: int = 1  # gradient accumulation
+    blr: float = 1.5e-4  # base lr; lr = blr * batch_size * processes * accum_steps / 256
+    lr: Optional[float] = None  # absolute lr, overrides blr
+    min_lr: float = 0.0
+    warmup_epochs: float = 40.0
+    weight_decay: float = 0.05
+    weight_decay_end: Optional[float] = None  # cosine weight-decay schedule end; None keeps it constant
+    betas: tuple[float, float] = (0.9, 0.95)
+    clip_grad: Optional[float] = None  # max global grad norm
+    precision: str = "auto"  # auto (bf16 where the hardware has it, else fp32) | no | bf16 | fp16
+    seed: int = 0
+    num_workers: int = 4
+    log_every: int = 20  # optimizer steps
+    save_every: int = 20  # epochs between checkpoints (the last epoch is always saved)
+    picture_every: int = 20  # epochs between picture grids (the last epoch always gets one)
+    keep_checkpoints: int = 2
+    stop_after: Optional[int] = None  # end this invocation after N epochs; continue later with --resume
+
+    def validate(self) -> None:
+        if self.precision not in ("auto", "no", "bf16", "fp16"):
+            raise ValueError(f"train.precision '{self.precision}' is unknown; use auto, no, bf16 or fp16.")
+        for name in ("epochs", "batch_size", "accum_steps", "log_every", "save_every", "picture_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1 (got {getattr(self, name)}).")
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def resolve_precision(precision: str) -> str:
+    """'auto' -> 'bf16' on a GPU or CPU with native bf16, else 'no' (fp32).
+
+    fp16 is never chosen automatically: it is about 1 GFLOP/s on CPUs and overflows in
+    DINO's softmax on GPUs without loss scaling care."""
+    if precision != "auto":
+        return precision
+    env = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if env != "no":
+        return env
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")
+    if torch.cuda.is_available() and not use_cpu:
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    try:
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+    except (AttributeError, RuntimeError):
+        return "no"
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def _export(model, cfg, run_dir: Path) -> None:
+    backbone = model.exported_backbone() if hasattr(model, "exported_backbone") else model.backbone
+    export_backbone(backbone, cfg.model, run_dir)
+
+
+def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[torch.Tensor] = None) -> Path:
+    """Run (or resume) pretraining of ``objective`` on ``train_set``; returns the run directory.
+
+    ``cfg`` is an entry-point config with ``out``, ``resume``, ``model`` and ``train`` fields;
+    ``train_set`` yields ``(image, label, skipped)``; ``picture_imgs`` (B, C, H, W) is the fixed
+    batch the picture grids are made from.
+    """
+    tc: TrainConfig = cfg.train
+    tc.validate()
+    run_dir = Path(cfg.out).expanduser()
+    accelerator = Accelerator(
+        mixed_precision=resolve_precision(tc.precision),
+        gradient_accumulation_steps=tc.accum_steps,
+        log_with="tensorboard",
+        project_dir=str(run_dir),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    main = accelerator.is_main_process
+    resume_from = latest_checkpoint(run_dir) if cfg.resume else None
+    if not cfg.resume and latest_checkpoint(run_dir) is not None:
+        raise FileExistsError(f"Run directory '{run_dir}' already holds checkpoints; pass --resume to continue "
+                              "that run, or --out a new directory.")
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, run_dir / "config.yaml")
+    set_seed(tc.seed)
+
+    if len(train_set) < tc.batch_size * accelerator.num_processes:
+        raise ValueError(f"The training data has {len(train_set)} images, fewer than one batch of "
+                         f"{tc.batch_size} x {accelerator.num_processes} processes; lower train.batch_size.")
+    loader = DataLoader(train_set, batch_size=tc.batch_size, shuffle=True, drop_last=True,
+                        num_workers=tc.num_workers, pin_memory=torch.cuda.is_available(),
+                        persistent_workers=False)  # fresh worker seeds per epoch keep resume exact
+    effective_batch = tc.batch_size * accelerator.num_processes * tc.accum_steps
+    base_lr = tc.lr if tc.lr is not None else scaled_lr(tc.blr, effective_batch)
+    optimizer = build_adamw(objective, base_lr, tc.weight_decay, tc.betas)
+    model, optimizer, loader = accelerator.prepare(objective, optimizer, loader)
+    raw = accelerator.unwrap_model(model)
+
+    steps_per_epoch = len(loader) // tc.accum_steps
+    total_steps = tc.epochs * steps_per_epoch
+    warmup_steps = int(tc.warmup_epochs * steps_per_epoch)
+    wd_end = tc.weight_decay if tc.weight_decay_end is None else tc.weight_decay_end
+
+    start_epoch, step = 0, 0
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        meta = read_meta(resume_from)
+        start_epoch, step = meta["epoch"] + 1, meta["step"]
+        accelerator.print(f"Resuming from {resume_from} (epoch {start_epoch}, step {step}).")
+    elif cfg.resume:
+        accelerator.print(f"No complete checkpoint in '{run_dir}'; starting from scratch.")
+
+    accelerator.init_trackers("tensorboard", config=_flat(to_dict(cfg)))
+    log_file = open(run_dir / "log.jsonl", "a") if main else None
+    if main:
+        accelerator.print(f"Run directory: {run_dir}  |  {accelerator.num_processes} process(es) on "
+                          f"{accelerator.device}, precision {accelerator.mixed_precision}, effective batch "
+                          f"{effective_batch}, lr {base_lr:.3g}, {steps_per_epoch} steps/epoch")
+
+    def log(record: dict) -> None:
+        if main:
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+        accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=step)
+
+    last_epoch = tc.epochs - 1 if tc.stop_after is None else min(tc.epochs, start_epoch + tc.stop_after) - 1
+    try:
+        for epoch in range(start_epoch, last_epoch + 1):
+            loader.set_epoch(epoch)
+            if hasattr(raw, "on_epoch_start"):
+                raw.on_epoch_start(epoch)
+            model.train()
+            epoch_loss, epoch_batches, epoch_skipped = 0.0, 0, 0
+            win_loss, win_n, win_imgs, win_t0 = 0.0, 0, 0, time.perf_counter()
+            epoch_t0 = win_t0
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not main, leave=False,
+                       dynamic_ncols=True)
+            for imgs, _labels, skipped in bar:
+                lr = cosine_schedule(step, total_steps, base_lr, tc.min_lr, warmup_steps)
+                wd = cosine_schedule(step, total_steps, tc.weight_decay, wd_end)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                    group["weight_decay"] = wd if group.get("apply_wd", True) else 0.0
+                with accelerator.accumulate(model):
+                    out = model(imgs)
+                    loss = out["loss"]
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and tc.clip_grad is not None:
+                        accelerator.clip_grad_norm_(model.parameters(), tc.clip_grad)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                # one small all-reduce: every process sees the same value, so all stop together on NaN
+                loss_val = accelerator.reduce(loss.detach().float(), reduction="mean").item()
+                if not math.isfinite(loss_val):
+                    last = latest_checkpoint(run_dir)
+                    raise TrainingDiverged(
+                        f"The loss became {loss_val} at step {step} (epoch {epoch + 1}); the last good checkpoint "
+                        f"({last or 'none yet'}) is intact. Lower train.blr or set train.clip_grad, then --resume.")
+                n_imgs = imgs.shape[0] * accelerator.num_processes
+                epoch_loss += loss_val
+                epoch_batches += 1
+                epoch_skipped += int(skipped.sum())
+                win_loss += loss_val
+                win_n += 1
+                win_imgs += n_imgs
+                if not accelerator.sync_gradients:
+                    continue
+                step += 1
+                if hasattr(raw, "after_step"):
+                    raw.after_step(step, total_steps)
+                if step % tc.log_every == 0:
+                    dt = time.perf_counter() - win_t0
+                    extras = {k: float(v) for k, v in out.items() if k != "loss"}
+                    record = {"step": step, "epoch": epoch + 1, "loss": win_loss / win_n, "lr": lr,
+                              "weight_decay": wd, "images_per_s": win_imgs / dt, **extras}
+                    log(record)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
+                    win_loss, win_n, win_imgs, win_t0 = 0.0, 0, 0, time.perf_counter()
+            bar.close()
+            epoch_skipped = int(accelerator.reduce(torch.tensor(epoch_skipped, device=accelerator.device), "sum"))
+            dt = time.perf_counter() - epoch_t0
+            record = {"epoch": epoch + 1, "step": step, "epoch_loss": epoch_loss / max(1, epoch_batches),
+                      "images_per_s": epoch_batches * tc.batch_size * accelerator.num_processes / dt,
+                      "skipped_images": epoch_skipped, "epoch_time_s": dt}
+            log(record)
+            accelerator.print(f"epoch {epoch + 1}/{tc.epochs}  loss {record['epoch_loss']:.4f}  "
+                              f"{record['images_per_s']:.0f} img/s" +
+                              (f"  skipped {epoch_skipped} unreadable images" if epoch_skipped else ""))
+            is_last = epoch == last_epoch
+            if (epoch + 1) % tc.save_every == 0 or is_last:
+                save_checkpoint(accelerator, run_dir, epoch, step, keep=tc.keep_checkpoints)
+                if main:
+                    _export(raw, cfg, run_dir)
+            if main and picture_imgs is not None and hasattr(raw, "pictures") and \
+                    ((epoch + 1) % tc.picture_every == 0 or is_last):
+                _pictures(accelerator, raw, picture_imgs, run_dir / f"pictures_epoch{epoch + 1:04d}.png")
+    finally:
+        if log_file is not None:
+            log_file.close()
+        accelerator.end_training()
+    return run_dir
+
+
+def _pictures(accelerator, raw, imgs: torch.Tensor, path: Path) -> None:
+    was_training = raw.training
+    raw.eval()
+    # pictures draw their own masks: a forked RNG keeps the training stream (and so resume) unchanged
+    cuda = accelerator.device.type == "cuda"
+    with torch.random.fork_rng(devices=[accelerator.device] if cuda else []), accelerator.autocast():
+        columns = raw.pictures(imgs.to(accelerator.device))
+    raw.train(was_training)
+    save_columns(columns, path)

@@ -1,0 +1,26 @@
+"""AdamW with weight decay only where it belongs."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: decayed weights, and biases, norm parameters, tokens and position embeddings
+    (1-D parameters and the names the model lists in ``no_weight_decay()``) without decay.
+    Frozen parameters are left out."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "apply_wd": True},
+        {"params": no_decay, "weight_decay": 0.0, "apply_wd": False},
+    ]
+
+
+def build_adamw(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95)) -> torch.optim.AdamW:
+    # foreach=True: the multi-tensor kernel; torch only picks it by default for CUDA tensors
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), foreach=True)
