@@ -6,7 +6,9 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+import torch
 import yaml
+from accelerate.utils import set_seed
 
 from sslvit.config import ConfigError, build_config
 from sslvit.data.dataset import build_dataset
@@ -29,9 +31,8 @@ def run_pretraining(config_cls, preset: str, argv=None) -> Path:
                               transform=cfg.train_transform())
     picture_set = build_dataset(cfg.data, "val" if cfg.data == "digits" else "all", cfg.model.img_size,
                                 transform=eval_transform(cfg.model.img_size))
-    import torch
-
     picture_imgs = torch.stack([picture_set[i][0] for i in range(min(NUM_PICTURES, len(picture_set)))])
+    set_seed(cfg.train.seed)  # the initial weights are part of what a seed reproduces
     objective = cfg.build_objective()
     return pretrain(cfg, objective, train_set, picture_imgs)
 

@@ -1,0 +1,235 @@
+"""Images/s of one MAE training step on CPU: sslvit (hMLP / linear stem) vs lightly's timm MAE.
+
+Configuration: ViT-S/16, 224 px, batch 32, mask ratio 0.75, decoder 512 x 8 blocks x 16 heads,
+norm-pix loss, AdamW(lr 1.5e-4 * B / 256, betas (0.9, 0.95), wd 0.05). One step = forward,
+backward, optimizer step, zero_grad. The configurations are timed round-robin (2 warm-up steps,
+then ``--steps`` timed steps each, median reported) so machine noise hits each equally.
+
+lightly is NOT a project dependency; run this from a separate benchmark venv:
+
+    python3 -m venv /tmp/lightlyvenv
+    /tmp/lightlyvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 timm lightly
+    /tmp/lightlyvenv/bin/pip install -e /work/main     # sslvit + its deps (torch already satisfied)
+    /tmp/lightlyvenv/bin/python benchmarks/mae_step.py [--batch 32 --steps 5 --threads 2]
+
+FLOP model (matmul FLOPs only, 2 * MACs; a training step counts 3x the forward: backward =
+grad-input + grad-weight; this slightly over-counts the first layer, whose input needs no grad):
+  block(T, D)   = T*D*3D (qkv) + T*T*D (QK^T) + T*T*D (AV) + T*D*D (proj) + 2*T*D*4D (fc1, fc2)
+  stem, per patch (P=16, C=3): linear = C*P*P*D;
+                hMLP (convs kernel == stride, as matmuls, hidden h = D/4):
+                16 * (C*4*4)*h + 4 * (4h)*h + 1 * (4h)*D
+  forward       = S * stem + 12 * block(1 + 49, 384) + (1 + 49)*384*512 (decoder embed)
+                  + 8 * block(197, 512) + R * 512*768 (decoder pred)
+  sslvit:  stem on the S = 49 visible patches only, pred on R = 196 patches.
+  lightly: patch_embed runs on all S = 196 patches before masking; pred on the R = 147 masked ones.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sslvit.models.vit import BackboneConfig, build_backbone
+from sslvit.objectives.mae import MAE, MAEConfig
+
+try:
+    import lightly
+    from lightly.models import utils as lutils
+    from lightly.models.modules import MAEDecoderTIMM, MaskedVisionTransformerTIMM
+except ImportError:
+    lightly = None
+
+N, KEEP, D, DEPTH, DD, DDEPTH, PATCH_DIM = 196, 49, 384, 12, 512, 8, 16 * 16 * 3
+
+
+def block_macs(T: int, dim: int) -> int:
+    return T * dim * 3 * dim + 2 * T * T * dim + T * dim * dim + 2 * T * dim * 4 * dim
+
+
+def stem_macs(stem: str, dim: int = D, C: int = 3) -> int:
+    if stem == "linear":
+        return C * 16 * 16 * dim
+    h = dim // 4
+    return 16 * (C * 4 * 4) * h + 4 * (4 * h) * h + (4 * h) * dim
+
+
+def step_flops(batch: int, stem: str, stem_patches: int, pred_patches: int) -> int:
+    fwd = (stem_patches * stem_macs(stem) + DEPTH * block_macs(1 + KEEP, D) + (1 + KEEP) * D * DD
+           + DDEPTH * block_macs(N + 1, DD) + pred_patches * DD * PATCH_DIM)
+    return 3 * 2 * batch * fwd
+
+
+class LightlyMAE(nn.Module):
+    """lightly's MAE example (examples/pytorch/mae.py) at ViT-S/16 with a 512 x 8 x 16 decoder."""
+
+    def __init__(self):
+        super().__init__()
+        vit = timm.create_model("vit_small_patch16_224")
+        self.patch_size = vit.patch_embed.patch_size[0]
+        self.backbone = MaskedVisionTransformerTIMM(vit=vit)
+        self.sequence_length = self.backbone.sequence_length
+        with warnings.catch_warnings():  # lightly 1.6 deprecates MAEDecoderTIMM (same blocks)
+            warnings.simplefilter("ignore")
+            self.decoder = MAEDecoderTIMM(
+                num_patches=vit.patch_embed.num_patches, patch_size=self.patch_size, embed_dim=vit.embed_dim,
+                decoder_embed_dim=DD, decoder_depth=DDEPTH, decoder_num_heads=16, mlp_ratio=4.0,
+                proj_drop_rate=0.0, attn_drop_rate=0.0, mask_token=nn.Parameter(torch.zeros(1, 1, DD)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        B = images.shape[0]
+        idx_keep, idx_mask = lutils.random_token_mask((B, self.sequence_length), mask_ratio=0.75)
+        x = self.decoder.embed(self.backbone.encode(images=images, idx_keep=idx_keep))
+        x_masked = lutils.repeat_token(self.decoder.mask_token, (B, self.sequence_length))
+        x_masked = lutils.set_at_index(x_masked, idx_keep, x.type_as(x_masked))
+        pred = self.decoder.predict(lutils.get_at_index(self.decoder.decode(x_masked), idx_mask))
+        target = lutils.get_at_index(lutils.patchify(images, self.patch_size), idx_mask - 1)
+        return F.mse_loss(pred, lutils.normalize_mean_var(target))  # norm-pix MSE, masked patches
+
+
+def sslvit_mae(stem: str) -> MAE:
+    cfg = BackboneConfig(size="small", patch_size=16, img_size=224, stem=stem)
+    return MAE(build_backbone(cfg), MAEConfig(mask_ratio=0.75, norm_pix_loss=True, decoder_dim=DD,
+                                              decoder_depth=DDEPTH, decoder_heads=16))
+
+
+def adamw(model: nn.Module, lr: float, **impl) -> torch.optim.AdamW:
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.05, **impl)
+
+
+def make_step(model: nn.Module, opt, imgs: torch.Tensor, bf16: bool = False):
+    def step() -> float:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(imgs)
+        loss = out["loss"] if isinstance(out, dict) else out
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+    return step
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def pick_adamw(model: nn.Module, lr: float) -> tuple[str, dict]:
+    """Time AdamW.step() with foreach=True vs fused=True on the model's parameters; pick the faster."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    times = {}
+    for name in ("foreach", "fused"):
+        for p in params:
+            p.grad = torch.randn_like(p) * 1e-3
+        opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.05, **{name: True})
+        ts = []
+        for _ in range(6):
+            t = time.perf_counter()
+            opt.step()
+            ts.append(time.perf_counter() - t)
+        times[name] = statistics.median(ts[1:])
+        del opt
+    model.zero_grad(set_to_none=True)  # leaves the parameters moved a little: irrelevant for timing
+    return min(times, key=times.get), times
+
+
+def bf16_check(batch: int, lr: float, kw: dict, steps: int = 5) -> None:
+    imgs = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    curves = {}
+    for bf16 in (False, True):
+        torch.manual_seed(0)  # same init and same masks
+        model = sslvit_mae("hmlp")
+        step = make_step(model, adamw(model, lr, **kw), imgs, bf16)
+        curves[bf16] = [step() for _ in range(steps)]
+    rel = max(abs(a - b) / abs(a) for a, b in zip(curves[False], curves[True]))
+    print(f"bf16 check ({steps} steps, fixed batch/seed): fp32 {['%.5f' % v for v in curves[False]]}")
+    print(f"                                        bf16 {['%.5f' % v for v in curves[True]]}  "
+          f"max rel diff {rel:.2e}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    B, lr = args.batch, 1.5e-4 * args.batch / 256
+    bf16_ok = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    print(f"torch {torch.__version__}, timm {timm.__version__}, lightly {lightly.__version__ if lightly else '-'}, "
+          f"threads {torch.get_num_threads()}, batch {B}, steps {args.steps}, mkldnn bf16 supported: {bf16_ok}")
+    if lightly is None:
+        print("lightly is not importable: set up the benchmark venv (see this file's docstring). "
+              "Only the sslvit configurations run.")
+
+    peak = {"fp32": matmul_peak(torch.float32)}
+    if bf16_ok:
+        peak["bf16"] = matmul_peak(torch.bfloat16)
+    else:
+        print("bf16 matmul peak: skipped (no native bf16 support; bf16 matmul is pathologically slow here)")
+
+    torch.manual_seed(0)
+    imgs = torch.randn(B, 3, 224, 224)
+    configs = {}  # name -> (step fn, FLOPs per step)
+    for stem in ("hmlp", "linear"):
+        model = sslvit_mae(stem)
+        if stem == "hmlp":
+            impl, t = pick_adamw(model, lr)
+            print(f"sslvit AdamW: foreach {t['foreach'] * 1e3:.0f} ms, fused {t['fused'] * 1e3:.0f} ms "
+                  f"per optimizer step -> picked {impl}=True")
+            kw = {impl: True}
+        configs[f"sslvit {stem} fp32"] = (make_step(model, adamw(model, lr, **kw), imgs), step_flops(B, stem, KEEP, N))
+    if bf16_ok:
+        model = sslvit_mae("hmlp")
+        step = make_step(model, adamw(model, lr, **kw), imgs, bf16=True)
+        configs["sslvit hmlp bf16"] = (step, step_flops(B, "hmlp", KEEP, N))
+    if lightly is not None:
+        model = LightlyMAE()
+        # torch's default AdamW implementation, as lightly's example
+        configs["lightly fp32"] = (make_step(model, adamw(model, lr), imgs), step_flops(B, "linear", N, N - KEEP))
+    default = "sslvit hmlp bf16" if bf16_ok else "sslvit hmlp fp32"
+    print(f"sslvit default precision: " + ("bf16 autocast" if bf16_ok else
+          "fp32 (no native bf16 on this CPU): the default-precision config is 'sslvit hmlp fp32'"))
+
+    times = {name: [] for name in configs}
+    for _ in range(2):  # warm-up
+        for step, _ in configs.values():
+            step()
+    for _ in range(args.steps):  # round-robin
+        for name, (step, _) in configs.items():
+            t = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t)
+    peak["fp32"] = max(peak["fp32"], matmul_peak(torch.float32))  # best of before and after
+
+    print("\npeak matmul 2048^3: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peak.items()))
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    for name, (_, flops) in configs.items():
+        fps = flops / med[name]
+        frac = ", ".join(f"{fps / v:.0%} of {k} peak" for k, v in peak.items())
+        print(f"{name:18s} median {med[name]:6.2f} s/step  {B / med[name]:6.2f} img/s  "
+              f"{flops / 1e12:.3f} TFLOP/step  {fps / 1e9:6.1f} GFLOP/s ({frac})  "
+              f"[steps: {' '.join(f'{t:.2f}' for t in times[name])}]")
+    if "lightly fp32" in med:
+        lt = med["lightly fp32"]
+        print(f"\nsslvit hmlp fp32 / lightly fp32:   {lt / med['sslvit hmlp fp32']:.2f}x  (goal >= 1.1x)")
+        print(f"sslvit linear fp32 / lightly fp32: {lt / med['sslvit linear fp32']:.2f}x  (goal >= 1.1x)")
+        print(f"sslvit default ({default.split()[-1]}) / lightly fp32: {lt / med[default]:.2f}x  (goal >= 1.8x)")
+    frac = configs[default][1] / med[default] / peak["fp32"]
+    print(f"sslvit default ({default.split()[-1]}) at {frac:.0%} of fp32 matmul peak (goal >= 80%)")
+    if bf16_ok:
+        bf16_check(min(B, 8), lr, kw)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+import pytest
+from PIL import Image
+
+from sslvit.config import ConfigError, build_config
+from sslvit.data.dataset import build_dataset
+from sslvit.data.folder import DataError
+from sslvit.data.transforms import eval_transform
+from sslvit.objectives.mae import MAERunConfig
+from sslvit.train.entry import load_presets
+
+
+def test_defaults_are_the_reference_and_digits_gets_its_preset(tmp_path):
+    ref = build_config(MAERunConfig, ["--data", str(tmp_path)], presets=load_presets("mae"))
+    assert (ref.model.size, ref.model.patch_size, ref.model.img_size) == ("base", 16, 224)
+    assert (ref.mae.mask_ratio, ref.mae.decoder_dim, ref.mae.decoder_depth, ref.mae.decoder_heads) == (0.75, 512, 8, 16)
+    assert ref.train.blr == 1.5e-4 and ref.train.betas == (0.9, 0.95) and ref.train.weight_decay == 0.05
+    demo = build_config(MAERunConfig, [], presets=load_presets("mae"))
+    assert demo.data == "digits" and demo.model.size == "tiny"
+
+
+def test_yaml_then_command_line_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  epochs: 7\n  betas: [0.8, 0.9]\nmodel:\n  size: small\n")
+    cfg = build_config(MAERunConfig, ["--config", str(f), "--train.epochs", "9", "mae.mask_ratio=0.6", "--resume"])
+    assert cfg.train.epochs == 9 and cfg.train.betas == (0.8, 0.9) and cfg.model.size == "small"
+    assert cfg.mae.mask_ratio == 0.6 and cfg.resume is True
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--train.epoch", "3"], "Did you mean 'train.epochs'"),
+    (["--train.epochs", "many"], "must be an integer"),
+    (["--config", "/nonexistent.yaml"], "does not exist"),
+    (["--train", "3"], "is a section"),
+])
+def test_bad_config_is_one_clear_sentence(argv, match):
+    with pytest.raises(ConfigError, match=match):
+        build_config(MAERunConfig, argv)
+
+
+def _write_images(root, n=6, size=20):
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (size, size), (i * 20, 0, 0)).save(root / c / f"{i}.png")
+
+
+def test_folder_labels_from_subfolders_and_unreadable_images_are_skipped(tmp_path):
+    _write_images(tmp_path)
+    (tmp_path / "dog" / "broken.png").write_bytes(b"not a png")
+    ds = build_dataset(str(tmp_path), "all", 16, transform=eval_transform(16))
+    assert ds.classes == ["cat", "dog"] and len(ds) == 13
+    broken = [i for i, p in enumerate(ds.items) if p.name == "broken.png"][0]
+    with pytest.warns(UserWarning, match="broken.png"):
+        x, y, skipped = ds[broken]
+    assert skipped == 1 and x.shape == (3, 16, 16) and y == ds.labels[(broken + 1) % len(ds)]
+    val, train = build_dataset(str(tmp_path), "val", 16), build_dataset(str(tmp_path), "train", 16)
+    assert len(val) + len(train) == 13 and not set(val.items) & set(train.items)
+
+
+def test_missing_or_empty_folder_is_one_clear_error(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        build_dataset(str(tmp_path / "nope"), "all", 16)
+    with pytest.raises(DataError, match="holds no images"):
+        build_dataset(str(tmp_path), "all", 16)
+
+
+def test_digits_is_real_fixed_split():
+    train, val = build_dataset("digits", "train", 32), build_dataset("digits", "val", 32)
+    assert len(train) == 1500 and len(val) == 297 and sorted(set(val.labels)) == list(range(10))
+    assert train[0][0].size == (32, 32)
+    assert build_dataset("digits", "val", 32).labels == val.labels

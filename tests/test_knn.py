@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+import torch  # noqa: F401  (torch before faiss)
+
+from sslvit.eval.knn import knn_classify
+
+
+def brute_force_knn(train, train_y, query, query_y, k, T=0.07):
+    """DINO's weighted k-NN written directly: cosine similarity to every train sample, top-k,
+    votes exp(sim/T) per class."""
+    tn = train / np.linalg.norm(train, axis=1, keepdims=True)
+    qn = query / np.linalg.norm(query, axis=1, keepdims=True)
+    sim = qn @ tn.T
+    C = int(max(train_y.max(), query_y.max())) + 1
+    k = min(k, len(train))
+    top1 = top5 = 0
+    for i in range(len(query)):
+        nn_idx = np.argsort(-sim[i], kind="stable")[:k]
+        scores = np.zeros(C)
+        for j in nn_idx:
+            scores[train_y[j]] += np.exp(sim[i, j] / T)
+        order = np.argsort(-scores, kind="stable")
+        top1 += order[0] == query_y[i]
+        top5 += query_y[i] in order[: min(5, C)]
+    return 100 * top1 / len(query), 100 * top5 / len(query)
+
+
+@pytest.mark.parametrize("num_classes", [3, 10])
+def test_faiss_knn_equals_brute_force(num_classes):
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(num_classes, 16))
+    ytr = rng.integers(0, num_classes, 300)
+    yq = rng.integers(0, num_classes, 57)
+    train = centers[ytr] + rng.normal(size=(300, 16)) * 1.5
+    query = centers[yq] + rng.normal(size=(57, 16)) * 1.5
+    got = knn_classify(train, ytr, query, yq, ks=(10, 20, 100, 200))
+    assert sorted(got) == [10, 20, 100, 200]
+    for k, r in got.items():
+        t1, t5 = brute_force_knn(train, ytr, query, yq, k)
+        assert r["top1"] == pytest.approx(t1) and r["top5"] == pytest.approx(t5)
+    assert 0 < got[20]["top1"] < 100
+
+
+def test_fewer_queries_than_k_and_k_capped_at_train_size():
+    rng = np.random.default_rng(1)
+    train, ytr = rng.normal(size=(30, 8)), rng.integers(0, 3, 30)
+    query, yq = rng.normal(size=(2, 8)), rng.integers(0, 3, 2)
+    got = knn_classify(train, ytr, query, yq, ks=(10, 20, 100, 200))
+    assert sorted(got) == [10, 20, 30]  # 100 and 200 capped to the 30 train samples
+    for k, r in got.items():
+        t1, t5 = brute_force_knn(train, ytr, query, yq, k)
+        assert r["top1"] == pytest.approx(t1) and r["top5"] == pytest.approx(t5) == 100.0  # top-5 of 3 classes

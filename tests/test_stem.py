@@ -1,0 +1,85 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from sslvit.models import BackboneConfig, HMLPStem, build_backbone
+from sslvit.models.hmlp_stem import hmlp_kernels
+
+
+def _perturb_patch(x, i, j, p):
+    y = x.clone()
+    y[0, :, i * p:(i + 1) * p, j * p:(j + 1) * p] += torch.randn(3, p, p) * 3
+    return y
+
+
+@pytest.mark.parametrize("train_mode", [True, False])
+@pytest.mark.parametrize("patch_size", [4, 8, 16])
+def test_one_patch_change_moves_only_that_patch(train_mode, patch_size):
+    stem = HMLPStem(img_size=4 * patch_size, patch_size=patch_size, embed_dim=64).train(train_mode)
+    x = torch.randn(3, 3, 4 * patch_size, 4 * patch_size)
+    i, j = 1, 2
+    e0, e1 = stem(x), stem(_perturb_patch(x, i, j, patch_size))
+    changed = (e0 - e1).abs().amax(-1) > 1e-6  # (B, N)
+    expected = torch.zeros_like(changed)
+    expected[0, i * 4 + j] = True
+    assert torch.equal(changed, expected)
+
+
+def test_a_batchnorm_stem_would_fail_the_independence_check():
+    # the check above catches the DeiT reference's leak: BatchNorm batch statistics in train mode
+    stem = HMLPStem(img_size=32, patch_size=16, embed_dim=64).train()
+    stem.proj[1] = nn.BatchNorm2d(16)
+    x = torch.randn(2, 3, 32, 32)
+    changed = (stem(x) - stem(_perturb_patch(x, 0, 0, 16))).abs().amax(-1) > 1e-6
+    assert changed.sum() > 1
+
+
+@pytest.mark.parametrize("stem", ["hmlp", "linear"])
+def test_stem_on_visible_patches_equals_all_then_gather(stem):
+    model = build_backbone(BackboneConfig(size="tiny", patch_size=8, img_size=32, stem=stem, depth=1))
+    x = torch.randn(2, 3, 32, 32)
+    full = model.patch_embed(x)  # (B, 16, D)
+    ids = torch.stack([torch.randperm(16)[:5] for _ in range(2)])
+    patches = model.patchify(x)
+    vis = torch.gather(patches, 1, ids[:, :, None, None, None].expand(-1, -1, 3, 8, 8))
+    torch.testing.assert_close(model.embed_patches(vis), torch.gather(full, 1, ids[:, :, None].expand(-1, -1, 192)),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_forward_visible_matches_reference_encoder():
+    model = build_backbone(BackboneConfig(size="tiny", patch_size=8, img_size=32, depth=2)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    ids = torch.stack([torch.randperm(16)[:4] for _ in range(2)])
+    # reference: MAE's order -- stem on all, add pos embed, keep visible, prepend cls + its pos embed
+    tokens = model.patch_embed(x) + model.pos_embed[:, 1:]
+    tokens = torch.gather(tokens, 1, ids[:, :, None].expand(-1, -1, 192))
+    cls = (model.cls_token + model.pos_embed[:, :1]).expand(2, -1, -1)
+    ref = model.norm(model.blocks(torch.cat([cls, tokens], 1)))
+    torch.testing.assert_close(model.forward_visible(x, ids), ref, rtol=1e-5, atol=1e-5)
+    all_ids = torch.arange(16).expand(2, -1)
+    torch.testing.assert_close(model.forward_visible(x, all_ids), model.forward_features(x), rtol=1e-5, atol=1e-5)
+
+
+def test_embed_layer_contract():
+    stem = HMLPStem(img_size=64, patch_size=16, embed_dim=96, strict_img_size=False, output_fmt="NHWC",
+                    dynamic_img_pad=False, unknown_future_kwarg=1)
+    assert stem.num_patches == 16 and stem.grid_size == (4, 4) and stem.feat_ratio() == 16
+    assert stem.feat_ratio(as_scalar=False) == (16, 16)
+    assert stem.dynamic_feat_size((96, 48)) == (6, 3)
+    assert stem(torch.randn(1, 3, 96, 48)).shape == (1, 6, 3, 96)
+    stem.set_input_size(img_size=(96, 96))
+    assert stem.grid_size == (6, 6) and stem.num_patches == 36
+    padded = HMLPStem(img_size=64, patch_size=16, embed_dim=96, strict_img_size=False, dynamic_img_pad=True)
+    assert padded(torch.randn(1, 3, 70, 64)).shape == (1, 20, 96)
+    assert hmlp_kernels(16) == (4, 2, 2) and hmlp_kernels(8) == (2, 2, 2) and hmlp_kernels(4) == (1, 2, 2)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        hmlp_kernels(6)
+    with pytest.raises(ValueError, match="does not match"):
+        HMLPStem(img_size=64, patch_size=16)(torch.randn(1, 3, 32, 32))
+
+
+def test_dynamic_img_size_backbone_runs_other_grids():
+    model = build_backbone(BackboneConfig(size="tiny", patch_size=8, img_size=32, depth=1, dynamic_img_size=True))
+    assert model.forward_features(torch.randn(2, 3, 16, 24)).shape == (2, 1 + 2 * 3, 192)
+    ids = torch.arange(3).expand(2, -1)
+    assert model.forward_visible(torch.randn(2, 3, 16, 24), ids).shape == (2, 4, 192)

@@ -1,0 +1,48 @@
+import math
+
+import pytest
+import torch
+
+from sslvit.models import BackboneConfig, build_backbone
+from sslvit.objectives.mae import MAE, MAEConfig
+from sslvit.train.optim import param_groups
+from sslvit.train.schedules import cosine_schedule, scaled_lr
+
+
+def test_cosine_schedule_warmup_and_endpoints():
+    f = lambda s: cosine_schedule(s, total_steps=100, base=1.0, final=0.1, warmup_steps=10)  # noqa: E731
+    assert f(0) == 0.0
+    assert f(5) == pytest.approx(0.5)
+    assert f(10) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the cosine
+    assert f(100) == pytest.approx(0.1) and f(150) == pytest.approx(0.1)
+    vals = [f(s) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(vals, vals[1:]))  # monotone decay after warmup
+
+
+def test_cosine_schedule_rising_for_momentum():
+    # DINO teacher momentum 0.996 -> 1
+    assert cosine_schedule(0, 50, 0.996, 1.0) == pytest.approx(0.996)
+    assert cosine_schedule(50, 50, 0.996, 1.0) == pytest.approx(1.0)
+    assert cosine_schedule(25, 50, 0.996, 1.0) == pytest.approx(0.998)
+
+
+def test_linear_scaling_rule():
+    assert scaled_lr(1.5e-4, 4096) == pytest.approx(2.4e-3)
+    assert math.isclose(scaled_lr(1.5e-4, 256), 1.5e-4)
+
+
+def test_no_weight_decay_on_biases_norms_tokens_pos_embeds():
+    backbone = build_backbone(BackboneConfig(size="tiny", patch_size=8, img_size=32, depth=1, pos_embed="learned"))
+    mae = MAE(backbone, MAEConfig(decoder_dim=32, decoder_depth=1, decoder_heads=2))
+    decay, no_decay = param_groups(mae, 0.05)
+    names = {id(p): n for n, p in mae.named_parameters()}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    decay_names = {names[id(p)] for p in decay["params"]}
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    for must in ("backbone.cls_token", "backbone.pos_embed", "decoder.mask_token", "backbone.norm.weight",
+                 "backbone.blocks.0.attn.qkv.bias", "backbone.patch_embed.proj.1.weight"):
+        assert must in no_decay_names
+    assert "backbone.blocks.0.attn.qkv.weight" in decay_names and "decoder.decoder_pred.weight" in decay_names
+    assert "decoder.decoder_pos_embed" not in decay_names | no_decay_names  # frozen: not optimised at all
+    assert all(p.ndim > 1 for p in decay["params"])
