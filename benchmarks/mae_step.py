@@ -26,6 +26,7 @@ grad-input + grad-weight; this slightly over-counts the first layer, whose input
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 import warnings
@@ -168,6 +169,7 @@ def main() -> None:
     bf16_ok = torch.ops.mkldnn._is_mkldnn_bf16_supported()
     print(f"torch {torch.__version__}, timm {timm.__version__}, lightly {lightly.__version__ if lightly else '-'}, "
           f"threads {torch.get_num_threads()}, batch {B}, steps {args.steps}, mkldnn bf16 supported: {bf16_ok}")
+    print("load average at start (other processes skew timings): %.2f %.2f %.2f" % os.getloadavg())
     if lightly is None:
         print("lightly is not importable: set up the benchmark venv (see this file's docstring). "
               "Only the sslvit configurations run.")
@@ -210,6 +212,7 @@ def main() -> None:
             t = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - t)
+    print("load average after timing: %.2f %.2f %.2f" % os.getloadavg())
     peak["fp32"] = max(peak["fp32"], matmul_peak(torch.float32))  # best of before and after
 
     print("\npeak matmul 2048^3: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peak.items()))
