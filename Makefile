@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/mae-digits
 
-.PHONY: demo test test-slow venv clean
+.PHONY: demo test venv clean
 
 venv: $(STAMP)
 
@@ -23,9 +23,6 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
-
-test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow
 
 clean:
 	rm -rf runs
