@@ -9,7 +9,7 @@ lightly is NOT a project dependency; run this from a separate benchmark venv:
 
     python3 -m venv /tmp/lightlyvenv
     /tmp/lightlyvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 timm lightly
-    /tmp/lightlyvenv/bin/pip install -e /work/main     # sslvit + its deps (torch already satisfied)
+    /tmp/lightlyvenv/bin/pip install -e .     # from the repo root: sslvit + its deps (torch already satisfied)
     /tmp/lightlyvenv/bin/python benchmarks/mae_step.py [--batch 32 --steps 5 --threads 2]
 
 FLOP model (matmul FLOPs only, 2 * MACs; a training step counts 3x the forward: backward =

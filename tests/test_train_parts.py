@@ -46,3 +46,17 @@ def test_no_weight_decay_on_biases_norms_tokens_pos_embeds():
     assert "backbone.blocks.0.attn.qkv.weight" in decay_names and "decoder.decoder_pred.weight" in decay_names
     assert "decoder.decoder_pos_embed" not in decay_names | no_decay_names  # frozen: not optimised at all
     assert all(p.ndim > 1 for p in decay["params"])
+
+
+def test_interrupted_save_is_never_taken_for_a_checkpoint(tmp_path):
+    import json
+
+    from sslvit.train.checkpoint import latest_checkpoint
+
+    root = tmp_path / "checkpoints"
+    (root / "epoch_0002").mkdir(parents=True)
+    (root / "epoch_0002" / "meta.json").write_text(json.dumps({"epoch": 1, "step": 20}))
+    (root / ".tmp_epoch_0003").mkdir()  # a kill during save_state leaves only the temp folder
+    (root / "epoch_0004").mkdir()  # a folder without meta.json is not complete either
+    assert latest_checkpoint(tmp_path) == root / "epoch_0002"
+    assert latest_checkpoint(tmp_path / "elsewhere") is None
