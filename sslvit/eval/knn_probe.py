@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch  # before faiss: faiss imported first makes forked workers that call it hang
+import yaml
 
 from sslvit.data.dataset import build_dataset
 from sslvit.data.transforms import eval_transform
@@ -32,8 +33,6 @@ class KNNProbeConfig:
 def _run_data(weights: Path) -> str:
     cfg_file = weights.parent / "config.yaml"
     if cfg_file.is_file():
-        import yaml
-
         return yaml.safe_load(cfg_file.read_text()).get("data", "digits")
     return "digits"
 

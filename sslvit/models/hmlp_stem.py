@@ -33,8 +33,8 @@ class HMLPStem(nn.Module):
 
     Accepts timm's ``PatchEmbed`` constructor arguments (extra ones are ignored) and exposes
     ``num_patches``, ``grid_size``, ``feat_ratio()``, ``dynamic_feat_size()`` and
-    ``set_input_size()`` like it. ``forward_patches`` embeds a set of already cut-out patches,
-    which is how MIM objectives run the stem on visible patches only.
+    ``set_input_size()`` like it. ``SSLViT.embed_patches`` runs ``proj`` on cut-out patches,
+    which is how MIM objectives run the stem on the visible patches only.
     """
 
     output_fmt: Format
@@ -131,9 +131,3 @@ class HMLPStem(nn.Module):
         elif self.output_fmt != Format.NCHW:
             x = nchw_to(x, self.output_fmt)
         return self.norm(x)
-
-    def forward_patches(self, patches: torch.Tensor) -> torch.Tensor:
-        """patches: (B, M, C, P, P), any subset of an image's patches -> (B, M, D)."""
-        B, M = patches.shape[:2]
-        x = self.proj(patches.flatten(0, 1))  # (B*M, D, 1, 1)
-        return self.norm(x.reshape(B, M, -1))
