@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from accelerate import PartialState
 from accelerate.utils import set_seed
 
 from sslvit.config import ConfigError, build_config
@@ -44,5 +45,6 @@ def main(config_cls, preset: str) -> None:
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(f"Done. Outputs in {run_dir}/ : backbone.safetensors, backbone.json, config.yaml, log.jsonl, "
-          "checkpoints/, pictures_*.png, tensorboard/")
+    if PartialState().is_main_process:
+        print(f"Done. Outputs in {run_dir}/ : backbone.safetensors, backbone.json, config.yaml, log.jsonl, "
+              "checkpoints/, pictures_*.png, tensorboard/")

@@ -87,6 +87,11 @@ def resolve_precision(precision: str) -> str:
         return "no"
 
 
+def _has_accelerator() -> bool:
+    acc = getattr(torch, "accelerator", None)
+    return bool(acc.is_available()) if acc is not None else torch.cuda.is_available()
+
+
 def _flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -113,6 +118,9 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
     tc.validate()
     run_dir = Path(cfg.out).expanduser()
     accelerator = Accelerator(
+        # without cpu=True, a multi-process launch on a machine with no accelerator runs
+        # independent copies instead of one gloo process group
+        cpu=not _has_accelerator(),
         mixed_precision=resolve_precision(tc.precision),
         gradient_accumulation_steps=tc.accum_steps,
         log_with="tensorboard",
