@@ -56,10 +56,10 @@ def test_two_epoch_run_writes_every_artifact(tmp_path, image_folder, fresh_accel
 
 def test_resumed_run_reaches_the_same_weights(tmp_path, image_folder, fresh_accelerate):
     straight = _run(tmp_path / "straight", image_folder)
-    fresh_accelerate_reset()
+    fresh_accelerate()
     _run(tmp_path / "resumed", image_folder, ["--train.stop_after", "1"])
     assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["epoch_0001"]
-    fresh_accelerate_reset()
+    fresh_accelerate()
     _run(tmp_path / "resumed", image_folder, ["--resume"])
     a = load_file(str(straight / "backbone.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "backbone.safetensors"))
@@ -70,10 +70,3 @@ def test_resumed_run_reaches_the_same_weights(tmp_path, image_folder, fresh_acce
     one = load_file(str(tmp_path / "resumed" / "checkpoints" / "epoch_0001" / "model.safetensors"))
     assert not np.allclose(one["backbone.blocks.0.attn.qkv.weight"].numpy(), a["blocks.0.attn.qkv.weight"].numpy())
 
-
-def fresh_accelerate_reset():
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()

@@ -22,6 +22,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_adamw(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95)) -> torch.optim.AdamW:
-    # fused=True: one kernel per step on CPU and GPU. torch's default on CPU is a per-tensor
-    # Python loop, which was ~10x slower here (see the issue note).
+    # fused=True: one kernel per step on CPU and GPU. On this project's 2-core CPU, ViT-S + MAE
+    # decoder: fused 33 ms, foreach 195 ms (benchmarks/mae_step.py); torch's CPU default is a loop.
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), fused=True)
