@@ -35,7 +35,8 @@ def run_pretraining(config_cls, preset: str, argv=None) -> Path:
     picture_imgs = torch.stack([picture_set[i][0] for i in range(min(NUM_PICTURES, len(picture_set)))])
     set_seed(cfg.train.seed)  # the initial weights are part of what a seed reproduces
     objective = cfg.build_objective()
-    return pretrain(cfg, objective, train_set, picture_imgs)
+    collate_fn = cfg.collate_fn() if hasattr(cfg, "collate_fn") else None
+    return pretrain(cfg, objective, train_set, picture_imgs, collate_fn=collate_fn)
 
 
 def main(config_cls, preset: str) -> None:

@@ -1,17 +1,25 @@
 """The one training loop, shared by every objective.
 
 An objective is an ``nn.Module`` with
-  - ``forward(imgs) -> dict`` holding a scalar ``loss`` and any other scalars to log;
+  - ``forward(imgs) -> dict`` holding a scalar ``loss`` and any other scalar tensors to log
+    (``imgs`` is whatever the data loader yields: a (B, C, H, W) batch, or DINO's list of
+    crops grouped by resolution);
   - ``backbone`` (or ``exported_backbone()``): the ``SSLViT`` that is exported;
-  - optional ``no_weight_decay() -> set[str]``, ``after_step(step, total_steps)`` (called
-    after every optimizer step, e.g. an EMA teacher update), ``pictures(imgs) -> dict``
-    (columns of a picture grid) and ``on_epoch_start(epoch)``.
+  - optional hooks, each called on every process:
+      ``no_weight_decay() -> set[str]``;
+      ``on_epoch_start(epoch)``;
+      ``on_step_start(step, total_steps, steps_per_epoch)`` before every forward (schedules
+        that the forward reads, e.g. DINO's teacher temperature);
+      ``before_optimizer_step(epoch)`` after backward and clipping (e.g. dropping gradients);
+      ``after_step(step, total_steps)`` after every optimizer step (e.g. an EMA teacher);
+      ``check_health(record) -> list[str]`` on every logged record (warnings to show);
+      ``pictures(imgs) -> dict`` (columns of a picture grid; or ``(columns, normalized)``
+        where ``normalized[name]`` False marks a column already in [0, 1]).
 The loop owns devices, processes, precision and gradient accumulation (accelerate), the
 AdamW optimizer, the per-iteration schedules, logging, checkpoints and export.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -29,7 +37,7 @@ from tqdm.auto import tqdm
 from sslvit.config import save_yaml, to_dict
 from sslvit.models.export import export_backbone
 from sslvit.train.checkpoint import latest_checkpoint, read_meta, save_checkpoint
-from sslvit.train.optim import build_adamw
+from sslvit.train.optim import build_adamw, clip_grad_per_param_
 from sslvit.train.pictures import save_columns
 from sslvit.train.schedules import cosine_schedule, scaled_lr
 
@@ -46,7 +54,8 @@ class TrainConfig:
     weight_decay: float = 0.05
     weight_decay_end: Optional[float] = None  # cosine weight-decay schedule end; None keeps it constant
     betas: tuple[float, float] = (0.9, 0.95)
-    clip_grad: Optional[float] = None  # max global grad norm
+    clip_grad: Optional[float] = None  # max grad norm
+    clip_mode: str = "global"  # global (one norm over all parameters) | per_param (DINO: each parameter's own norm)
     precision: str = "auto"  # auto (bf16 where the hardware has it, else fp32) | no | bf16 | fp16
     seed: int = 0
     num_workers: int = 4
@@ -59,6 +68,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError(f"train.precision '{self.precision}' is unknown; use auto, no, bf16 or fp16.")
+        if self.clip_mode not in ("global", "per_param"):
+            raise ValueError(f"train.clip_mode '{self.clip_mode}' is unknown; use global or per_param.")
         for name in ("epochs", "batch_size", "accum_steps", "log_every", "save_every", "picture_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1 (got {getattr(self, name)}).")
@@ -107,12 +118,13 @@ def _export(model, cfg, run_dir: Path) -> None:
     export_backbone(backbone, cfg.model, run_dir)
 
 
-def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[torch.Tensor] = None) -> Path:
+def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[torch.Tensor] = None,
+             collate_fn=None) -> Path:
     """Run (or resume) pretraining of ``objective`` on ``train_set``; returns the run directory.
 
     ``cfg`` is an entry-point config with ``out``, ``resume``, ``model`` and ``train`` fields;
-    ``train_set`` yields ``(image, label, skipped)``; ``picture_imgs`` (B, C, H, W) is the fixed
-    batch the picture grids are made from.
+    ``train_set`` yields ``(image, label, skipped)`` (``collate_fn`` batches them, default
+    stacking); ``picture_imgs`` (B, C, H, W) is the fixed batch the picture grids are made from.
     """
     tc: TrainConfig = cfg.train
     tc.validate()
@@ -141,7 +153,7 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
         raise ValueError(f"The training data has {len(train_set)} images, fewer than one batch of "
                          f"{tc.batch_size} x {accelerator.num_processes} processes; lower train.batch_size.")
     loader = DataLoader(train_set, batch_size=tc.batch_size, shuffle=True, drop_last=True,
-                        num_workers=tc.num_workers, pin_memory=torch.cuda.is_available(),
+                        num_workers=tc.num_workers, pin_memory=torch.cuda.is_available(), collate_fn=collate_fn,
                         persistent_workers=False)  # fresh worker seeds per epoch keep resume exact
     effective_batch = tc.batch_size * accelerator.num_processes * tc.accum_steps
     base_lr = tc.lr if tc.lr is not None else scaled_lr(tc.blr, effective_batch)
@@ -188,7 +200,9 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
             epoch_t0 = win_t0
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not main, leave=False,
                        dynamic_ncols=True)
-            for imgs, _labels, skipped in bar:
+            for imgs, labels, skipped in bar:
+                if hasattr(raw, "on_step_start"):
+                    raw.on_step_start(step, total_steps, steps_per_epoch)
                 lr = cosine_schedule(step, total_steps, base_lr, tc.min_lr, warmup_steps)
                 wd = cosine_schedule(step, total_steps, tc.weight_decay, wd_end)
                 for group in optimizer.param_groups:
@@ -198,8 +212,14 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
                     out = model(imgs)
                     loss = out["loss"]
                     accelerator.backward(loss)
-                    if accelerator.sync_gradients and tc.clip_grad is not None:
-                        accelerator.clip_grad_norm_(model.parameters(), tc.clip_grad)
+                    if accelerator.sync_gradients:
+                        if tc.clip_grad is not None and tc.clip_mode == "global":
+                            accelerator.clip_grad_norm_(model.parameters(), tc.clip_grad)
+                        elif tc.clip_grad is not None:
+                            accelerator.unscale_gradients()
+                            clip_grad_per_param_(model.parameters(), tc.clip_grad)
+                        if hasattr(raw, "before_optimizer_step"):
+                            raw.before_optimizer_step(epoch)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 # one small all-reduce: every process sees the same value, so all stop together on NaN
@@ -209,7 +229,7 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
                     raise TrainingDiverged(
                         f"The loss became {loss_val} at step {step} (epoch {epoch + 1}); the last good checkpoint "
                         f"({last or 'none yet'}) is intact. Lower train.blr or set train.clip_grad, then --resume.")
-                n_imgs = imgs.shape[0] * accelerator.num_processes
+                n_imgs = len(labels) * accelerator.num_processes
                 epoch_loss += loss_val
                 epoch_batches += 1
                 epoch_skipped += int(skipped.sum())
@@ -223,9 +243,16 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
                     raw.after_step(step, total_steps)
                 if step % tc.log_every == 0:
                     dt = time.perf_counter() - win_t0
-                    extras = {k: float(v) for k, v in out.items() if k != "loss"}
+                    extras = {k: accelerator.reduce(v.detach().float(), reduction="mean").item()
+                              for k, v in out.items() if k != "loss"}
                     record = {"step": step, "epoch": epoch + 1, "loss": win_loss / win_n, "lr": lr,
                               "weight_decay": wd, "images_per_s": win_imgs / dt, **extras}
+                    warnings = raw.check_health(record) if hasattr(raw, "check_health") else []
+                    if warnings:
+                        record["warnings"] = warnings
+                        if main:
+                            for w in warnings:
+                                bar.write(f"warning (step {step}): {w}")
                     log(record)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
                     win_loss, win_n, win_imgs, win_t0 = 0.0, 0, 0, time.perf_counter()
@@ -262,4 +289,7 @@ def _pictures(accelerator, raw, imgs: torch.Tensor, path: Path) -> None:
     with torch.random.fork_rng(devices=[accelerator.device] if cuda else []), accelerator.autocast():
         columns = raw.pictures(imgs.to(accelerator.device))
     raw.train(was_training)
-    save_columns(columns, path)
+    normalized = None
+    if isinstance(columns, tuple):
+        columns, normalized = columns
+    save_columns(columns, path, normalized)
