@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import torch  # before faiss: faiss imported first makes forked workers that call it hang
-import yaml
 
 from sslvit.data.dataset import build_dataset
 from sslvit.data.transforms import eval_transform
 from sslvit.eval.features import extract_features, raw_pixel_features
 from sslvit.eval.knn import KS, TEMPERATURE, knn_classify
-from sslvit.models.export import load_backbone, resolve_backbone_path
+from sslvit.models.export import load_backbone, resolve_backbone_path, run_data_of
 from sslvit.models.vit import build_backbone
 from sslvit.train.checkpoint import write_json_atomic
 
@@ -30,17 +28,10 @@ class KNNProbeConfig:
     seed: int = 0
 
 
-def _run_data(weights: Path) -> str:
-    cfg_file = weights.parent / "config.yaml"
-    if cfg_file.is_file():
-        return yaml.safe_load(cfg_file.read_text()).get("data", "digits")
-    return "digits"
-
-
 def run_knn_probe(cfg: KNNProbeConfig) -> dict:
     weights = resolve_backbone_path(cfg.ckpt)
     backbone, bcfg = load_backbone(weights)
-    data = cfg.data or _run_data(weights)
+    data = cfg.data or run_data_of(weights)
     tf = eval_transform(bcfg.img_size)
     train_set = build_dataset(data, "train", bcfg.img_size, transform=tf)
     val_set = build_dataset(data, "val", bcfg.img_size, transform=tf)

@@ -5,6 +5,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
@@ -51,3 +52,11 @@ def load_backbone(path: str | Path, **overrides) -> tuple[SSLViT, BackboneConfig
         raise ValueError(f"'{weights}' is not a readable safetensors file ({e}); re-export it from its run.") from None
     model.load_state_dict(state, strict=True)
     return model, cfg
+
+
+def run_data_of(weights: Path) -> str:
+    """The ``data`` a run was trained on, from the ``config.yaml`` beside its weights ('digits' if none)."""
+    cfg_file = weights.parent / "config.yaml"
+    if cfg_file.is_file():
+        return yaml.safe_load(cfg_file.read_text()).get("data", "digits")
+    return "digits"

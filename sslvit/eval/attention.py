@@ -1,0 +1,70 @@
+"""The last block's cls-token self-attention per head, drawn over the image (DINO's
+``visualize_attention.py``, Caron et al. 2021, fig. 1).
+
+timm's attention does not return its weights (it may run fused), so the weights of the last
+block are recomputed here from its own ``qkv`` projection."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import Block, ParallelThingsBlock
+
+from sslvit.data.transforms import denormalize
+from sslvit.models.vit import SSLViT
+
+
+@torch.no_grad()
+def cls_attention(backbone: SSLViT, imgs: torch.Tensor) -> torch.Tensor:
+    """imgs (B, C, H, W) -> attention of the cls token to every patch (B, heads, H/P, W/P).
+
+    Each head's map sums to 1 over the patches plus the cls token itself. A parallel last
+    block contributes the heads of all its branches."""
+    B, _, H, W = imgs.shape
+    p = backbone.patch_size
+    if H % p or W % p:
+        raise ValueError(f"Image size {H}x{W} is not a multiple of the patch size {p}; crop it first.")
+    x = backbone.patch_embed(imgs)
+    x = backbone._pos_embed(x)
+    x = backbone.norm_pre(backbone.patch_drop(x))
+    for blk in backbone.blocks[:-1]:
+        x = blk(x)
+    last = backbone.blocks[-1]
+    if isinstance(last, Block):
+        pairs = [(last.norm1, last.attn)]
+    elif isinstance(last, ParallelThingsBlock):
+        pairs = [(branch.norm, branch.attn) for branch in last.attns]
+    else:
+        raise TypeError(f"Attention maps need a timm Block or ParallelThingsBlock, not {type(last).__name__}.")
+    maps = []
+    for norm, attn in pairs:
+        y = norm(x)
+        N = y.shape[1]
+        qkv = attn.qkv(y).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+        weights = ((q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, heads, 1, N)
+        maps.append(weights[:, :, 0, backbone.num_prefix_tokens:])
+    return torch.cat(maps, 1).reshape(B, -1, H // p, W // p).float()
+
+
+def hot_colormap(a: torch.Tensor) -> torch.Tensor:
+    """(B, h, w) in [0, 1] -> (B, 3, h, w): black -> red -> yellow -> white."""
+    return torch.stack([(3 * a).clamp(0, 1), (3 * a - 1).clamp(0, 1), (3 * a - 2).clamp(0, 1)], 1)
+
+
+def attention_columns(backbone: SSLViT, imgs: torch.Tensor) -> tuple[dict, dict]:
+    """imgs (B, 3, H, W) normalised -> picture columns: the image, then one heat map per head
+    (each rescaled to [0, 1] per image, upsampled to pixels), then their mean.
+
+    Returns ``(columns, normalized)`` as ``save_columns`` takes them."""
+    attn = cls_attention(backbone, imgs)
+    lo = attn.flatten(2).min(-1).values[..., None, None]
+    hi = attn.flatten(2).max(-1).values[..., None, None]
+    scaled = (attn - lo) / (hi - lo).clamp_min(1e-12)
+    up = F.interpolate(scaled, size=imgs.shape[-2:], mode="nearest")  # one block per patch, as DINO draws it
+    gray = denormalize(imgs.float()).mean(1)
+    columns = {"image": imgs}
+    for h in range(up.shape[1]):
+        columns[f"head {h + 1}"] = 0.25 * gray[:, None] + 0.75 * hot_colormap(up[:, h])
+    columns["mean"] = 0.25 * gray[:, None] + 0.75 * hot_colormap(up.mean(1))
+    normalized = {name: name == "image" for name in columns}
+    return columns, normalized

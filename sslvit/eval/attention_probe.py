@@ -1,0 +1,68 @@
+"""Attention maps of an exported backbone: ``python probes/attention.py --ckpt RUN_DIR
+[--image PATH] [--img_size N]`` writes a picture of the last block's cls-token attention per
+head over each image (DINO's ``visualize_attention.py``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torchvision.transforms import v2
+
+from sslvit.data.dataset import build_dataset
+from sslvit.data.folder import DataError, load_rgb
+from sslvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from sslvit.eval.attention import attention_columns
+from sslvit.models.export import load_backbone, resolve_backbone_path, run_data_of
+from sslvit.train.pictures import save_columns
+
+
+@dataclass
+class AttentionConfig:
+    ckpt: str = "runs/dino-digits"  # run directory or its backbone.safetensors
+    image: Optional[str] = None  # an image file; None: the first images of the run's validation data
+    data: Optional[str] = None  # with no --image: 'digits' or a folder; None: the run's own data
+    num_images: int = 8
+    img_size: Optional[int] = None  # short side in pixels; None: the backbone's training size
+    out: Optional[str] = None  # picture path; None: attention.png next to the checkpoint
+
+
+def _load_image(path: str, short_side: int, patch: int) -> torch.Tensor:
+    img = load_rgb(Path(path).expanduser()) if Path(path).expanduser().is_file() else None
+    if img is None:
+        raise DataError(f"'{path}' is not a readable image file; pass --image with a path to a PNG or JPEG.")
+    x = v2.Compose([v2.ToImage(), v2.Resize(short_side, interpolation=v2.InterpolationMode.BICUBIC,
+                                            antialias=True),
+                    v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(img)
+    h, w = (x.shape[1] // patch) * patch, (x.shape[2] // patch) * patch  # whole patches only, as DINO crops
+    return v2.functional.center_crop(x, [h, w])[None]
+
+
+def run_attention(cfg: AttentionConfig) -> dict:
+    weights = resolve_backbone_path(cfg.ckpt)
+    # dynamic_img_size: the position table is interpolated to the picture's grid
+    backbone, bcfg = load_backbone(weights, dynamic_img_size=True)
+    backbone.eval()
+    size = cfg.img_size or bcfg.img_size
+    if size < bcfg.patch_size:
+        raise ValueError(f"--img_size {size} is smaller than one patch ({bcfg.patch_size} px); use a larger size.")
+    if cfg.image is not None:
+        imgs = _load_image(cfg.image, size, bcfg.patch_size)
+    else:
+        data = cfg.data or run_data_of(weights)
+        size -= size % bcfg.patch_size
+        dataset = build_dataset(data, "val", size, transform=eval_transform(size))
+        imgs = torch.stack([dataset[i][0] for i in range(min(cfg.num_images, len(dataset)))])
+    columns, normalized = attention_columns(backbone, imgs)
+    out = Path(cfg.out).expanduser() if cfg.out else weights.parent / "attention.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_columns(columns, out, normalized)
+    return {"picture": str(out), "images": imgs.shape[0], "heads": len(columns) - 2,
+            "grid": [imgs.shape[2] // bcfg.patch_size, imgs.shape[3] // bcfg.patch_size]}
+
+
+def format_report(report: dict) -> str:
+    g = report["grid"]
+    return (f"Attention of the cls token, last block: {report['heads']} heads over a {g[0]}x{g[1]} patch grid "
+            f"for {report['images']} image(s) -> {report['picture']}")
