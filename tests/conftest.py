@@ -1,5 +1,7 @@
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 
 @pytest.fixture(autouse=True)
@@ -23,3 +25,16 @@ def fresh_accelerate():
     _reset_accelerate()
     yield _reset_accelerate
     _reset_accelerate()
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """48 random 16x16 PNGs in 3 class folders, brighter per class."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "imgs"
+    for c in range(3):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(16):
+            arr = (rng.random((16, 16, 3)) * 80 + c * 80).astype(np.uint8)
+            Image.fromarray(arr).save(root / f"class{c}" / f"{i}.png")
+    return root

@@ -4,7 +4,6 @@ import json
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
 from safetensors.torch import load_file
 
 from sslvit.objectives.mae import MAERunConfig
@@ -14,18 +13,6 @@ TINY = ["--model.size", "tiny", "--model.depth", "2", "--model.patch_size", "4",
         "--mae.decoder_dim", "32", "--mae.decoder_depth", "1", "--mae.decoder_heads", "2",
         "--train.batch_size", "16", "--train.epochs", "2", "--train.warmup_epochs", "1", "--train.num_workers", "0",
         "--train.log_every", "1", "--train.save_every", "1", "--train.picture_every", "1", "--train.blr", "1e-2"]
-
-
-@pytest.fixture
-def image_folder(tmp_path):
-    rng = np.random.default_rng(0)
-    root = tmp_path / "imgs"
-    for c in range(3):
-        (root / f"class{c}").mkdir(parents=True)
-        for i in range(16):
-            arr = (rng.random((16, 16, 3)) * 80 + c * 80).astype(np.uint8)
-            Image.fromarray(arr).save(root / f"class{c}" / f"{i}.png")
-    return root
 
 
 def _run(out, data, extra=()):

@@ -1,7 +1,6 @@
 import math
 
 import pytest
-import torch
 
 from sslvit.models import BackboneConfig, build_backbone
 from sslvit.objectives.mae import MAE, MAEConfig

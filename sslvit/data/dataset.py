@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from sslvit.data.digits import digits_split

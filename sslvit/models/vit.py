@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn as nn
 from timm.layers import PatchEmbed, resample_abs_pos_embed
 from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block, ParallelThingsBlock, VisionTransformer

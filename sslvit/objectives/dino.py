@@ -1,0 +1,263 @@
+"""DINO: self-distillation with no labels (Caron et al. 2021; facebookresearch/dino).
+
+A student (backbone + projection head) sees every crop; a teacher, the EMA of the student,
+sees the two global crops only. The student matches the teacher's centred, sharpened softmax
+over K prototypes with a cross-entropy over every (teacher view, other student view) pair.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.utils import ModelEmaV3
+
+from sslvit.data.multicrop import MultiCropConfig, MultiCropTransform, multicrop_collate
+from sslvit.eval.attention import attention_columns
+from sslvit.models.vit import BackboneConfig, SSLViT, build_backbone
+from sslvit.train.loop import TrainConfig
+from sslvit.train.schedules import cosine_schedule
+
+
+@dataclass
+class DINOConfig:
+    out_dim: int = 65536  # K, the number of prototypes
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    head_layers: int = 3
+    norm_last_layer: bool = True  # fix the last layer's weight-norm gain to 1 (more stable)
+    freeze_last_layer: int = 1  # epochs during which the last layer gets no update
+    momentum_teacher: float = 0.996  # start of the cosine EMA schedule, which ends at 1
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: float = 0.0  # linear per-step warmup from warmup_teacher_temp
+    center_momentum: float = 0.9
+    collapse_window: int = 10  # logged steps in a row before the collapse guard warns
+    collapse_low: float = 0.05  # teacher entropy / log K below this: collapsed to few prototypes
+    collapse_high: float = 0.95  # ... above this: uniform (centering won over sharpening)
+
+
+def teacher_temperature(step: int, steps_per_epoch: int, cfg: DINOConfig) -> float:
+    """Linear from ``warmup_teacher_temp`` to ``teacher_temp`` over the warmup epochs, then constant."""
+    warmup_steps = cfg.warmup_teacher_temp_epochs * steps_per_epoch
+    if step >= warmup_steps:
+        return cfg.teacher_temp
+    return cfg.warmup_teacher_temp + (cfg.teacher_temp - cfg.warmup_teacher_temp) * step / warmup_steps
+
+
+def teacher_momentum(step: int, total_steps: int, base: float = 0.996) -> float:
+    """Momentum applied after optimizer step ``step`` (0-based): cosine from ``base`` to 1."""
+    return cosine_schedule(step, total_steps, base, 1.0)
+
+
+class DINOHead(nn.Module):
+    """(M, D) -> (M, K): MLP -> l2-normalised bottleneck -> weight-normed linear, no bias."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256,
+                 nlayers: int = 3, norm_last_layer: bool = True):
+        super().__init__()
+        if nlayers < 1:
+            raise ValueError(f"dino.head_layers must be >= 1 (got {nlayers}).")
+        dims = [in_dim] + [hidden_dim] * (nlayers - 1) + [bottleneck_dim]
+        layers = []
+        for i in range(nlayers):
+            layers.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < nlayers - 1:
+                layers.append(nn.GELU())
+        self.mlp = nn.Sequential(*layers)
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        self.last_layer = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
+        gain = self.last_layer.parametrizations.weight.original0  # (K, 1): the weight-norm g
+        with torch.no_grad():
+            gain.fill_(1.0)
+        gain.requires_grad_(not norm_last_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(self.mlp(x), dim=-1)
+        return self.last_layer(x)
+
+
+class HeadedViT(nn.Module):
+    """Backbone + DINO head. ``forward(groups)``: list of (n_r * B, C, s_r, s_r) -> (sum n_r * B, K)."""
+
+    def __init__(self, backbone: SSLViT, head: DINOHead):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, groups: list[torch.Tensor]) -> torch.Tensor:
+        # one backbone pass per resolution (the local crops' grid interpolates the position table)
+        cls = torch.cat([self.backbone.forward_features(x)[:, 0] for x in groups])
+        return self.head(cls)
+
+
+class DINOLoss(nn.Module):
+    """Cross-entropy between teacher and student views, skipping same-view pairs; owns the center."""
+
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
+        super().__init__()
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, n_views: int,
+                teacher_temp: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """student_out (n_views * B, K), teacher_out (2 * B, K), both view-major.
+        Returns (loss, mean teacher entropy in nats) and updates the center."""
+        student = F.log_softmax(student_out.float() / self.student_temp, dim=-1).chunk(n_views)
+        teacher_p = F.softmax((teacher_out.float() - self.center) / teacher_temp, dim=-1)
+        total, n_terms = 0.0, 0
+        for iq, q in enumerate(teacher_p.chunk(2)):
+            for v in range(n_views):
+                if v == iq:  # the student never predicts the teacher's output of the same view
+                    continue
+                total = total + torch.sum(-q * student[v], dim=-1).mean()
+                n_terms += 1
+        entropy = -(teacher_p * torch.log(teacher_p.clamp_min(1e-30))).sum(-1).mean()
+        self.update_center(teacher_out.float())
+        return total / n_terms, entropy
+
+    @torch.no_grad()
+    def update_center(self, teacher_out: torch.Tensor) -> None:
+        """center <- m * center + (1 - m) * mean of the teacher batch (over all processes, if several)."""
+        batch_sum = teacher_out.sum(dim=0, keepdim=True)
+        count = torch.tensor(float(teacher_out.shape[0]), device=teacher_out.device)
+        if dist.is_available() and dist.is_initialized():  # one CPU process has no group, and needs none
+            dist.all_reduce(batch_sum)
+            dist.all_reduce(count)
+        self.center.mul_(self.center_momentum).add_(batch_sum / count, alpha=1 - self.center_momentum)
+
+
+class CollapseGuard:
+    """Warns when the teacher entropy stays near 0 (collapse to few prototypes) or near log K
+    (uniform output) for ``window`` logged steps in a row; warns once per episode."""
+
+    def __init__(self, out_dim: int, window: int = 10, low: float = 0.05, high: float = 0.95):
+        self.log_k = math.log(out_dim)
+        self.low, self.high = low, high
+        self.recent = deque(maxlen=window)
+        self.raised: Optional[str] = None
+
+    def update(self, entropy: float) -> Optional[str]:
+        ratio = entropy / self.log_k
+        state = "collapsed" if ratio < self.low else "uniform" if ratio > self.high else "healthy"
+        self.recent.append(state)
+        if state == "healthy":
+            self.raised = None
+        if len(self.recent) < self.recent.maxlen or len(set(self.recent)) != 1 or state in ("healthy", self.raised):
+            return None
+        self.raised = state
+        n = self.recent.maxlen
+        if state == "collapsed":
+            return (f"the teacher output has collapsed onto a few prototypes (entropy {entropy:.3f} of at most "
+                    f"{self.log_k:.2f} nats for {n} logged steps); raise dino.teacher_temp or lengthen "
+                    "dino.warmup_teacher_temp_epochs, keep dino.freeze_last_layer >= 1, or lower dino.out_dim.")
+        return (f"the teacher output is uniform (entropy {entropy:.3f} of at most {self.log_k:.2f} nats for {n} "
+                "logged steps), so the student learns nothing; lower dino.teacher_temp, lower dino.out_dim, or "
+                "raise dino.freeze_last_layer.")
+
+
+class DINO(nn.Module):
+    """Objective: ``forward(groups)`` with groups = [globals (2B, C, G, G), locals (nB, C, L, L)]."""
+
+    def __init__(self, student: SSLViT, teacher: SSLViT, cfg: DINOConfig):
+        super().__init__()
+        self.cfg = cfg
+        head_kw = dict(hidden_dim=cfg.hidden_dim, bottleneck_dim=cfg.bottleneck_dim, nlayers=cfg.head_layers,
+                       norm_last_layer=cfg.norm_last_layer)
+        self.student = HeadedViT(student, DINOHead(student.embed_dim, cfg.out_dim, **head_kw))
+        teacher = HeadedViT(teacher, DINOHead(teacher.embed_dim, cfg.out_dim, **head_kw))
+        teacher.load_state_dict(self.student.state_dict())  # the teacher starts as the student
+        # ModelEmaV3 copies it once; the teacher differs from the student only in having no drop path
+        self.teacher = ModelEmaV3(teacher, decay=cfg.momentum_teacher, exclude_buffers=True)
+        self.teacher.requires_grad_(False)
+        self.loss = DINOLoss(cfg.out_dim, cfg.student_temp, cfg.center_momentum)
+        self.guard = CollapseGuard(cfg.out_dim, cfg.collapse_window, cfg.collapse_low, cfg.collapse_high)
+        self.teacher_temp = teacher_temperature(0, 1, cfg)
+
+    @property
+    def backbone(self) -> SSLViT:
+        return self.student.backbone
+
+    def exported_backbone(self) -> SSLViT:
+        return self.teacher.module.backbone  # DINO evaluates (and ships) the teacher
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # always: the teacher runs without drop path
+        return self
+
+    def forward(self, groups: list[torch.Tensor]) -> dict:
+        n_views = sum(g.shape[0] for g in groups) // (groups[0].shape[0] // 2)
+        with torch.no_grad():
+            teacher_out = self.teacher.module(groups[:1])  # the global crops only
+        student_out = self.student(groups)
+        loss, entropy = self.loss(student_out, teacher_out, n_views, self.teacher_temp)
+        # KL(teacher || student) averaged over the pairs = cross-entropy - teacher entropy
+        return {"loss": loss, "teacher_entropy": entropy.detach(), "kl": (loss - entropy).detach(),
+                "teacher_temp": loss.new_tensor(self.teacher_temp)}
+
+    def on_step_start(self, step: int, total_steps: int, steps_per_epoch: int) -> None:
+        self.teacher_temp = teacher_temperature(step, steps_per_epoch, self.cfg)
+
+    def before_optimizer_step(self, epoch: int) -> None:
+        if epoch < self.cfg.freeze_last_layer:
+            for p in self.student.head.last_layer.parameters():
+                p.grad = None  # AdamW skips a parameter without a gradient: no update, no decay
+
+    @torch.no_grad()
+    def after_step(self, step: int, total_steps: int) -> None:
+        self.teacher.decay = teacher_momentum(step - 1, total_steps, self.cfg.momentum_teacher)
+        self.teacher.update(self.student)
+
+    def check_health(self, record: dict) -> list[str]:
+        warning = self.guard.update(record["teacher_entropy"]) if "teacher_entropy" in record else None
+        return [warning] if warning else []
+
+    @torch.no_grad()
+    def pictures(self, imgs: torch.Tensor):
+        """The teacher's last-block cls attention per head over ``imgs`` (B, C, H, W)."""
+        return attention_columns(self.exported_backbone(), imgs)
+
+
+@dataclass
+class DINORunConfig:
+    """``pretrain/dino.py``: the reference defaults (ViT-S/16, 224 px global and 8 x 96 px local
+    crops, K = 65536, 100 epochs, blr 5e-4). With ``data: digits`` the ``sslvit/presets/dino.yaml``
+    preset replaces them first."""
+
+    data: str = "digits"
+    out: str = "runs/dino"
+    resume: bool = False
+    model: BackboneConfig = field(default_factory=lambda: BackboneConfig(
+        size="small", pos_embed="learned", drop_path_rate=0.1, dynamic_img_size=True))
+    dino: DINOConfig = field(default_factory=DINOConfig)
+    crops: MultiCropConfig = field(default_factory=MultiCropConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        epochs=100, blr=5e-4, min_lr=1e-6, warmup_epochs=10, weight_decay=0.04, weight_decay_end=0.4,
+        betas=(0.9, 0.999), clip_grad=3.0, clip_mode="per_param", log_every=10))
+
+    def build_objective(self) -> DINO:
+        self.crops.validate(self.model.img_size, self.model.patch_size)
+        if self.crops.local_number and not self.model.dynamic_img_size:
+            raise ValueError("DINO's local crops need model.dynamic_img_size true (the position embedding is "
+                             "interpolated to their grid); set it, or crops.local_number 0.")
+        student = build_backbone(self.model)
+        teacher = build_backbone(dataclasses.replace(self.model, drop_path_rate=0.0))
+        return DINO(student, teacher, self.dino)
+
+    def train_transform(self):
+        return MultiCropTransform(self.model.img_size, self.crops)
+
+    def collate_fn(self):
+        return multicrop_collate

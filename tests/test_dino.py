@@ -1,0 +1,189 @@
+"""DINO parts against formulas written from the paper (Caron et al. 2021, Algorithm 1, sec. 3)."""
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from sslvit.models import BackboneConfig, build_backbone
+from sslvit.objectives.dino import (DINO, CollapseGuard, DINOConfig, DINOHead, DINOLoss, teacher_momentum,
+                                    teacher_temperature)
+from sslvit.train.optim import build_adamw, clip_grad_per_param_
+from sslvit.train.schedules import cosine_schedule
+
+SMALL = DINOConfig(out_dim=64, hidden_dim=32, bottleneck_dim=16)
+
+
+def _dino(cfg=SMALL, drop_path=0.0):
+    model = BackboneConfig(size="tiny", depth=2, patch_size=4, img_size=16, pos_embed="learned",
+                           dynamic_img_size=True, drop_path_rate=drop_path)
+    return DINO(build_backbone(model), build_backbone(dataclasses.replace(model, drop_path_rate=0.0)), cfg)
+
+
+def _crops(B=4, n_local=2):
+    return [torch.randn(2 * B, 3, 16, 16), torch.randn(n_local * B, 3, 8, 8)]
+
+
+def reference_dino_loss(s, t, c, n_views, B, Ts, Tt):
+    """Per image b: H(P_t(view a), P_s(view v)) summed over a in {0, 1}, v != a, then averaged
+    over the pairs and the images; P_t = softmax((t - c) / Tt), P_s = softmax(s / Ts)."""
+    s, t, c = s.double(), t.double(), c.double()
+    total, n_pairs = 0.0, 0
+    for a in range(2):
+        for v in range(n_views):
+            if v == a:
+                continue
+            n_pairs += 1
+            for b in range(B):
+                lt = (t[a * B + b] - c[0]) / Tt
+                p_t = torch.exp(lt - lt.max()) / torch.exp(lt - lt.max()).sum()
+                ls = s[v * B + b] / Ts
+                log_p_s = ls - (ls.max() + torch.log(torch.exp(ls - ls.max()).sum()))
+                total += float(-(p_t * log_p_s).sum()) / B
+    return total / n_pairs
+
+
+def test_dino_loss_matches_the_paper_formula_and_updates_the_center():
+    B, K, n_views = 3, 50, 5
+    s, t = torch.randn(n_views * B, K) * 3, torch.randn(2 * B, K) * 3
+    loss_fn = DINOLoss(K, student_temp=0.1, center_momentum=0.9)
+    c0 = torch.randn(1, K)
+    loss_fn.center.copy_(c0)
+    loss, entropy = loss_fn(s, t, n_views, teacher_temp=0.04)
+    ref = reference_dino_loss(s, t, c0, n_views, B, 0.1, 0.04)
+    assert loss.item() == pytest.approx(ref, rel=1e-6, abs=1e-6)
+    torch.testing.assert_close(loss_fn.center, 0.9 * c0 + 0.1 * t.mean(0, keepdim=True), rtol=1e-6, atol=1e-7)
+    p_t = torch.softmax((t.double() - c0.double()) / 0.04, -1)
+    assert entropy.item() == pytest.approx(float(-(p_t * p_t.clamp_min(1e-30).log()).sum(-1).mean()), rel=1e-5)
+
+
+def test_same_view_pairs_are_skipped():
+    # two views only: the loss is H(t0, s1) + H(t1, s0) over 2; with s1 == t0's logits the
+    # cross-entropy of view 0 against itself must not appear
+    B, K = 2, 10
+    s = torch.randn(2 * B, K)
+    t = torch.randn(2 * B, K)
+    loss, _ = DINOLoss(K)(s, t, n_views=2, teacher_temp=0.05)
+    cross = reference_dino_loss(s, t, torch.zeros(1, K), 2, B, 0.1, 0.05)
+    assert loss.item() == pytest.approx(cross, rel=1e-6)
+    p0 = torch.softmax(t[:B] / 0.05, -1)
+    same_view = float(-(p0 * torch.log_softmax(s[:B] / 0.1, -1)).sum(-1).mean())
+    assert abs(loss.item() - same_view) > 1e-3
+
+
+def test_ema_update_is_m_teacher_plus_one_minus_m_student_and_teacher_has_no_grad():
+    dino = _dino()
+    with torch.no_grad():  # make student and teacher differ
+        for p in dino.student.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    teacher0 = {n: p.clone() for n, p in dino.teacher.module.named_parameters()}
+    student = dict(dino.student.named_parameters())
+    out = dino(_crops())
+    out["loss"].backward()
+    assert all(p.grad is None and not p.requires_grad for p in dino.teacher.parameters())
+    dino.after_step(step=1, total_steps=10)
+    m = teacher_momentum(0, 10, 0.996)
+    assert m == pytest.approx(0.996)
+    for n, p in dino.teacher.module.named_parameters():
+        torch.testing.assert_close(p, m * teacher0[n] + (1 - m) * student[n], rtol=0, atol=1e-6, msg=n)
+    for (n, b), (_, sb) in zip(dino.teacher.module.named_buffers(), dino.student.named_buffers()):
+        torch.testing.assert_close(b, sb, msg=n)
+
+
+def test_teacher_runs_without_drop_path_even_in_train_mode():
+    dino = _dino(drop_path=0.5).train()
+    assert not dino.teacher.training and dino.student.training
+    x = [torch.randn(4, 3, 16, 16)]
+    torch.testing.assert_close(dino.teacher.module(x), dino.teacher.module(x))
+
+
+def test_schedules_at_their_endpoints():
+    total = 100
+    assert teacher_momentum(0, total) == pytest.approx(0.996)
+    assert teacher_momentum(total, total) == pytest.approx(1.0)
+    cfg = DINOConfig(warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=30)
+    assert teacher_temperature(0, 10, cfg) == pytest.approx(0.04)
+    assert teacher_temperature(150, 10, cfg) == pytest.approx(0.055)
+    assert teacher_temperature(300, 10, cfg) == pytest.approx(0.07)
+    assert teacher_temperature(10_000, 10, cfg) == pytest.approx(0.07)
+    assert teacher_temperature(0, 10, DINOConfig()) == pytest.approx(0.04)  # default: no warmup
+    # weight decay: the loop's cosine from 0.04 to 0.4
+    assert cosine_schedule(0, total, 0.04, 0.4) == pytest.approx(0.04)
+    assert cosine_schedule(total, total, 0.04, 0.4) == pytest.approx(0.4)
+
+
+def test_head_shapes_and_norm_last_layer_freezes_the_gain():
+    head = DINOHead(24, 64, hidden_dim=32, bottleneck_dim=16, nlayers=3, norm_last_layer=True)
+    gain = head.last_layer.parametrizations.weight.original0
+    assert not gain.requires_grad and torch.all(gain == 1)
+    assert head(torch.randn(5, 24)).shape == (5, 64)
+    w = head.last_layer.weight  # rows have unit norm: the prototypes are on the sphere
+    torch.testing.assert_close(w.norm(dim=1), torch.ones(64))
+    free = DINOHead(24, 64, hidden_dim=32, bottleneck_dim=16, norm_last_layer=False)
+    assert free.last_layer.parametrizations.weight.original0.requires_grad
+
+
+def _one_step(dino, epoch):
+    opt = build_adamw(dino, 1e-2, 0.04)
+    last = {n: p.clone() for n, p in dino.student.head.last_layer.named_parameters()}
+    other = dino.student.backbone.blocks[0].attn.qkv.weight.clone()
+    dino(_crops())["loss"].backward()
+    dino.before_optimizer_step(epoch)
+    opt.step()
+    changed = {n: not torch.equal(p, last[n]) for n, p in dino.student.head.last_layer.named_parameters()}
+    return changed, not torch.equal(other, dino.student.backbone.blocks[0].attn.qkv.weight)
+
+
+def test_last_layer_gets_no_update_during_the_freeze_epochs():
+    cfg = DINOConfig(out_dim=64, hidden_dim=32, bottleneck_dim=16, freeze_last_layer=1, norm_last_layer=False)
+    changed, backbone_changed = _one_step(_dino(cfg), epoch=0)
+    assert backbone_changed and not any(changed.values())  # weight decay included: no update at all
+    changed, _ = _one_step(_dino(cfg), epoch=1)
+    assert all(changed.values())
+
+
+def test_per_parameter_clipping_scales_each_gradient_on_its_own():
+    ps = [torch.nn.Parameter(torch.zeros(4, 4)) for _ in range(3)]
+    grads = [torch.randn(4, 4) * s for s in (0.01, 10.0, 100.0)]
+    for p, g in zip(ps, grads):
+        p.grad = g.clone()
+    clip_grad_per_param_(ps, 3.0)
+    torch.testing.assert_close(ps[0].grad, grads[0])  # below the bound: untouched
+    for p, g in zip(ps[1:], grads[1:]):
+        assert p.grad.norm().item() == pytest.approx(3.0, rel=1e-5)
+        torch.testing.assert_close(p.grad / p.grad.norm(), g / g.norm())  # direction kept
+
+
+def _guard_run(teacher_logits_fn, steps=40, K=64):
+    loss_fn = DINOLoss(K)
+    guard = CollapseGuard(K, window=10)
+    warnings = []
+    for _ in range(steps):
+        t = teacher_logits_fn()
+        _, entropy = loss_fn(torch.randn(4 * 4, K), t, n_views=4, teacher_temp=0.04)
+        w = guard.update(entropy.item())
+        if w:
+            warnings.append(w)
+    return warnings
+
+
+def test_collapse_guard_fires_on_a_constant_teacher_and_stays_quiet_on_a_healthy_one():
+    K = 64
+    constant = torch.randn(1, K)
+    warnings = _guard_run(lambda: constant.expand(8, K).clone(), steps=100, K=K)
+    # sharp at first, then the center absorbs the constant output and the teacher goes uniform;
+    # each episode is reported once, not at every logged step
+    assert 1 <= len(warnings) <= 2 and "uniform" in warnings[-1] and "teacher_temp" in warnings[-1]
+    one_hot = lambda: torch.nn.functional.one_hot(torch.randint(0, 2, (8,)), K).float() * 5  # noqa: E731
+    warnings = _guard_run(one_hot, K=K)
+    assert len(warnings) == 1 and "collapsed" in warnings[0]
+    # healthy: each image has its own, moderately peaked output (cosine logits in [-1, 1])
+    assert _guard_run(lambda: torch.nn.functional.normalize(torch.randn(8, K), dim=-1) * 2, K=K) == []
+
+
+def test_forward_logs_entropy_and_kl():
+    dino = _dino()
+    out = dino(_crops())
+    assert set(out) >= {"loss", "teacher_entropy", "kl"}
+    assert 0 < out["teacher_entropy"].item() < math.log(64)
+    assert out["kl"].item() == pytest.approx(out["loss"].item() - out["teacher_entropy"].item(), abs=1e-5)
