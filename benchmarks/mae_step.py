@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from flops import block_macs, matmul_peak, stem_macs, time_round_robin  # benchmarks/flops.py
 from sslvit.models.vit import BackboneConfig, build_backbone
 from sslvit.objectives.mae import MAE, MAEConfig
 
@@ -49,19 +50,8 @@ except ImportError:
 N, KEEP, D, DEPTH, DD, DDEPTH, PATCH_DIM = 196, 49, 384, 12, 512, 8, 16 * 16 * 3
 
 
-def block_macs(T: int, dim: int) -> int:
-    return T * dim * 3 * dim + 2 * T * T * dim + T * dim * dim + 2 * T * dim * 4 * dim
-
-
-def stem_macs(stem: str, dim: int = D, C: int = 3) -> int:
-    if stem == "linear":
-        return C * 16 * 16 * dim
-    h = dim // 4
-    return 16 * (C * 4 * 4) * h + 4 * (4 * h) * h + (4 * h) * dim
-
-
 def step_flops(batch: int, stem: str, stem_patches: int, pred_patches: int) -> int:
-    fwd = (stem_patches * stem_macs(stem) + DEPTH * block_macs(1 + KEEP, D) + (1 + KEEP) * D * DD
+    fwd = (stem_patches * stem_macs(stem, D) + DEPTH * block_macs(1 + KEEP, D) + (1 + KEEP) * D * DD
            + DDEPTH * block_macs(N + 1, DD) + pred_patches * DD * PATCH_DIM)
     return 3 * 2 * batch * fwd
 
@@ -113,16 +103,6 @@ def make_step(model: nn.Module, opt, imgs: torch.Tensor, bf16: bool = False):
         opt.zero_grad(set_to_none=True)
         return loss.item()
     return step
-
-
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best
 
 
 def pick_adamw(model: nn.Module, lr: float) -> tuple[str, dict]:
@@ -200,19 +180,10 @@ def main() -> None:
         # torch's default AdamW implementation, as lightly's example
         configs["lightly fp32"] = (make_step(model, adamw(model, lr), imgs), step_flops(B, "linear", N, N - KEEP))
     default = "sslvit hmlp bf16" if bf16_ok else "sslvit hmlp fp32"
-    print(f"sslvit default precision: " + ("bf16 autocast" if bf16_ok else
+    print("sslvit default precision: " + ("bf16 autocast" if bf16_ok else
           "fp32 (no native bf16 on this CPU): the default-precision config is 'sslvit hmlp fp32'"))
 
-    times = {name: [] for name in configs}
-    for _ in range(2):  # warm-up
-        for step, _ in configs.values():
-            step()
-    for _ in range(args.steps):  # round-robin
-        for name, (step, _) in configs.items():
-            t = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - t)
-    print("load average after timing: %.2f %.2f %.2f" % os.getloadavg())
+    times = time_round_robin({name: step for name, (step, _) in configs.items()}, args.steps, 2)
     peak["fp32"] = max(peak["fp32"], matmul_peak(torch.float32))  # best of before and after
 
     print("\npeak matmul 2048^3: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peak.items()))
