@@ -90,11 +90,12 @@ def test_ema_update_is_m_teacher_plus_one_minus_m_student_and_teacher_has_no_gra
         torch.testing.assert_close(b, sb, msg=n)
 
 
-def test_teacher_runs_without_drop_path_even_in_train_mode():
+def test_teacher_has_no_drop_path_and_follows_the_students_mode():
     dino = _dino(drop_path=0.5).train()
-    assert not dino.teacher.training and dino.student.training
-    x = [torch.randn(4, 3, 16, 16)]
+    assert dino.teacher.training  # as in DINO: a BatchNorm head uses batch statistics in both
+    x = [torch.randn(32, 3, 16, 16)]  # 32 images: two equal drop-path draws have odds 2^-32
     torch.testing.assert_close(dino.teacher.module(x), dino.teacher.module(x))
+    assert not torch.allclose(dino.student(x), dino.student(x))  # the student does drop paths
 
 
 def test_schedules_at_their_endpoints():
@@ -121,6 +122,9 @@ def test_head_shapes_and_norm_last_layer_freezes_the_gain():
     torch.testing.assert_close(w.norm(dim=1), torch.ones(64))
     free = DINOHead(24, 64, hidden_dim=32, bottleneck_dim=16, norm_last_layer=False)
     assert free.last_layer.parametrizations.weight.original0.requires_grad
+    bn = DINOHead(24, 64, hidden_dim=32, bottleneck_dim=16, nlayers=3, use_bn=True)
+    kinds = [type(m).__name__ for m in bn.mlp]
+    assert kinds == ["Linear", "BatchNorm1d", "GELU", "Linear", "BatchNorm1d", "GELU", "Linear"]
 
 
 def _one_step(dino, epoch):

@@ -31,6 +31,7 @@ class DINOConfig:
     hidden_dim: int = 2048
     bottleneck_dim: int = 256
     head_layers: int = 3
+    use_bn_in_head: bool = False  # BatchNorm after each hidden layer (DINO's --use_bn_in_head)
     norm_last_layer: bool = True  # fix the last layer's weight-norm gain to 1 (more stable)
     freeze_last_layer: int = 1  # epochs during which the last layer gets no update
     momentum_teacher: float = 0.996  # start of the cosine EMA schedule, which ends at 1
@@ -61,7 +62,7 @@ class DINOHead(nn.Module):
     """(M, D) -> (M, K): MLP -> l2-normalised bottleneck -> weight-normed linear, no bias."""
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 nlayers: int = 3, norm_last_layer: bool = True):
+                 nlayers: int = 3, norm_last_layer: bool = True, use_bn: bool = False):
         super().__init__()
         if nlayers < 1:
             raise ValueError(f"dino.head_layers must be >= 1 (got {nlayers}).")
@@ -70,6 +71,7 @@ class DINOHead(nn.Module):
         for i in range(nlayers):
             layers.append(nn.Linear(dims[i], dims[i + 1]))
             if i < nlayers - 1:
+                layers += [nn.BatchNorm1d(dims[i + 1])] if use_bn else []
                 layers.append(nn.GELU())
         self.mlp = nn.Sequential(*layers)
         for m in self.mlp:
@@ -174,11 +176,12 @@ class DINO(nn.Module):
         super().__init__()
         self.cfg = cfg
         head_kw = dict(hidden_dim=cfg.hidden_dim, bottleneck_dim=cfg.bottleneck_dim, nlayers=cfg.head_layers,
-                       norm_last_layer=cfg.norm_last_layer)
+                       norm_last_layer=cfg.norm_last_layer, use_bn=cfg.use_bn_in_head)
         self.student = HeadedViT(student, DINOHead(student.embed_dim, cfg.out_dim, **head_kw))
         teacher = HeadedViT(teacher, DINOHead(teacher.embed_dim, cfg.out_dim, **head_kw))
         teacher.load_state_dict(self.student.state_dict())  # the teacher starts as the student
-        # ModelEmaV3 copies it once; the teacher differs from the student only in having no drop path
+        # ModelEmaV3 copies it once. As in DINO, the teacher is in train mode when the student is (a
+        # BatchNorm head normalises with batch statistics in both); it is built without drop path.
         self.teacher = ModelEmaV3(teacher, decay=cfg.momentum_teacher, exclude_buffers=True)
         self.teacher.requires_grad_(False)
         self.loss = DINOLoss(cfg.out_dim, cfg.student_temp, cfg.center_momentum)
@@ -191,11 +194,6 @@ class DINO(nn.Module):
 
     def exported_backbone(self) -> SSLViT:
         return self.teacher.module.backbone  # DINO evaluates (and ships) the teacher
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.teacher.eval()  # always: the teacher runs without drop path
-        return self
 
     def forward(self, groups: list[torch.Tensor]) -> dict:
         n_views = sum(g.shape[0] for g in groups) // (groups[0].shape[0] // 2)
