@@ -42,7 +42,8 @@ def test_dino_run_writes_checkpoint_teacher_backbone_attention_and_is_probed(tmp
     report = run_knn_probe(KNNProbeConfig(ckpt=str(run), ks=(5, 10)))
     assert set(report["results"]) == {"pretrained", "random_init", "raw_pixels"}
     assert 0 <= report["results"]["pretrained"][10]["top1"] <= 100
-    assert (run / "knn.json").is_file()
+    assert (run / "knn.json").is_file() and (run / "knn_neighbours.png").is_file()
+    assert {"recall@1", "recall@5", "recall@10", "mAP"} <= report["retrieval"]["pretrained"].keys()
     att = run_attention(AttentionConfig(ckpt=str(run), img_size=24))  # another resolution than training
     assert att["grid"] == [6, 6] and att["heads"] == 3 and (run / "attention.png").is_file()
 

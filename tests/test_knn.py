@@ -50,3 +50,36 @@ def test_fewer_queries_than_k_and_k_capped_at_train_size():
     for k, r in got.items():
         t1, t5 = brute_force_knn(train, ytr, query, yq, k)
         assert r["top1"] == pytest.approx(t1) and r["top5"] == pytest.approx(t5) == 100.0  # top-5 of 3 classes
+
+
+def brute_force_retrieval(train, train_y, query, query_y, ks=(1, 5, 10)):
+    """recall@k and mAP from the definitions: sort the whole database by cosine similarity per
+    query; AP = mean over relevant items of (relevant items up to it) / (its rank)."""
+    tn = train / np.linalg.norm(train, axis=1, keepdims=True)
+    qn = query / np.linalg.norm(query, axis=1, keepdims=True)
+    recalls = {k: 0.0 for k in ks}
+    aps = []
+    for i in range(len(query)):
+        order = np.argsort(-(qn[i] @ tn.T), kind="stable")
+        rel = train_y[order] == query_y[i]
+        for k in ks:
+            recalls[k] += rel[:k].any()
+        ranks = np.flatnonzero(rel) + 1
+        aps.append(np.mean([(j + 1) / r for j, r in enumerate(ranks)]) if len(ranks) else 0.0)
+    return {f"recall@{k}": 100 * v / len(query) for k, v in recalls.items()}, 100 * np.mean(aps)
+
+
+def test_retrieval_metrics_equal_brute_force():
+    from sslvit.eval.retrieval import retrieval_metrics
+
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(5, 16))
+    train_y, query_y = rng.integers(0, 5, 300), rng.integers(0, 6, 40)  # class 5: no relevant image
+    train = centers[train_y] + rng.normal(size=(300, 16)) * 1.5
+    query = np.concatenate([centers, rng.normal(size=(1, 16))])[query_y] + rng.normal(size=(40, 16)) * 1.5
+    got = retrieval_metrics(train.astype(np.float32), train_y, query.astype(np.float32), query_y)
+    recalls, m_ap = brute_force_retrieval(train, train_y, query, query_y)
+    for k, v in recalls.items():
+        assert got[k] == pytest.approx(v, abs=1e-9)
+    assert got["mAP"] == pytest.approx(m_ap, abs=1e-4) and got["depth"] == 300
+    assert 0 < got["mAP"] < 100 and got["recall@1"] < got["recall@10"]

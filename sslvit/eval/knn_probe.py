@@ -1,4 +1,5 @@
-"""k-NN probe of an exported backbone, next to raw pixels and a random-init backbone."""
+"""k-NN probe of an exported backbone, next to raw pixels and a random-init backbone:
+classification (DINO's weighted vote) and retrieval of same-class images, one search each."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,7 +10,8 @@ import torch  # before faiss: faiss imported first makes forked workers that cal
 from sslvit.data.dataset import build_dataset
 from sslvit.data.transforms import eval_transform
 from sslvit.eval.features import extract_features, raw_pixel_features
-from sslvit.eval.knn import KS, TEMPERATURE, knn_classify
+from sslvit.eval.knn import KS, TEMPERATURE, knn_classify, knn_search
+from sslvit.eval.retrieval import neighbours_picture, retrieval_metrics
 from sslvit.models.export import load_backbone, resolve_backbone_path, run_data_of
 from sslvit.models.vit import build_backbone
 from sslvit.train.checkpoint import write_json_atomic
@@ -26,6 +28,7 @@ class KNNProbeConfig:
     num_workers: int = 0
     baselines: bool = True  # also score raw pixels and a random-init backbone of the same shape
     seed: int = 0
+    picture_queries: int = 8  # rows of knn_neighbours.png (query + its 8 nearest); 0: no picture
 
 
 def run_knn_probe(cfg: KNNProbeConfig) -> dict:
@@ -40,27 +43,42 @@ def run_knn_probe(cfg: KNNProbeConfig) -> dict:
                          "images sit in one sub-folder per class (optionally under train/ and val/).")
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
-    def score(feats_train, y_train, feats_val, y_val):
-        return knn_classify(feats_train.numpy(), y_train.numpy(), feats_val.numpy(), y_val.numpy(),
-                            ks=cfg.ks, temperature=cfg.temperature)
+    results, retrieval = {}, {}
 
-    def backbone_scores(model, name):
+    def score(name, feats_train, y_train, feats_val, y_val):
+        args = (feats_train.numpy(), y_train.numpy(), feats_val.numpy(), y_val.numpy())
+        results[name] = knn_classify(*args, ks=cfg.ks, temperature=cfg.temperature)
+        retrieval[name] = retrieval_metrics(*args)
+
+    def backbone_features(model, name):
         kw = dict(pool=cfg.pool, batch_size=cfg.batch_size, num_workers=cfg.num_workers, device=device)
         ftr, ytr = extract_features(model, train_set, desc=f"{name}: train", **kw)
         fva, yva = extract_features(model, val_set, desc=f"{name}: val", **kw)
-        return score(ftr, ytr, fva, yva)
+        return ftr, ytr, fva, yva
 
-    results = {"pretrained": backbone_scores(backbone, "pretrained")}
+    feats = backbone_features(backbone, "pretrained")
+    score("pretrained", *feats)
     if cfg.baselines:
         torch.manual_seed(cfg.seed)
-        results["random_init"] = backbone_scores(build_backbone(bcfg), "random init")
-        ftr, ytr = raw_pixel_features(train_set)
-        fva, yva = raw_pixel_features(val_set)
-        results["raw_pixels"] = score(ftr, ytr, fva, yva)
+        score("random_init", *backbone_features(build_backbone(bcfg), "random init"))
+        score("raw_pixels", *raw_pixel_features(train_set), *raw_pixel_features(val_set))
     report = {"ckpt": str(weights), "data": data, "pool": cfg.pool, "temperature": cfg.temperature,
-              "num_train": len(train_set), "num_val": len(val_set), "results": results}
+              "num_train": len(train_set), "num_val": len(val_set), "results": results, "retrieval": retrieval}
+    if cfg.picture_queries > 0:
+        report["picture"] = str(_neighbours_picture(feats, train_set, val_set, cfg.picture_queries,
+                                                    weights.parent / "knn_neighbours.png"))
     write_json_atomic(report, weights.parent / "knn.json")
     return report
+
+
+def _neighbours_picture(feats, train_set, val_set, n_queries: int, path):
+    ftr, ytr, fva, yva = feats
+    q = min(n_queries, len(val_set))
+    _, nbrs = knn_search(ftr.numpy(), fva[:q].numpy(), 8)
+    queries = torch.stack([val_set[i][0] for i in range(q)])
+    neighbours = torch.stack([torch.stack([train_set[j][0] for j in row]) for row in nbrs])
+    neighbours_picture(queries, yva[:q], neighbours, ytr.numpy()[nbrs], train_set.classes, path)
+    return path
 
 
 def format_table(report: dict) -> str:
@@ -69,5 +87,14 @@ def format_table(report: dict) -> str:
     for name, by_k in report["results"].items():
         for k, r in by_k.items():
             rows.append(f"{name:<14}{k:>6}{r['top1']:>9.2f}{r['top5']:>9.2f}")
+    retrieval = report.get("retrieval", {})
+    if retrieval:
+        metrics = [m for m in next(iter(retrieval.values())) if m != "depth"]
+        rows += ["", "retrieval of same-class train images (val queries)",
+                 f"{'features':<14}" + "".join(f"{m:>10}" for m in metrics)]
+        for name, r in retrieval.items():
+            rows.append(f"{name:<14}" + "".join(f"{r[m]:>10.2f}" for m in metrics))
+    if "picture" in report:
+        rows.append(f"\nnearest neighbours: {report['picture']}")
     return "\n".join(rows)
 
