@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 from safetensors.torch import load_file
 
 from sslvit.objectives.mae import MAERunConfig
@@ -57,3 +58,23 @@ def test_resumed_run_reaches_the_same_weights(tmp_path, image_folder, fresh_acce
     one = load_file(str(tmp_path / "resumed" / "checkpoints" / "epoch_0001" / "model.safetensors"))
     assert not np.allclose(one["backbone.blocks.0.attn.qkv.weight"].numpy(), a["blocks.0.attn.qkv.weight"].numpy())
 
+
+
+def test_online_knn_is_logged_at_the_requested_interval(tmp_path, image_folder, fresh_accelerate):
+    run = _run(tmp_path / "run", image_folder, ["--train.epochs", "3", "--train.knn_every", "2",
+                                                "--train.knn_k", "5"])
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    knn = [r for r in records if "knn_top1" in r]
+    assert [r["epoch"] for r in knn] == [2, 3]  # every 2 epochs, and the last one
+    assert all(0 <= r["knn_top1"] <= 100 and r["knn_top1"] <= r["knn_top5"] for r in knn)
+
+
+def test_online_knn_on_unlabelled_data_is_one_clear_error(tmp_path, fresh_accelerate):
+    from sslvit.config import ConfigError
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(20):
+        Image.fromarray(np.full((16, 16, 3), i * 10, np.uint8)).save(flat / f"{i}.png")
+    with pytest.raises(ConfigError, match="train.knn_every needs labels"):
+        _run(tmp_path / "run", flat, ["--train.knn_every", "1"])

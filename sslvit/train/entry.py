@@ -36,7 +36,20 @@ def run_pretraining(config_cls, preset: str, argv=None) -> Path:
     set_seed(cfg.train.seed)  # the initial weights are part of what a seed reproduces
     objective = cfg.build_objective()
     collate_fn = cfg.collate_fn() if hasattr(cfg, "collate_fn") else None
-    return pretrain(cfg, objective, train_set, picture_imgs, collate_fn=collate_fn)
+    return pretrain(cfg, objective, train_set, picture_imgs, collate_fn=collate_fn, knn_sets=knn_sets(cfg))
+
+
+def knn_sets(cfg) -> tuple | None:
+    """(database, queries) for the online k-NN: the labelled train and val splits of the run's data
+    at the backbone's size (a folder without train/ and val/ holds out a fixed 20% as queries)."""
+    if not cfg.train.knn_every:
+        return None
+    size = cfg.model.img_size
+    database = build_dataset(cfg.data, "train", size, transform=eval_transform(size))
+    if min(database.labels) < 0:
+        raise ConfigError(f"train.knn_every needs labels, and '{cfg.data}' has none; put the images in one "
+                          "sub-folder per class, or set train.knn_every 0.")
+    return database, build_dataset(cfg.data, "val", size, transform=eval_transform(size))
 
 
 def main(config_cls, preset: str) -> None:

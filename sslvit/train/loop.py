@@ -35,6 +35,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sslvit.config import save_yaml, to_dict
+from sslvit.eval.features import extract_features
+from sslvit.eval.knn import knn_classify
 from sslvit.models.export import export_backbone
 from sslvit.train.checkpoint import latest_checkpoint, read_meta, save_checkpoint
 from sslvit.train.optim import build_adamw, clip_grad_per_param_
@@ -63,6 +65,9 @@ class TrainConfig:
     save_every: int = 20  # epochs between checkpoints (the last epoch is always saved)
     picture_every: int = 20  # epochs between picture grids (the last epoch always gets one)
     keep_checkpoints: int = 2
+    knn_every: int = 0  # epochs between online k-NN checks on held-out labelled data; 0: off
+    knn_pool: str = "cls"  # features of the online k-NN: cls | avg
+    knn_k: int = 20
     stop_after: Optional[int] = None  # end this invocation after N epochs; continue later with --resume
 
     def validate(self) -> None:
@@ -119,12 +124,13 @@ def _export(model, cfg, run_dir: Path) -> None:
 
 
 def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[torch.Tensor] = None,
-             collate_fn=None) -> Path:
+             collate_fn=None, knn_sets: Optional[tuple] = None) -> Path:
     """Run (or resume) pretraining of ``objective`` on ``train_set``; returns the run directory.
 
     ``cfg`` is an entry-point config with ``out``, ``resume``, ``model`` and ``train`` fields;
     ``train_set`` yields ``(image, label, skipped)`` (``collate_fn`` batches them, default
-    stacking); ``picture_imgs`` (B, C, H, W) is the fixed batch the picture grids are made from.
+    stacking); ``picture_imgs`` (B, C, H, W) is the fixed batch the picture grids are made from;
+    ``knn_sets`` = (database, queries), labelled datasets for the online k-NN (``train.knn_every``).
     """
     tc: TrainConfig = cfg.train
     tc.validate()
@@ -267,6 +273,13 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
                               f"{record['images_per_s']:.0f} img/s" +
                               (f"  skipped {epoch_skipped} unreadable images" if epoch_skipped else ""))
             is_last = epoch == last_epoch
+            if tc.knn_every and knn_sets is not None and ((epoch + 1) % tc.knn_every == 0 or is_last):
+                if main:
+                    record = _online_knn(accelerator, raw, knn_sets, tc)
+                    log({"epoch": epoch + 1, "step": step, **record})
+                    accelerator.print(f"epoch {epoch + 1}/{tc.epochs}  online k-NN (k={tc.knn_k}) top-1 "
+                                      f"{record['knn_top1']:.2f}")
+                accelerator.wait_for_everyone()
             if (epoch + 1) % tc.save_every == 0 or is_last:
                 save_checkpoint(accelerator, run_dir, epoch, step, keep=tc.keep_checkpoints)
                 if main:
@@ -279,6 +292,23 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
             log_file.close()
         accelerator.end_training()
     return run_dir
+
+
+def _online_knn(accelerator, raw, knn_sets, tc: TrainConfig) -> dict:
+    """k-NN top-1/top-5 of the backbone that is exported (DINO: the teacher) on held-out labelled
+    data, with the probe's own extraction and search; no copy of the model is made."""
+    backbone = raw.exported_backbone() if hasattr(raw, "exported_backbone") else raw.backbone
+    was_training = backbone.training
+    # a DataLoader draws its base seed from the global RNG: fork it so the training stream
+    # (and so resume) does not depend on whether the monitor is on
+    with torch.random.fork_rng(devices=[]), accelerator.autocast():
+        kw = dict(pool=tc.knn_pool, batch_size=256, device=accelerator.device)
+        ftr, ytr = extract_features(backbone, knn_sets[0], desc="online k-NN: train", **kw)
+        fva, yva = extract_features(backbone, knn_sets[1], desc="online k-NN: val", **kw)
+    backbone.train(was_training)
+    res = knn_classify(ftr.numpy(), ytr.numpy(), fva.numpy(), yva.numpy(), ks=(tc.knn_k,))
+    (r,) = res.values()
+    return {"knn_top1": r["top1"], "knn_top5": r["top5"]}
 
 
 def _pictures(accelerator, raw, imgs: torch.Tensor, path: Path) -> None:
