@@ -155,14 +155,26 @@ class SSLViT(VisionTransformer):
         x = self.blocks(x)
         return self.norm(x)
 
-    def features(self, imgs: torch.Tensor, pool: str = "cls") -> torch.Tensor:
-        """(B, C, H, W) -> (B, D): the final-norm cls token, or the mean of the patch tokens."""
-        x = self.forward_features(imgs)
-        if pool == "cls":
-            return x[:, 0]
-        if pool == "avg":
-            return x[:, self.num_prefix_tokens:].mean(1)
-        raise ValueError(f"pool '{pool}' is unknown; use 'cls' or 'avg'.")
+    def features(self, imgs: torch.Tensor, pool: str = "cls", n_last_blocks: int = 4) -> torch.Tensor:
+        """(B, C, H, W) -> (B, F), the frozen-feature recipes of the probes:
+          cls      the final-norm cls token (F = D);
+          avg      the mean of the final-norm patch tokens (F = D);
+          dino     the final-norm cls tokens of the last ``n_last_blocks`` blocks, concatenated
+                   (DINO's linear protocol for ViT-S, F = n * D);
+          dino_avg ``dino`` plus the average patch token of the last block (F = (n + 1) * D)."""
+        if pool in ("cls", "avg"):
+            x = self.forward_features(imgs)
+            return x[:, 0] if pool == "cls" else x[:, self.num_prefix_tokens:].mean(1)
+        if pool in ("dino", "dino_avg"):
+            if not 1 <= n_last_blocks <= len(self.blocks):
+                raise ValueError(f"n_last_blocks {n_last_blocks} must be between 1 and the depth {len(self.blocks)}.")
+            outs = self.forward_intermediates(imgs, indices=n_last_blocks, return_prefix_tokens=True, norm=True,
+                                              output_fmt="NLC", intermediates_only=True)
+            feats = [prefix[:, 0] for _, prefix in outs]  # (spatial, prefix) per block
+            if pool == "dino_avg":
+                feats.append(outs[-1][0].mean(1))
+            return torch.cat(feats, dim=-1)
+        raise ValueError(f"pool '{pool}' is unknown; use cls, avg, dino or dino_avg.")
 
 
 def build_backbone(cfg: BackboneConfig) -> SSLViT:

@@ -1,0 +1,52 @@
+"""Features of a frozen backbone, cached on disk as safetensors next to the weights.
+
+The key covers everything the features depend on: the weights' bytes, the feature recipe,
+the data source and split, the image size and the augmentation pass. A second probe (linear
+or k-NN) with the same key reads the file and never runs the backbone."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from sslvit.train.checkpoint import save_safetensors_atomic
+
+CACHE_DIR = "features"
+
+
+def file_digest(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_key(weights: Path, **fields) -> tuple[str, dict]:
+    """-> (short hex key, the fields it was made from)."""
+    desc = {"weights": file_digest(weights), **{k: fields[k] for k in sorted(fields)}}
+    return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:20], desc
+
+
+def cached_features(weights: Path, compute: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+                    **fields) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """-> (features (N, F), labels (N,), hit). ``compute()`` runs only on a miss; its result is
+    written to ``<weights dir>/features/<key>.safetensors`` atomically."""
+    key, desc = cache_key(weights, **fields)
+    path = weights.parent / CACHE_DIR / f"{key}.safetensors"
+    if path.is_file():
+        try:
+            state = load_file(str(path))
+            return state["features"], state["labels"], True
+        except (SafetensorError, OSError, KeyError):
+            pass  # an unreadable cache file is recomputed and replaced
+    feats, labels = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {k: str(v) for k, v in desc.items()}
+    save_safetensors_atomic({"features": feats.contiguous(), "labels": labels.contiguous()}, path, metadata=meta)
+    return feats, labels, False

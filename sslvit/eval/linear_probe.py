@@ -1,0 +1,139 @@
+"""Linear probe of an exported backbone on cached frozen features, a grid of lrs at once.
+
+The backbone never changes, so its features are extracted once (or ``aug_passes`` times with
+the training augmentation) and cached; every head of the lr x weight-decay grid trains on
+them together. The best head on a held-out part of the train split is reported on val."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torchvision.transforms import v2
+
+from sslvit.data.dataset import build_dataset
+from sslvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from sslvit.eval.feature_cache import cached_features
+from sslvit.eval.features import extract_features
+from sslvit.eval.linear_heads import grid_accuracy, train_head_grid
+from sslvit.models.export import load_backbone, resolve_backbone_path, run_data_of
+from sslvit.train.checkpoint import write_json_atomic
+
+# DINOv2's linear-probe grid
+DEFAULT_LRS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1)
+
+
+@dataclass
+class LinearProbeConfig:
+    ckpt: str = "runs/mae-digits"  # run directory or its backbone.safetensors
+    data: Optional[str] = None  # labelled data; None: the run's own
+    recipe: str = "cls"  # cls | avg | dino (cls of the last n blocks) | dino_avg (+ average pool)
+    n_last_blocks: int = 4
+    head: str = "linear"  # linear | mae (BatchNorm1d without affine, then linear)
+    optimizer: str = "sgd"  # sgd (DINO) | lars (MAE)
+    lrs: tuple[float, ...] = DEFAULT_LRS  # scaled by batch_size / 256 (linear scaling rule)
+    weight_decays: tuple[float, ...] = (0.0,)
+    epochs: int = 100
+    warmup_epochs: float = 0.0
+    batch_size: int = 256
+    holdout_fraction: float = 0.1  # of the train split, to pick the best head
+    aug_passes: int = 0  # 0: centre-crop features; N: N cached passes of RandomResizedCrop + flip
+    extract_batch_size: int = 256
+    num_workers: int = 0
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.recipe not in ("cls", "avg", "dino", "dino_avg"):
+            raise ValueError(f"recipe '{self.recipe}' is unknown; use cls, avg, dino or dino_avg.")
+        if self.head not in ("linear", "mae"):
+            raise ValueError(f"head '{self.head}' is unknown; use linear or mae.")
+        if not 0 < self.holdout_fraction < 1:
+            raise ValueError(f"holdout_fraction must be between 0 and 1 (got {self.holdout_fraction}).")
+        if not self.lrs or not self.weight_decays:
+            raise ValueError("lrs and weight_decays need at least one value each.")
+
+
+def _aug_transform(size: int) -> v2.Compose:
+    return v2.Compose([v2.RandomResizedCrop(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+                       v2.RandomHorizontalFlip(), v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def run_linear_probe(cfg: LinearProbeConfig) -> dict:
+    cfg.validate()
+    weights = resolve_backbone_path(cfg.ckpt)
+    backbone, bcfg = load_backbone(weights)
+    data = cfg.data or run_data_of(weights)
+    size = bcfg.img_size
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    train_set = build_dataset(data, "train", size, transform=eval_transform(size))
+    val_set = build_dataset(data, "val", size, transform=eval_transform(size))
+    if min(train_set.labels) < 0:
+        raise ValueError(f"The linear probe needs labels, and '{data}' has none; pass --data with a folder whose "
+                         "images sit in one sub-folder per class (optionally under train/ and val/).")
+    hits = []
+
+    def features(dataset, split: str, aug_pass: Optional[int] = None):
+        def compute():
+            if aug_pass is not None:
+                dataset.transform = _aug_transform(size)
+                torch.manual_seed(cfg.seed * 1000 + aug_pass)  # each pass is its own reproducible draw
+            return extract_features(backbone, dataset, pool=cfg.recipe, n_last_blocks=cfg.n_last_blocks,
+                                    batch_size=cfg.extract_batch_size, num_workers=cfg.num_workers,
+                                    device=device, desc=f"features: {split}")
+        feats, labels, hit = cached_features(weights, compute, recipe=cfg.recipe, n_last_blocks=cfg.n_last_blocks,
+                                             data=str(data), split=split, img_size=size,
+                                             aug_pass=aug_pass, aug_seed=cfg.seed if aug_pass is not None else None)
+        hits.append(hit)
+        return feats, labels
+
+    if cfg.aug_passes > 0:
+        aug_set = build_dataset(data, "train", size)
+        passes = [features(aug_set, "train", p) for p in range(cfg.aug_passes)]
+    else:
+        passes = [features(train_set, "train")]
+    labels = passes[0][1]
+    val_x, val_y = features(val_set, "val")
+    num_classes = int(max(labels.max(), val_y.max())) + 1
+
+    # the same fixed held-out images in every pass
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(cfg.seed))
+    n_hold = max(1, int(round(len(labels) * cfg.holdout_fraction)))
+    hold, fit = order[:n_hold], order[n_hold:]
+    grid_pairs = list(itertools.product(cfg.lrs, cfg.weight_decays))
+    scale = cfg.batch_size / 256
+    grid = train_head_grid([x[fit] for x, _ in passes], labels[fit], num_classes,
+                           [lr * scale for lr, _ in grid_pairs], [wd for _, wd in grid_pairs], cfg.epochs,
+                           cfg.batch_size, cfg.optimizer, cfg.head == "mae", cfg.warmup_epochs, cfg.seed, device)
+    hold_x = passes[0][0][hold] if cfg.aug_passes == 0 else None
+    if hold_x is None:  # with augmentation, select on centre-crop features of the held-out images
+        hold_x = features(train_set, "train")[0][hold]
+    hold_top1, _ = grid_accuracy(grid, hold_x, labels[hold])
+    val_top1, val_top5 = grid_accuracy(grid, val_x, val_y)
+    best = int(torch.argmax(hold_top1))
+    rows = [{"lr": lr, "weight_decay": wd, "lr_scaled": lr * scale, "holdout_top1": float(hold_top1[g]),
+             "val_top1": float(val_top1[g]), "val_top5": float(val_top5[g])} for g, (lr, wd) in enumerate(grid_pairs)]
+    report = {"ckpt": str(weights), "data": data, "recipe": cfg.recipe, "head": cfg.head, "optimizer": cfg.optimizer,
+              "epochs": cfg.epochs, "feature_dim": int(val_x.shape[1]), "num_train": len(fit), "num_holdout": n_hold,
+              "num_val": len(val_y), "aug_passes": cfg.aug_passes, "features_from_cache": all(hits),
+              "best": rows[best], "best_index": best, "grid": rows}
+    write_json_atomic(report, weights.parent / "linear.json")
+    return report
+
+
+def format_report(report: dict) -> str:
+    b = report["best"]
+    lines = [f"linear probe ({report['recipe']} features, {report['feature_dim']}-d, {report['head']} head, "
+             f"{report['optimizer']}, {report['epochs']} epochs; {report['num_train']} train / "
+             f"{report['num_holdout']} held out / {report['num_val']} val"
+             f"{'; features from cache' if report['features_from_cache'] else ''})",
+             f"{'lr':>10}{'wd':>10}{'held-out':>10}{'val top-1':>11}{'val top-5':>11}"]
+    for i, r in enumerate(report["grid"]):
+        mark = "  <- best on held-out" if i == report["best_index"] else ""
+        lines.append(f"{r['lr']:>10.0e}{r['weight_decay']:>10.0e}{r['holdout_top1']:>10.2f}"
+                     f"{r['val_top1']:>11.2f}{r['val_top5']:>11.2f}{mark}")
+    lines.append(f"val top-1 {b['val_top1']:.2f}, top-5 {b['val_top5']:.2f} (lr {b['lr']:g}, wd {b['weight_decay']:g})"
+                 f" -> {Path(report['ckpt']).parent / 'linear.json'}")
+    return "\n".join(lines)

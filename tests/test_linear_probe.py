@@ -1,0 +1,116 @@
+"""Linear probe: the batched lr grid against independently trained heads, the feature cache."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sslvit.eval.linear_heads import LARS, grid_accuracy, train_head_grid
+from sslvit.train.schedules import cosine_schedule
+
+
+def _data(n=96, dim=12, classes=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, classes, (n,), generator=g)
+    centers = torch.randn(classes, dim, generator=g)
+    return [centers[y] + torch.randn(n, dim, generator=g) for _ in range(2)], y
+
+
+def single_head(passes, y, classes, lr, wd, epochs, batch_size, optimizer, batchnorm, w0, seed=0):
+    """One nn.Linear trained alone, written out: same initial weights, same seeded batches,
+    same warmup-free cosine lr per step, torch's SGD (or LARS) on its two parameters."""
+    head = nn.Linear(passes[0].shape[1], classes)
+    with torch.no_grad():
+        head.weight.copy_(w0)
+        head.bias.zero_()
+    norm = nn.BatchNorm1d(passes[0].shape[1], affine=False, eps=1e-6) if batchnorm else nn.Identity()
+    opt = (torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=wd) if optimizer == "sgd"
+           else LARS(head.parameters(), lr=lr, weight_decay=wd))
+    gen = torch.Generator().manual_seed(seed)
+    n = len(y)
+    steps = epochs * -(-n // batch_size)
+    step = 0
+    for epoch in range(epochs):
+        x = passes[epoch % len(passes)]
+        order = torch.randperm(n, generator=gen)
+        for i in range(0, n, batch_size):
+            idx = order[i:i + batch_size]
+            for group in opt.param_groups:
+                group["lr"] = cosine_schedule(step, steps, lr, 0.0)
+            loss = F.cross_entropy(head(norm(x[idx])), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+    return head
+
+
+@pytest.mark.parametrize("optimizer,batchnorm", [("sgd", False), ("sgd", True), ("lars", True)])
+def test_each_head_of_the_grid_equals_an_independently_trained_head(optimizer, batchnorm):
+    passes, y = _data()
+    lrs, wds = [0.01, 0.1, 1.0], [0.0, 1e-3, 1e-2]
+    grid = train_head_grid(passes, y, 4, lrs, wds, epochs=3, batch_size=32, optimizer=optimizer,
+                           batchnorm=batchnorm, seed=0)
+    torch.manual_seed(0)
+    w0 = nn.init.trunc_normal_(torch.empty(4, 12), std=0.01)  # the grid's documented initialisation
+    for g, (lr, wd) in enumerate(zip(lrs, wds)):
+        ref = single_head(passes, y, 4, lr, wd, 3, 32, optimizer, batchnorm, w0)
+        torch.testing.assert_close(grid.weights[g].detach(), ref.weight.detach(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(grid.biases[g].detach(), ref.bias.detach(), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(grid.weights[0], grid.weights[2])  # the lrs really differ
+
+
+def test_grid_accuracy_counts_top1_and_top5():
+    passes, y = _data(classes=6)
+    grid = train_head_grid(passes, y, 6, [0.5], [0.0], epochs=20, batch_size=32)
+    top1, top5 = grid_accuracy(grid, passes[0], y)
+    logits = grid(passes[0])[0]
+    assert top1.item() == pytest.approx((logits.argmax(1) == y).float().mean().item() * 100)
+    assert top1.item() <= top5.item() and top1.item() > 50
+
+
+TINY_MAE = ["--model.size", "tiny", "--model.depth", "2", "--model.patch_size", "4", "--model.img_size", "16",
+            "--mae.decoder_dim", "32", "--mae.decoder_depth", "1", "--mae.decoder_heads", "2",
+            "--train.batch_size", "16", "--train.epochs", "1", "--train.warmup_epochs", "0",
+            "--train.num_workers", "0"]
+
+
+def test_probe_caches_features_by_checkpoint_recipe_and_data(tmp_path, image_folder, fresh_accelerate,
+                                                             monkeypatch):
+    import dataclasses
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from sslvit.eval import linear_probe
+    from sslvit.eval.linear_probe import LinearProbeConfig, run_linear_probe
+    from sslvit.objectives.mae import MAERunConfig
+    from sslvit.train.entry import run_pretraining
+
+    run = run_pretraining(MAERunConfig, "mae", argv=[*TINY_MAE, "--data", str(image_folder),
+                                                     "--out", str(tmp_path / "run")])
+    cfg = LinearProbeConfig(ckpt=str(run), epochs=3, lrs=(0.01, 0.1, 1.0), batch_size=16)
+    first = run_linear_probe(cfg)
+    assert not first["features_from_cache"]
+    written = json.loads((run / "linear.json").read_text())
+    assert len(written["grid"]) == 3 and written["best"] == written["grid"][written["best_index"]]
+    assert written["best"]["holdout_top1"] == max(r["holdout_top1"] for r in written["grid"])
+
+    calls = {"n": 0}
+    real = linear_probe.extract_features
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(linear_probe, "extract_features", counting)
+    second = run_linear_probe(cfg)
+    assert calls["n"] == 0 and second["features_from_cache"]  # the backbone never ran
+    assert second["grid"] == first["grid"]
+    run_linear_probe(dataclasses.replace(cfg, recipe="avg"))  # another recipe: a miss
+    assert calls["n"] == 2
+    state = load_file(str(run / "backbone.safetensors"))  # another checkpoint at the same path: a miss
+    state["norm.weight"] = state["norm.weight"] * 2
+    save_file(state, str(run / "backbone.safetensors"))
+    calls["n"] = 0
+    third = run_linear_probe(cfg)
+    assert calls["n"] == 2 and not third["features_from_cache"]
