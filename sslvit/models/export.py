@@ -40,8 +40,10 @@ def resolve_backbone_path(path: str | Path) -> Path:
     return weights
 
 
-def load_backbone(path: str | Path, **overrides) -> tuple[SSLViT, BackboneConfig]:
-    """Rebuild the exported backbone from a run directory or its ``backbone.safetensors``."""
+def load_backbone(path: str | Path, state_hook=None, **overrides) -> tuple[SSLViT, BackboneConfig]:
+    """Rebuild the exported backbone from a run directory or its ``backbone.safetensors``;
+    ``overrides`` change its config, ``state_hook(state) -> state`` adapts the weights to them
+    (e.g. a position table resampled to another image size)."""
     weights = resolve_backbone_path(path)
     spec = json.loads((weights.parent / SPEC).read_text())
     cfg = BackboneConfig(**{**spec["backbone"], **overrides})
@@ -50,6 +52,8 @@ def load_backbone(path: str | Path, **overrides) -> tuple[SSLViT, BackboneConfig
         state = load_file(str(weights))
     except (SafetensorError, OSError) as e:
         raise ValueError(f"'{weights}' is not a readable safetensors file ({e}); re-export it from its run.") from None
+    if state_hook is not None:
+        state = state_hook(state)
     model.load_state_dict(state, strict=True)
     return model, cfg
 

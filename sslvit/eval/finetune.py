@@ -1,0 +1,266 @@
+"""Fine-tuning of an exported backbone: full (MAE's recipe: layer-wise lr decay, drop path,
+label smoothing) or attention-only ("three things", sec. 4: only the attention weights, the
+head and the position embedding train), at the pretraining resolution or a higher one.
+
+Layer-wise lr decay and attention-only selection are written here (timm's
+``param_groups_layer_decay`` keys layers by its own model names, and has no attention-only
+mode); the augmentation is torchvision v2, the loop is accelerate's.
+"""
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from accelerate import Accelerator
+from timm.layers import resample_abs_pos_embed
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
+from tqdm.auto import tqdm
+
+from sslvit.data.dataset import build_dataset
+from sslvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from sslvit.models.export import load_backbone, resolve_backbone_path, run_data_of
+from sslvit.models.vit import SSLViT
+from sslvit.train.checkpoint import save_safetensors_atomic, write_json_atomic
+from sslvit.train.schedules import cosine_schedule, scaled_lr
+
+
+@dataclass
+class FinetuneConfig:
+    ckpt: str = "runs/mae-digits"  # run directory or its backbone.safetensors
+    data: Optional[str] = None  # labelled data; None: the run's own
+    mode: str = "full"  # full | attention (attention weights, head and position embedding only)
+    img_size: Optional[int] = None  # None: the pretraining size; larger: position embedding interpolated
+    pool: str = "avg"  # cls | avg (MAE fine-tunes on the average pool)
+    augment: str = "3aug"  # 3aug (DeiT III) | rrc (RandomResizedCrop + flip)
+    epochs: int = 100
+    batch_size: int = 64  # per process
+    blr: float = 5e-4  # lr = blr * effective batch / 256
+    min_lr: float = 1e-6
+    warmup_epochs: float = 5.0
+    weight_decay: float = 0.05
+    layer_decay: float = 0.75  # per block from the head down; 1 = off
+    drop_path_rate: float = 0.1
+    label_smoothing: float = 0.1
+    seed: int = 0
+    num_workers: int = 0
+    eval_every: int = 10  # epochs; the last epoch is always evaluated
+
+    def validate(self) -> None:
+        if self.mode not in ("full", "attention"):
+            raise ValueError(f"mode '{self.mode}' is unknown; use full or attention.")
+        if self.augment not in ("3aug", "rrc"):
+            raise ValueError(f"augment '{self.augment}' is unknown; use 3aug or rrc.")
+        if not 0 < self.layer_decay <= 1:
+            raise ValueError(f"layer_decay must be in (0, 1] (got {self.layer_decay}).")
+
+
+def three_augment(size: int) -> v2.Compose:
+    """DeiT III's 3-Augment: random resized crop + flip, then one of grayscale / solarisation /
+    Gaussian blur, then colour jitter 0.3."""
+    return v2.Compose([
+        v2.ToImage(),
+        v2.RandomResizedCrop(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.RandomChoice([v2.Grayscale(num_output_channels=3), v2.RandomSolarize(128, p=1.0),
+                         v2.GaussianBlur(max(3, (size // 20) * 2 + 1), sigma=(0.1, 2.0))]),
+        v2.ColorJitter(0.3, 0.3, 0.3),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def rrc_augment(size: int) -> v2.Compose:
+    return v2.Compose([
+        v2.ToImage(),
+        v2.RandomResizedCrop(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+class Classifier(nn.Module):
+    """Backbone + linear head on pooled features: (B, C, H, W) -> logits (B, classes)."""
+
+    def __init__(self, backbone: SSLViT, num_classes: int, pool: str = "avg"):
+        super().__init__()
+        self.backbone = backbone
+        self.pool = pool
+        self.head = nn.Linear(backbone.embed_dim, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=2e-5)  # MAE's fine-tuning head init
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone.features(x, pool=self.pool))
+
+
+def layer_id(name: str, depth: int) -> int:
+    """MAE/BEiT's layer index: embeddings 0, block i -> i + 1, everything after the blocks depth + 1."""
+    if name.startswith("backbone."):
+        name = name[len("backbone."):]
+        if name in ("cls_token", "pos_embed", "reg_token") or name.startswith("patch_embed"):
+            return 0
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
+def is_attention_param(name: str) -> bool:
+    """Trained in attention-only fine-tuning: each block's attention (qkv and projection, in
+    plain or parallel blocks), the head and the position embedding."""
+    return ".attn." in name or name.startswith("head.") or name == "backbone.pos_embed"
+
+
+def param_groups_lrd(model: Classifier, weight_decay: float, layer_decay: float) -> list[dict]:
+    """One group per (layer, decay or not) with ``lr_scale = layer_decay ** (depth + 1 - layer_id)``.
+    No weight decay on 1-D parameters, tokens and the position embedding. Frozen parameters
+    are left out."""
+    depth = len(model.backbone.blocks)
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        lid = layer_id(name, depth)
+        decay = not (p.ndim == 1 or name.endswith(("cls_token", "pos_embed")))
+        g = groups.setdefault((lid, decay), {"params": [], "names": [], "weight_decay": weight_decay if decay else 0.0,
+                                             "lr_scale": layer_decay ** (depth + 1 - lid)})
+        g["params"].append(p)
+        g["names"].append(name)
+    return list(groups.values())
+
+
+def interpolate_pos_embed(state: dict, grid: tuple[int, int], old_grid: tuple[int, int]) -> dict:
+    """The checkpoint's position table resampled (bicubic) to a new patch grid."""
+    if tuple(grid) != tuple(old_grid):
+        state = dict(state)
+        state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], new_size=list(grid),
+                                                    old_size=list(old_grid), num_prefix_tokens=1)
+    return state
+
+
+def build_classifier(weights: Path, num_classes: int, cfg: FinetuneConfig) -> tuple[Classifier, dict]:
+    """Load the backbone at ``cfg.img_size`` with a trainable position embedding and drop path."""
+    _, bcfg = load_backbone(weights)
+    size = cfg.img_size or bcfg.img_size
+    if size % bcfg.patch_size:
+        raise ValueError(f"img_size {size} is not a multiple of the patch size {bcfg.patch_size}.")
+    backbone, _ = load_backbone(weights, img_size=size, pos_embed="learned", drop_path_rate=cfg.drop_path_rate,
+                                state_hook=lambda s: interpolate_pos_embed(
+                                    s, (size // bcfg.patch_size,) * 2, (bcfg.img_size // bcfg.patch_size,) * 2))
+    model = Classifier(backbone, num_classes, cfg.pool)
+    if cfg.mode == "attention":
+        for name, p in model.named_parameters():
+            p.requires_grad_(is_attention_param(name))
+    return model, {"img_size": size, "pretrain_img_size": bcfg.img_size}
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # process peak RSS (kB on Linux, B on macOS)
+    return kb / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+@torch.no_grad()
+def evaluate(model, loader, accelerator) -> tuple[float, float]:
+    model.eval()
+    correct1 = correct5 = total = 0
+    for imgs, labels, _ in loader:
+        logits = model(imgs)
+        k = min(5, logits.shape[-1])
+        top = logits.topk(k, dim=-1).indices
+        top, labels = accelerator.gather_for_metrics((top, labels))
+        correct1 += (top[:, 0] == labels).sum().item()
+        correct5 += (top == labels[:, None]).any(1).sum().item()
+        total += labels.shape[0]
+    model.train()
+    return 100 * correct1 / total, 100 * correct5 / total
+
+
+def run_finetune(cfg: FinetuneConfig) -> dict:
+    cfg.validate()
+    weights = resolve_backbone_path(cfg.ckpt)
+    data = cfg.data or run_data_of(weights)
+    _, bcfg = load_backbone(weights)
+    size = cfg.img_size or bcfg.img_size
+    aug = three_augment(size) if cfg.augment == "3aug" else rrc_augment(size)
+    train_set = build_dataset(data, "train", size, transform=aug)
+    val_set = build_dataset(data, "val", size, transform=eval_transform(size))
+    if min(train_set.labels) < 0:
+        raise ValueError(f"Fine-tuning needs labels, and '{data}' has none; pass --data with a folder whose "
+                         "images sit in one sub-folder per class (optionally under train/ and val/).")
+    num_classes = int(max(max(train_set.labels), max(val_set.labels))) + 1
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    torch.manual_seed(cfg.seed)
+    model, sizes = build_classifier(weights, num_classes, cfg)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total_params = sum(p.numel() for p in model.parameters())
+    effective = cfg.batch_size * accelerator.num_processes
+    base_lr = scaled_lr(cfg.blr, effective)
+    groups = param_groups_lrd(model, cfg.weight_decay, cfg.layer_decay)
+    optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups], lr=base_lr,
+                                  fused=True)
+    if len(train_set) < cfg.batch_size * accelerator.num_processes:
+        raise ValueError(f"The training data has {len(train_set)} images, fewer than one batch of {cfg.batch_size}; "
+                         "lower --batch_size.")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                              num_workers=cfg.num_workers, generator=gen)
+    val_loader = DataLoader(val_set, batch_size=256, num_workers=cfg.num_workers)
+    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    steps_per_epoch = len(train_loader)
+    total_steps, warmup = cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)
+    step, step_times, history = 0, [], []
+    top1 = top5 = float("nan")
+    for epoch in range(cfg.epochs):
+        model.train()
+        bar = tqdm(train_loader, desc=f"fine-tune ({cfg.mode}) {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not accelerator.is_main_process)
+        for imgs, labels, _ in bar:
+            t0 = time.perf_counter()
+            lr = cosine_schedule(step, total_steps, base_lr, cfg.min_lr, warmup)
+            for g in optimizer.param_groups:
+                g["lr"] = lr * g["lr_scale"]
+            loss = criterion(model(imgs), labels)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_val = loss.item()
+            if not math.isfinite(loss_val):
+                raise ValueError(f"The fine-tuning loss became {loss_val} at step {step}; lower --blr.")
+            step_times.append(time.perf_counter() - t0)
+            step += 1
+            bar.set_postfix(loss=f"{loss_val:.3f}")
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            top1, top5 = evaluate(model, val_loader, accelerator)
+            history.append({"epoch": epoch + 1, "val_top1": top1, "val_top5": top5})
+            accelerator.print(f"epoch {epoch + 1}/{cfg.epochs}  val top-1 {top1:.2f}  top-5 {top5:.2f}")
+    timed = step_times[min(len(step_times) - 1, 2):]  # the first steps warm up allocators
+    report = {"ckpt": str(weights), "data": data, "mode": cfg.mode, "epochs": cfg.epochs, **sizes,
+              "trainable_params": trainable, "total_params": total_params, "val_top1": top1, "val_top5": top5,
+              "step_time_s": sum(timed) / len(timed), "peak_memory_mb": _peak_memory_mb(accelerator.device),
+              "effective_batch": effective, "lr": base_lr, "history": history}
+    if accelerator.is_main_process:
+        out = weights.parent / f"finetune_{cfg.mode}"
+        out.mkdir(exist_ok=True)
+        save_safetensors_atomic(accelerator.unwrap_model(model).state_dict(), out / "model.safetensors")
+        write_json_atomic(report, out / "finetune.json")
+    accelerator.end_training()
+    return report
+
+
+def format_report(report: dict) -> str:
+    return (f"fine-tuning ({report['mode']}, {report['epochs']} epochs at {report['img_size']} px, pretrained at "
+            f"{report['pretrain_img_size']} px): val top-1 {report['val_top1']:.2f}, top-5 {report['val_top5']:.2f}\n"
+            f"trainable parameters {report['trainable_params']:,} of {report['total_params']:,}, "
+            f"step {report['step_time_s'] * 1000:.0f} ms, peak memory {report['peak_memory_mb']:.0f} MB -> "
+            f"{Path(report['ckpt']).parent / ('finetune_' + report['mode'])}/")

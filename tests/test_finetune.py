@@ -1,0 +1,77 @@
+"""Fine-tuning: layer-wise lr decay, attention-only, higher resolution, an end-to-end run."""
+import json
+
+import pytest
+import torch
+
+from sslvit.eval.finetune import FinetuneConfig, build_classifier, param_groups_lrd, run_finetune
+from sslvit.models import BackboneConfig, build_backbone
+from sslvit.models.export import export_backbone
+
+DEPTH = 3
+
+
+@pytest.fixture
+def exported(tmp_path):
+    cfg = BackboneConfig(size="tiny", depth=DEPTH, patch_size=4, img_size=16)
+    export_backbone(build_backbone(cfg), cfg, tmp_path)
+    return tmp_path / "backbone.safetensors"
+
+
+def test_layer_wise_lr_decay_gives_the_reference_scales(exported):
+    model, _ = build_classifier(exported, 5, FinetuneConfig())
+    decay = 0.5
+    scales = {n: g["lr_scale"] for g in param_groups_lrd(model, 0.05, decay) for n in g["names"]}
+    # BEiT / MAE: embeddings are layer 0, block i is layer i + 1, the rest layer depth + 1;
+    # scale = decay ** (depth + 1 - layer)
+    assert scales["backbone.cls_token"] == decay ** (DEPTH + 1)
+    assert scales["backbone.pos_embed"] == decay ** (DEPTH + 1)
+    assert scales["backbone.patch_embed.proj.0.weight"] == decay ** (DEPTH + 1)
+    for i in range(DEPTH):
+        assert scales[f"backbone.blocks.{i}.mlp.fc1.weight"] == decay ** (DEPTH - i)
+    assert scales["backbone.norm.weight"] == 1.0 and scales["head.weight"] == 1.0
+    wd = {n: g["weight_decay"] for g in param_groups_lrd(model, 0.05, decay) for n in g["names"]}
+    assert wd["backbone.blocks.0.attn.qkv.weight"] == 0.05
+    assert wd["backbone.blocks.0.attn.qkv.bias"] == 0.0 and wd["backbone.pos_embed"] == 0.0
+
+
+def test_attention_only_leaves_every_other_backbone_parameter_unchanged(exported):
+    model, _ = build_classifier(exported, 5, FinetuneConfig(mode="attention", drop_path_rate=0.0))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    groups = param_groups_lrd(model, 0.05, 0.75)
+    opt = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups], lr=1e-2)
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 16, 16)), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    opt.step()
+    trained = {"head.weight", "head.bias", "backbone.pos_embed"}
+    for n, p in model.named_parameters():
+        if ".attn." in n or n in trained:
+            assert not torch.equal(p, before[n]), n
+        else:
+            assert torch.equal(p, before[n]), n  # bit for bit
+    assert any(".attn.qkv." in n for n in before) and any(".mlp." in n for n in before)
+
+
+def test_higher_resolution_interpolates_the_position_embedding(exported):
+    low, _ = build_classifier(exported, 5, FinetuneConfig())
+    high, sizes = build_classifier(exported, 5, FinetuneConfig(img_size=24))
+    assert sizes == {"img_size": 24, "pretrain_img_size": 16}
+    assert high.backbone.pos_embed.shape == (1, 1 + 36, 192) and low.backbone.pos_embed.shape == (1, 17, 192)
+    torch.testing.assert_close(high.backbone.pos_embed[:, 0], low.backbone.pos_embed[:, 0])  # cls row kept
+    assert high.backbone.pos_embed.requires_grad
+    assert high(torch.randn(2, 3, 24, 24)).shape == (2, 5)
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        build_classifier(exported, 5, FinetuneConfig(img_size=26))
+
+
+def test_finetune_run_reports_and_writes(exported, image_folder, fresh_accelerate):
+    cfg = dict(ckpt=str(exported), data=str(image_folder), epochs=2, batch_size=8, warmup_epochs=0, eval_every=1)
+    full = run_finetune(FinetuneConfig(**cfg))
+    fresh_accelerate()
+    attn = run_finetune(FinetuneConfig(mode="attention", **cfg))
+    assert attn["trainable_params"] < full["trainable_params"] == full["total_params"]
+    assert [h["epoch"] for h in full["history"]] == [1, 2]
+    for r in (full, attn):
+        assert 0 <= r["val_top1"] <= r["val_top5"] <= 100 and r["step_time_s"] > 0 and r["peak_memory_mb"] > 0
+    written = json.loads((exported.parent / "finetune_attention" / "finetune.json").read_text())
+    assert written["trainable_params"] == attn["trainable_params"]
