@@ -106,6 +106,12 @@ def test_probe_caches_features_by_checkpoint_recipe_and_data(tmp_path, image_fol
     second = run_linear_probe(cfg)
     assert calls["n"] == 0 and second["features_from_cache"]  # the backbone never ran
     assert second["grid"] == first["grid"]
+    from sslvit.eval import knn_probe  # the k-NN probe reads the same cache
+
+    monkeypatch.setattr(knn_probe, "extract_features", counting)
+    knn = knn_probe.run_knn_probe(knn_probe.KNNProbeConfig(ckpt=str(run), ks=(5,), baselines=False,
+                                                           picture_queries=0))
+    assert calls["n"] == 0 and 0 <= knn["results"]["pretrained"][5]["top1"] <= 100
     run_linear_probe(dataclasses.replace(cfg, recipe="avg"))  # another recipe: a miss
     assert calls["n"] == 2
     state = load_file(str(run / "backbone.safetensors"))  # another checkpoint at the same path: a miss

@@ -9,6 +9,7 @@ import torch  # before faiss: faiss imported first makes forked workers that cal
 
 from sslvit.data.dataset import build_dataset
 from sslvit.data.transforms import eval_transform
+from sslvit.eval.feature_cache import cached_features
 from sslvit.eval.features import extract_features, raw_pixel_features
 from sslvit.eval.knn import KS, TEMPERATURE, knn_classify, knn_search
 from sslvit.eval.retrieval import neighbours_picture, retrieval_metrics
@@ -50,17 +51,22 @@ def run_knn_probe(cfg: KNNProbeConfig) -> dict:
         results[name] = knn_classify(*args, ks=cfg.ks, temperature=cfg.temperature)
         retrieval[name] = retrieval_metrics(*args)
 
-    def backbone_features(model, name):
-        kw = dict(pool=cfg.pool, batch_size=cfg.batch_size, num_workers=cfg.num_workers, device=device)
-        ftr, ytr = extract_features(model, train_set, desc=f"{name}: train", **kw)
-        fva, yva = extract_features(model, val_set, desc=f"{name}: val", **kw)
-        return ftr, ytr, fva, yva
+    def features_of(model, name, dataset, split):
+        return extract_features(model, dataset, pool=cfg.pool, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                                device=device, desc=f"{name}: {split}")
 
-    feats = backbone_features(backbone, "pretrained")
+    def cached(split, dataset):  # the same key fields as the linear probe's, so each reuses the other's
+        key = dict(recipe=cfg.pool, n_last_blocks=4, data=str(data), split=split, img_size=bcfg.img_size,
+                   aug_pass=None, aug_seed=None)
+        return cached_features(weights, lambda: features_of(backbone, "pretrained", dataset, split), **key)[:2]
+
+    feats = (*cached("train", train_set), *cached("val", val_set))
     score("pretrained", *feats)
     if cfg.baselines:
         torch.manual_seed(cfg.seed)
-        score("random_init", *backbone_features(build_backbone(bcfg), "random init"))
+        random_init = build_backbone(bcfg)
+        score("random_init", *features_of(random_init, "random init", train_set, "train"),
+              *features_of(random_init, "random init", val_set, "val"))
         score("raw_pixels", *raw_pixel_features(train_set), *raw_pixel_features(val_set))
     report = {"ckpt": str(weights), "data": data, "pool": cfg.pool, "temperature": cfg.temperature,
               "num_train": len(train_set), "num_val": len(val_set), "results": results, "retrieval": retrieval}
