@@ -134,6 +134,9 @@ def format_report(report: dict) -> str:
         mark = "  <- best on held-out" if i == report["best_index"] else ""
         lines.append(f"{r['lr']:>10.0e}{r['weight_decay']:>10.0e}{r['holdout_top1']:>10.2f}"
                      f"{r['val_top1']:>11.2f}{r['val_top5']:>11.2f}{mark}")
+    lrs = sorted({r["lr"] for r in report["grid"]})
+    if len(lrs) > 1 and b["lr"] in (lrs[0], lrs[-1]):
+        lines.append(f"note: the best lr ({b['lr']:g}) is at the edge of the grid; widen --lrs beyond it.")
     lines.append(f"val top-1 {b['val_top1']:.2f}, top-5 {b['val_top5']:.2f} (lr {b['lr']:g}, wd {b['weight_decay']:g})"
                  f" -> {Path(report['ckpt']).parent / 'linear.json'}")
     return "\n".join(lines)
