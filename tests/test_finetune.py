@@ -43,7 +43,7 @@ def test_attention_only_leaves_every_other_backbone_parameter_unchanged(exported
     loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 16, 16)), torch.tensor([0, 1, 2, 3]))
     loss.backward()
     opt.step()
-    trained = {"head.weight", "head.bias", "backbone.pos_embed"}
+    trained = {"head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias", "backbone.pos_embed"}
     for n, p in model.named_parameters():
         if ".attn." in n or n in trained:
             assert not torch.equal(p, before[n]), n

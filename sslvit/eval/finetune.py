@@ -40,6 +40,7 @@ class FinetuneConfig:
     img_size: Optional[int] = None  # None: the pretraining size; larger: position embedding interpolated
     pool: str = "avg"  # cls | avg (MAE fine-tunes on the average pool)
     augment: str = "3aug"  # 3aug (DeiT III) | rrc (RandomResizedCrop + flip)
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range; small images want more
     epochs: int = 100
     batch_size: int = 64  # per process
     blr: float = 5e-4  # lr = blr * effective batch / 256
@@ -62,12 +63,12 @@ class FinetuneConfig:
             raise ValueError(f"layer_decay must be in (0, 1] (got {self.layer_decay}).")
 
 
-def three_augment(size: int) -> v2.Compose:
+def three_augment(size: int, scale=(0.08, 1.0)) -> v2.Compose:
     """DeiT III's 3-Augment: random resized crop + flip, then one of grayscale / solarisation /
     Gaussian blur, then colour jitter 0.3."""
     return v2.Compose([
         v2.ToImage(),
-        v2.RandomResizedCrop(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        v2.RandomResizedCrop(size, scale=tuple(scale), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
         v2.RandomHorizontalFlip(),
         v2.RandomChoice([v2.Grayscale(num_output_channels=3), v2.RandomSolarize(128, p=1.0),
                          v2.GaussianBlur(max(3, (size // 20) * 2 + 1), sigma=(0.1, 2.0))]),
@@ -77,10 +78,10 @@ def three_augment(size: int) -> v2.Compose:
     ])
 
 
-def rrc_augment(size: int) -> v2.Compose:
+def rrc_augment(size: int, scale=(0.08, 1.0)) -> v2.Compose:
     return v2.Compose([
         v2.ToImage(),
-        v2.RandomResizedCrop(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        v2.RandomResizedCrop(size, scale=tuple(scale), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
         v2.RandomHorizontalFlip(),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
@@ -88,18 +89,23 @@ def rrc_augment(size: int) -> v2.Compose:
 
 
 class Classifier(nn.Module):
-    """Backbone + linear head on pooled features: (B, C, H, W) -> logits (B, classes)."""
+    """Backbone + linear head on pooled features: (B, C, H, W) -> logits (B, classes).
+
+    With average pooling a fresh LayerNorm (MAE's ``fc_norm``) normalises the pooled token: the
+    mean of normalised tokens varies little between images, and a bare linear head on it barely
+    trains (loss flat at log C in our digits runs)."""
 
     def __init__(self, backbone: SSLViT, num_classes: int, pool: str = "avg"):
         super().__init__()
         self.backbone = backbone
         self.pool = pool
+        self.fc_norm = nn.LayerNorm(backbone.embed_dim, eps=1e-6) if pool == "avg" else nn.Identity()
         self.head = nn.Linear(backbone.embed_dim, num_classes)
         nn.init.trunc_normal_(self.head.weight, std=2e-5)  # MAE's fine-tuning head init
         nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone.features(x, pool=self.pool))
+        return self.head(self.fc_norm(self.backbone.features(x, pool=self.pool)))
 
 
 def layer_id(name: str, depth: int) -> int:
@@ -115,8 +121,8 @@ def layer_id(name: str, depth: int) -> int:
 
 def is_attention_param(name: str) -> bool:
     """Trained in attention-only fine-tuning: each block's attention (qkv and projection, in
-    plain or parallel blocks), the head and the position embedding."""
-    return ".attn." in name or name.startswith("head.") or name == "backbone.pos_embed"
+    plain or parallel blocks), the head (with its fc_norm) and the position embedding."""
+    return ".attn." in name or name.startswith(("head.", "fc_norm.")) or name == "backbone.pos_embed"
 
 
 def param_groups_lrd(model: Classifier, weight_decay: float, layer_decay: float) -> list[dict]:
@@ -191,7 +197,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     data = cfg.data or run_data_of(weights)
     _, bcfg = load_backbone(weights)
     size = cfg.img_size or bcfg.img_size
-    aug = three_augment(size) if cfg.augment == "3aug" else rrc_augment(size)
+    aug = (three_augment if cfg.augment == "3aug" else rrc_augment)(size, cfg.crop_scale)
     train_set = build_dataset(data, "train", size, transform=aug)
     val_set = build_dataset(data, "val", size, transform=eval_transform(size))
     if min(train_set.labels) < 0:
