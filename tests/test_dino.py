@@ -191,3 +191,19 @@ def test_forward_logs_entropy_and_kl():
     assert set(out) >= {"loss", "teacher_entropy", "kl"}
     assert 0 < out["teacher_entropy"].item() < math.log(64)
     assert out["kl"].item() == pytest.approx(out["loss"].item() - out["teacher_entropy"].item(), abs=1e-5)
+
+
+def test_cls_attention_equals_timms_own_attention_weights():
+    from sslvit.eval.attention import cls_attention
+
+    backbone = build_backbone(BackboneConfig(size="tiny", depth=2, patch_size=4, img_size=16,
+                                             dynamic_img_size=True)).eval()
+    attn = backbone.blocks[-1].attn
+    attn.fused_attn = False  # timm then computes the softmax weights and passes them through attn_drop
+    seen = {}
+    attn.attn_drop.register_forward_hook(lambda m, inp, out: seen.setdefault("w", inp[0]))
+    x = torch.randn(2, 3, 24, 24)  # another grid than training: 6x6 patches
+    with torch.no_grad():
+        backbone.forward_features(x)
+    ref = seen["w"][:, :, 0, 1:].reshape(2, attn.num_heads, 6, 6)  # cls row, patch columns
+    torch.testing.assert_close(cls_attention(backbone, x), ref, rtol=1e-5, atol=1e-6)

@@ -33,6 +33,14 @@ def cache_key(weights: Path, **fields) -> tuple[str, dict]:
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:20], desc
 
 
+def feature_key(recipe: str, n_last_blocks: int, data: str, split: str, img_size: int,
+                aug_pass: int | None = None, aug_seed: int | None = None) -> dict:
+    """The fields the features depend on besides the weights; every probe builds its key here,
+    so the k-NN and linear probes read each other's cache."""
+    return dict(recipe=recipe, n_last_blocks=n_last_blocks, data=str(data), split=split, img_size=img_size,
+                aug_pass=aug_pass, aug_seed=aug_seed)
+
+
 def cached_features(weights: Path, compute: Callable[[], tuple[torch.Tensor, torch.Tensor]],
                     **fields) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """-> (features (N, F), labels (N,), hit). ``compute()`` runs only on a miss; its result is

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from sslvit.data.dataset import build_dataset
 from sslvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
-from sslvit.models.export import load_backbone, resolve_backbone_path, run_data_of
+from sslvit.models.export import load_backbone, read_backbone_config, resolve_backbone_path, run_data_of
 from sslvit.models.vit import SSLViT
 from sslvit.train.checkpoint import save_safetensors_atomic, write_json_atomic
 from sslvit.train.schedules import cosine_schedule, scaled_lr
@@ -154,7 +154,7 @@ def interpolate_pos_embed(state: dict, grid: tuple[int, int], old_grid: tuple[in
 
 def build_classifier(weights: Path, num_classes: int, cfg: FinetuneConfig) -> tuple[Classifier, dict]:
     """Load the backbone at ``cfg.img_size`` with a trainable position embedding and drop path."""
-    _, bcfg = load_backbone(weights)
+    bcfg = read_backbone_config(weights)
     size = cfg.img_size or bcfg.img_size
     if size % bcfg.patch_size:
         raise ValueError(f"img_size {size} is not a multiple of the patch size {bcfg.patch_size}.")
@@ -195,8 +195,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     cfg.validate()
     weights = resolve_backbone_path(cfg.ckpt)
     data = cfg.data or run_data_of(weights)
-    _, bcfg = load_backbone(weights)
-    size = cfg.img_size or bcfg.img_size
+    size = cfg.img_size or read_backbone_config(weights).img_size
     aug = (three_augment if cfg.augment == "3aug" else rrc_augment)(size, cfg.crop_scale)
     train_set = build_dataset(data, "train", size, transform=aug)
     val_set = build_dataset(data, "val", size, transform=eval_transform(size))

@@ -9,7 +9,7 @@ import torch  # before faiss: faiss imported first makes forked workers that cal
 
 from sslvit.data.dataset import build_dataset
 from sslvit.data.transforms import eval_transform
-from sslvit.eval.feature_cache import cached_features
+from sslvit.eval.feature_cache import cached_features, feature_key
 from sslvit.eval.features import extract_features, raw_pixel_features
 from sslvit.eval.knn import KS, TEMPERATURE, knn_classify, knn_search
 from sslvit.eval.retrieval import neighbours_picture, retrieval_metrics
@@ -56,8 +56,7 @@ def run_knn_probe(cfg: KNNProbeConfig) -> dict:
                                 device=device, desc=f"{name}: {split}")
 
     def cached(split, dataset):  # the same key fields as the linear probe's, so each reuses the other's
-        key = dict(recipe=cfg.pool, n_last_blocks=4, data=str(data), split=split, img_size=bcfg.img_size,
-                   aug_pass=None, aug_seed=None)
+        key = feature_key(cfg.pool, 4, data, split, bcfg.img_size)
         return cached_features(weights, lambda: features_of(backbone, "pretrained", dataset, split), **key)[:2]
 
     feats = (*cached("train", train_set), *cached("val", val_set))

@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from torchvision.transforms import v2
 
 from sslvit.data.dataset import build_dataset
-from sslvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
-from sslvit.eval.feature_cache import cached_features
+from sslvit.data.transforms import eval_transform, mae_train_transform
+from sslvit.eval.feature_cache import cached_features, feature_key
 from sslvit.eval.features import extract_features
 from sslvit.eval.linear_heads import grid_accuracy, train_head_grid
 from sslvit.models.export import load_backbone, resolve_backbone_path, run_data_of
@@ -55,12 +54,6 @@ class LinearProbeConfig:
             raise ValueError("lrs and weight_decays need at least one value each.")
 
 
-def _aug_transform(size: int) -> v2.Compose:
-    return v2.Compose([v2.RandomResizedCrop(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-                       v2.RandomHorizontalFlip(), v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-
-
 def run_linear_probe(cfg: LinearProbeConfig) -> dict:
     cfg.validate()
     weights = resolve_backbone_path(cfg.ckpt)
@@ -78,14 +71,14 @@ def run_linear_probe(cfg: LinearProbeConfig) -> dict:
     def features(dataset, split: str, aug_pass: Optional[int] = None):
         def compute():
             if aug_pass is not None:
-                dataset.transform = _aug_transform(size)
+                dataset.transform = mae_train_transform(size, scale=(0.08, 1.0))
                 torch.manual_seed(cfg.seed * 1000 + aug_pass)  # each pass is its own reproducible draw
             return extract_features(backbone, dataset, pool=cfg.recipe, n_last_blocks=cfg.n_last_blocks,
                                     batch_size=cfg.extract_batch_size, num_workers=cfg.num_workers,
                                     device=device, desc=f"features: {split}")
-        feats, labels, hit = cached_features(weights, compute, recipe=cfg.recipe, n_last_blocks=cfg.n_last_blocks,
-                                             data=str(data), split=split, img_size=size,
-                                             aug_pass=aug_pass, aug_seed=cfg.seed if aug_pass is not None else None)
+        key = feature_key(cfg.recipe, cfg.n_last_blocks, data, split, size, aug_pass,
+                          cfg.seed if aug_pass is not None else None)
+        feats, labels, hit = cached_features(weights, compute, **key)
         hits.append(hit)
         return feats, labels
 
@@ -107,9 +100,8 @@ def run_linear_probe(cfg: LinearProbeConfig) -> dict:
     grid = train_head_grid([x[fit] for x, _ in passes], labels[fit], num_classes,
                            [lr * scale for lr, _ in grid_pairs], [wd for _, wd in grid_pairs], cfg.epochs,
                            cfg.batch_size, cfg.optimizer, cfg.head == "mae", cfg.warmup_epochs, cfg.seed, device)
-    hold_x = passes[0][0][hold] if cfg.aug_passes == 0 else None
-    if hold_x is None:  # with augmentation, select on centre-crop features of the held-out images
-        hold_x = features(train_set, "train")[0][hold]
+    # with augmentation, the heads are picked on centre-crop features of the held-out images
+    hold_x = (passes[0][0] if cfg.aug_passes == 0 else features(train_set, "train")[0])[hold]
     hold_top1, _ = grid_accuracy(grid, hold_x, labels[hold])
     val_top1, val_top5 = grid_accuracy(grid, val_x, val_y)
     best = int(torch.argmax(hold_top1))

@@ -40,13 +40,18 @@ def resolve_backbone_path(path: str | Path) -> Path:
     return weights
 
 
+def read_backbone_config(path: str | Path) -> BackboneConfig:
+    """The exported backbone's config (``backbone.json``), without reading the weights."""
+    weights = resolve_backbone_path(path)
+    return BackboneConfig(**json.loads((weights.parent / SPEC).read_text())["backbone"])
+
+
 def load_backbone(path: str | Path, state_hook=None, **overrides) -> tuple[SSLViT, BackboneConfig]:
     """Rebuild the exported backbone from a run directory or its ``backbone.safetensors``;
     ``overrides`` change its config, ``state_hook(state) -> state`` adapts the weights to them
     (e.g. a position table resampled to another image size)."""
     weights = resolve_backbone_path(path)
-    spec = json.loads((weights.parent / SPEC).read_text())
-    cfg = BackboneConfig(**{**spec["backbone"], **overrides})
+    cfg = dataclasses.replace(read_backbone_config(weights), **overrides)
     model = build_backbone(cfg)
     try:
         state = load_file(str(weights))

@@ -118,9 +118,12 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _exported(model) -> torch.nn.Module:
+    return model.exported_backbone() if hasattr(model, "exported_backbone") else model.backbone
+
+
 def _export(model, cfg, run_dir: Path) -> None:
-    backbone = model.exported_backbone() if hasattr(model, "exported_backbone") else model.backbone
-    export_backbone(backbone, cfg.model, run_dir)
+    export_backbone(_exported(model), cfg.model, run_dir)
 
 
 def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[torch.Tensor] = None,
@@ -297,7 +300,7 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
 def _online_knn(accelerator, raw, knn_sets, tc: TrainConfig) -> dict:
     """k-NN top-1/top-5 of the backbone that is exported (DINO: the teacher) on held-out labelled
     data, with the probe's own extraction and search; no copy of the model is made."""
-    backbone = raw.exported_backbone() if hasattr(raw, "exported_backbone") else raw.backbone
+    backbone = _exported(raw)
     was_training = backbone.training
     # a DataLoader draws its base seed from the global RNG: fork it so the training stream
     # (and so resume) does not depend on whether the monitor is on
