@@ -6,14 +6,16 @@ step counts) stay the same.
 """
 from __future__ import annotations
 
+from itertools import islice
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from sslvit.data.digits import digits_split
 from sslvit.data.folder import DataError, load_rgb, scan_folder
+from sslvit.data.shard_reader import ShardDataset, build_shard_dataset, is_shard_spec
 
 EMBEDDED = ("digits",)
 
@@ -28,6 +30,10 @@ class ImageDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.labels) and min(self.labels) >= 0
 
     def _load(self, i: int):
         item = self.items[i]
@@ -46,8 +52,11 @@ class ImageDataset(Dataset):
 
 
 def build_dataset(data: str, split: str, img_size: int, transform=None, val_fraction: float = 0.2,
-                  seed: int = 0) -> ImageDataset:
-    """``data`` is 'digits' or a folder. split 'train' | 'val' | 'all'.
+                  seed: int = 0) -> ImageDataset | ShardDataset:
+    """``data`` is 'digits', a folder or a shard set (see ``shard_reader``). split 'train' | 'val' | 'all'.
+
+    A shard set comes back in its written order, unshuffled, bad samples skipped with a warning:
+    what the probes want; pretraining asks ``build_shard_dataset`` for its shuffled stream.
 
     A folder with ``train/`` and ``val/`` sub-folders uses them; any other folder is used whole
     for pretraining ('all' and 'train'), and for 'val' a fixed ``val_fraction`` is held out of it
@@ -56,6 +65,10 @@ def build_dataset(data: str, split: str, img_size: int, transform=None, val_frac
     if data == "digits":
         imgs, labels = digits_split("val" if split == "val" else "train", img_size)
         return ImageDataset(imgs, labels, transform, classes=[str(i) for i in range(10)])
+    if not data.strip():
+        raise DataError("--data is empty; pass 'digits', a folder of images or a shard set.")
+    if is_shard_spec(data):
+        return build_shard_dataset(data, split, transform, seed=seed)
     root = Path(data).expanduser()
     if (root / "train").is_dir() and (root / "val").is_dir() and split in ("train", "val"):
         paths, labels, classes = scan_folder(root / split)
@@ -68,3 +81,37 @@ def build_dataset(data: str, split: str, img_size: int, transform=None, val_frac
     keep = order[:n_val] if split == "val" else order[n_val:]
     keep = sorted(keep.tolist())
     return ImageDataset([paths[i] for i in keep], [labels[i] for i in keep], transform, classes)
+
+
+def first_items(dataset, n: int) -> list:
+    """The first ``n`` images of a dataset, map-style or streamed (in its order)."""
+    if isinstance(dataset, ShardDataset):
+        return [x for x, _, _ in islice(iter(dataset), n)]
+    return [dataset[i][0] for i in range(min(n, len(dataset)))]
+
+
+def items_at(dataset, indices, batch_size: int = 256, num_workers: int = 0) -> dict:
+    """{index: image} for the given sample numbers; a stream is read in the order that
+    ``DataLoader(dataset, batch_size, num_workers=num_workers)`` gives (the feature extractor's)."""
+    wanted = set(int(i) for i in indices)
+    if not isinstance(dataset, ShardDataset):
+        return {i: dataset[i][0] for i in wanted}
+    out, pos = {}, 0
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+    for batch in loader:
+        for x, _, _ in batch:
+            if pos in wanted:
+                out[pos] = x
+            pos += 1
+        if len(out) == len(wanted):
+            break
+    return out
+
+
+def iterate(dataset):
+    """Every sample of a dataset once: map-style by index (its __getitem__ wraps around), or streamed."""
+    if isinstance(dataset, ShardDataset):
+        yield from dataset
+    else:
+        for i in range(len(dataset)):
+            yield dataset[i]

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torchvision.transforms import v2
 
-from sslvit.data.dataset import build_dataset
+from sslvit.data.dataset import build_dataset, first_items
 from sslvit.data.folder import DataError, load_rgb
 from sslvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from sslvit.eval.attention import attention_columns
@@ -53,7 +53,7 @@ def run_attention(cfg: AttentionConfig) -> dict:
         data = cfg.data or run_data_of(weights)
         size -= size % bcfg.patch_size
         dataset = build_dataset(data, "val", size, transform=eval_transform(size))
-        imgs = torch.stack([dataset[i][0] for i in range(min(cfg.num_images, len(dataset)))])
+        imgs = torch.stack(first_items(dataset, cfg.num_images))
     columns, normalized = attention_columns(backbone, imgs)
     out = Path(cfg.out).expanduser() if cfg.out else weights.parent / "attention.png"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from sslvit.data.dataset import iterate
+
 
 @torch.no_grad()
 def extract_features(backbone, dataset, pool: str = "cls", batch_size: int = 256, num_workers: int = 0,
@@ -23,5 +25,5 @@ def extract_features(backbone, dataset, pool: str = "cls", batch_size: int = 256
 
 def raw_pixel_features(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """The baseline that needs no model: each image's normalized pixels, flattened. -> (N, C*H*W), (N,)"""
-    xs, ys = zip(*[(x.flatten(), y) for x, y, _ in (dataset[i] for i in range(len(dataset)))])
+    xs, ys = zip(*[(x.flatten(), y) for x, y, _ in iterate(dataset)])
     return torch.stack(xs).float(), torch.as_tensor(ys)

@@ -25,6 +25,8 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from sslvit.data.dataset import build_dataset
+from sslvit.data.shard_reader import ShardDataset
+from sslvit.data.stream_loader import StreamLoader
 from sslvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from sslvit.models.export import load_backbone, read_backbone_config, resolve_backbone_path, run_data_of
 from sslvit.models.vit import SSLViT
@@ -199,10 +201,11 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     aug = (three_augment if cfg.augment == "3aug" else rrc_augment)(size, cfg.crop_scale)
     train_set = build_dataset(data, "train", size, transform=aug)
     val_set = build_dataset(data, "val", size, transform=eval_transform(size))
-    if min(train_set.labels) < 0:
+    if not train_set.labelled:
         raise ValueError(f"Fine-tuning needs labels, and '{data}' has none; pass --data with a folder whose "
                          "images sit in one sub-folder per class (optionally under train/ and val/).")
-    num_classes = int(max(max(train_set.labels), max(val_set.labels))) + 1
+    num_classes = len(train_set.classes) if isinstance(train_set, ShardDataset) else \
+        int(max(max(train_set.labels), max(val_set.labels))) + 1
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     torch.manual_seed(cfg.seed)
     model, sizes = build_classifier(weights, num_classes, cfg)
@@ -216,17 +219,25 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     if len(train_set) < cfg.batch_size * accelerator.num_processes:
         raise ValueError(f"The training data has {len(train_set)} images, fewer than one batch of {cfg.batch_size}; "
                          "lower --batch_size.")
-    gen = torch.Generator().manual_seed(cfg.seed)
-    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                              num_workers=cfg.num_workers, generator=gen)
     val_loader = DataLoader(val_set, batch_size=256, num_workers=cfg.num_workers)
-    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    if isinstance(train_set, ShardDataset):  # the pretraining loop's stream: shuffled, equal steps per process
+        train_set.shuffle, train_set.seed = True, cfg.seed
+        train_loader = StreamLoader(train_set, cfg.batch_size, accelerator.num_processes, cfg.num_workers,
+                                    device=accelerator.device)
+        model, optimizer, val_loader = accelerator.prepare(model, optimizer, val_loader)
+    else:
+        gen = torch.Generator().manual_seed(cfg.seed)
+        train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                                  num_workers=cfg.num_workers, generator=gen)
+        model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     steps_per_epoch = len(train_loader)
     total_steps, warmup = cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)
     step, step_times, history = 0, [], []
     top1 = top5 = float("nan")
     for epoch in range(cfg.epochs):
+        if isinstance(train_loader, StreamLoader):
+            train_loader.set_epoch(epoch)
         model.train()
         bar = tqdm(train_loader, desc=f"fine-tune ({cfg.mode}) {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not accelerator.is_main_process)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch  # before faiss: faiss imported first makes forked workers that call it hang
 
-from sslvit.data.dataset import build_dataset
+from sslvit.data.dataset import build_dataset, first_items, items_at
 from sslvit.data.transforms import eval_transform
 from sslvit.eval.feature_cache import cached_features, feature_key
 from sslvit.eval.features import extract_features, raw_pixel_features
@@ -39,7 +39,7 @@ def run_knn_probe(cfg: KNNProbeConfig) -> dict:
     tf = eval_transform(bcfg.img_size)
     train_set = build_dataset(data, "train", bcfg.img_size, transform=tf)
     val_set = build_dataset(data, "val", bcfg.img_size, transform=tf)
-    if min(train_set.labels) < 0:
+    if not train_set.labelled:
         raise ValueError(f"The k-NN probe needs labels, and '{data}' has none; pass --data with a folder whose "
                          "images sit in one sub-folder per class (optionally under train/ and val/).")
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -68,20 +68,22 @@ def run_knn_probe(cfg: KNNProbeConfig) -> dict:
               *features_of(random_init, "random init", val_set, "val"))
         score("raw_pixels", *raw_pixel_features(train_set), *raw_pixel_features(val_set))
     report = {"ckpt": str(weights), "data": data, "pool": cfg.pool, "temperature": cfg.temperature,
-              "num_train": len(train_set), "num_val": len(val_set), "results": results, "retrieval": retrieval}
+              "num_train": len(feats[1]), "num_val": len(feats[3]), "results": results, "retrieval": retrieval}
     if cfg.picture_queries > 0:
-        report["picture"] = str(_neighbours_picture(feats, train_set, val_set, cfg.picture_queries,
+        report["picture"] = str(_neighbours_picture(feats, train_set, val_set, cfg,
                                                     weights.parent / "knn_neighbours.png"))
     write_json_atomic(report, weights.parent / "knn.json")
     return report
 
 
-def _neighbours_picture(feats, train_set, val_set, n_queries: int, path):
+def _neighbours_picture(feats, train_set, val_set, cfg: KNNProbeConfig, path):
     ftr, ytr, fva, yva = feats
-    q = min(n_queries, len(val_set))
+    queries = torch.stack(first_items(val_set, cfg.picture_queries))
+    q = len(queries)
     _, nbrs = knn_search(ftr.numpy(), fva[:q].numpy(), 8)
-    queries = torch.stack([val_set[i][0] for i in range(q)])
-    neighbours = torch.stack([torch.stack([train_set[j][0] for j in row]) for row in nbrs])
+    # the extractor's batch size and workers give a stream the same order as the features
+    found = items_at(train_set, nbrs.flatten(), cfg.batch_size, cfg.num_workers)
+    neighbours = torch.stack([torch.stack([found[int(j)] for j in row]) for row in nbrs])
     neighbours_picture(queries, yva[:q], neighbours, ytr.numpy()[nbrs], train_set.classes, path)
     return path
 

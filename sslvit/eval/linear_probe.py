@@ -63,7 +63,7 @@ def run_linear_probe(cfg: LinearProbeConfig) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     train_set = build_dataset(data, "train", size, transform=eval_transform(size))
     val_set = build_dataset(data, "val", size, transform=eval_transform(size))
-    if min(train_set.labels) < 0:
+    if not train_set.labelled:
         raise ValueError(f"The linear probe needs labels, and '{data}' has none; pass --data with a folder whose "
                          "images sit in one sub-folder per class (optionally under train/ and val/).")
     hits = []

@@ -12,8 +12,9 @@ from accelerate import PartialState
 from accelerate.utils import set_seed
 
 from sslvit.config import ConfigError, build_config
-from sslvit.data.dataset import build_dataset
+from sslvit.data.dataset import build_dataset, first_items
 from sslvit.data.folder import DataError
+from sslvit.data.shard_reader import build_shard_dataset, is_shard_spec
 from sslvit.data.transforms import eval_transform
 from sslvit.train.loop import TrainingDiverged, pretrain
 
@@ -28,15 +29,28 @@ def load_presets(name: str) -> dict:
 def run_pretraining(config_cls, preset: str, argv=None) -> Path:
     cfg = build_config(config_cls, argv, presets=load_presets(preset))
     cfg.model.validate()
-    train_set = build_dataset(cfg.data, "all" if cfg.data != "digits" else "train", cfg.model.img_size,
-                              transform=cfg.train_transform())
+    train_set = training_set(cfg)
     picture_set = build_dataset(cfg.data, "val" if cfg.data == "digits" else "all", cfg.model.img_size,
                                 transform=eval_transform(cfg.model.img_size))
-    picture_imgs = torch.stack([picture_set[i][0] for i in range(min(NUM_PICTURES, len(picture_set)))])
+    picture_imgs = first_items(picture_set, NUM_PICTURES)
+    if not picture_imgs:
+        raise DataError(f"No readable sample in '{cfg.data}': every image failed to decode; check the data.")
+    picture_imgs = torch.stack(picture_imgs)
     set_seed(cfg.train.seed)  # the initial weights are part of what a seed reproduces
     objective = cfg.build_objective()
     collate_fn = cfg.collate_fn() if hasattr(cfg, "collate_fn") else None
     return pretrain(cfg, objective, train_set, picture_imgs, collate_fn=collate_fn, knn_sets=knn_sets(cfg))
+
+
+def training_set(cfg):
+    """The run's data with its objective's transform: map-style, or for shards the shuffled
+    stream (with bad-sample markers for the loop's per-shard counts)."""
+    if is_shard_spec(cfg.data):
+        return build_shard_dataset(cfg.data, "train", cfg.train_transform(), shuffle=True, seed=cfg.train.seed,
+                                   markers=True, resampled=cfg.train.data_resampled,
+                                   shuffle_buffer=cfg.train.shuffle_buffer)
+    return build_dataset(cfg.data, "all" if cfg.data != "digits" else "train", cfg.model.img_size,
+                         transform=cfg.train_transform())
 
 
 def knn_sets(cfg) -> tuple | None:
@@ -46,7 +60,7 @@ def knn_sets(cfg) -> tuple | None:
         return None
     size = cfg.model.img_size
     database = build_dataset(cfg.data, "train", size, transform=eval_transform(size))
-    if min(database.labels) < 0:
+    if not database.labelled:
         raise ConfigError(f"train.knn_every needs labels, and '{cfg.data}' has none; put the images in one "
                           "sub-folder per class, or set train.knn_every 0.")
     return database, build_dataset(cfg.data, "val", size, transform=eval_transform(size))

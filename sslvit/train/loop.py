@@ -24,17 +24,20 @@ import json
 import math
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sslvit.config import save_yaml, to_dict
+from sslvit.data.shard_reader import ShardDataset
+from sslvit.data.stream_loader import StreamLoader, bad_sample_report
 from sslvit.eval.features import extract_features
 from sslvit.eval.knn import knn_classify
 from sslvit.models.export import export_backbone
@@ -69,6 +72,8 @@ class TrainConfig:
     knn_pool: str = "cls"  # features of the online k-NN: cls | avg
     knn_k: int = 20
     stop_after: Optional[int] = None  # end this invocation after N epochs; continue later with --resume
+    shuffle_buffer: int = 1000  # shards: samples held per data-loader worker for shuffling
+    data_resampled: bool = False  # shards: draw shards with replacement forever (epoch = the index's count)
 
     def validate(self) -> None:
         if self.precision not in ("auto", "no", "bf16", "fp16"):
@@ -161,13 +166,19 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
     if len(train_set) < tc.batch_size * accelerator.num_processes:
         raise ValueError(f"The training data has {len(train_set)} images, fewer than one batch of "
                          f"{tc.batch_size} x {accelerator.num_processes} processes; lower train.batch_size.")
-    loader = DataLoader(train_set, batch_size=tc.batch_size, shuffle=True, drop_last=True,
-                        num_workers=tc.num_workers, pin_memory=torch.cuda.is_available(), collate_fn=collate_fn,
-                        persistent_workers=False)  # fresh worker seeds per epoch keep resume exact
     effective_batch = tc.batch_size * accelerator.num_processes * tc.accum_steps
     base_lr = tc.lr if tc.lr is not None else scaled_lr(tc.blr, effective_batch)
     optimizer = build_adamw(objective, base_lr, tc.weight_decay, tc.betas)
-    model, optimizer, loader = accelerator.prepare(objective, optimizer, loader)
+    if isinstance(train_set, ShardDataset):
+        # a stream is split by shards, per process, in the dataset itself: accelerate must not split it again
+        loader = StreamLoader(train_set, tc.batch_size, accelerator.num_processes, tc.num_workers, collate_fn,
+                              device=accelerator.device, pin_memory=torch.cuda.is_available())
+        model, optimizer = accelerator.prepare(objective, optimizer)
+    else:
+        loader = DataLoader(train_set, batch_size=tc.batch_size, shuffle=True, drop_last=True,
+                            num_workers=tc.num_workers, pin_memory=torch.cuda.is_available(), collate_fn=collate_fn,
+                            persistent_workers=False)  # fresh worker seeds per epoch keep resume exact
+        model, optimizer, loader = accelerator.prepare(objective, optimizer, loader)
     raw = accelerator.unwrap_model(model)
 
     steps_per_epoch = len(loader) // tc.accum_steps
@@ -266,15 +277,23 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
                     bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
                     win_loss, win_n, win_imgs, win_t0 = 0.0, 0, 0, time.perf_counter()
             bar.close()
-            epoch_skipped = int(accelerator.reduce(torch.tensor(epoch_skipped, device=accelerator.device), "sum"))
+            bad_per_shard = None
+            if isinstance(loader, StreamLoader):
+                bad_per_shard = bad_sample_report(sum(gather_object([loader.bad_samples]), Counter()))
+                epoch_skipped += sum(n for kinds in bad_per_shard.values() for n in kinds.values())
+            else:
+                epoch_skipped = int(accelerator.reduce(torch.tensor(epoch_skipped, device=accelerator.device), "sum"))
             dt = time.perf_counter() - epoch_t0
             record = {"epoch": epoch + 1, "step": step, "epoch_loss": epoch_loss / max(1, epoch_batches),
                       "images_per_s": epoch_batches * tc.batch_size * accelerator.num_processes / dt,
                       "skipped_images": epoch_skipped, "epoch_time_s": dt}
+            if bad_per_shard:
+                record["bad_samples"] = bad_per_shard
             log(record)
             accelerator.print(f"epoch {epoch + 1}/{tc.epochs}  loss {record['epoch_loss']:.4f}  "
                               f"{record['images_per_s']:.0f} img/s" +
-                              (f"  skipped {epoch_skipped} unreadable images" if epoch_skipped else ""))
+                              (f"  skipped {epoch_skipped} unreadable images" if epoch_skipped else "") +
+                              (f" in {len(bad_per_shard)} shard(s), counts per shard in log.jsonl" if bad_per_shard else ""))
             is_last = epoch == last_epoch
             if tc.knn_every and knn_sets is not None and ((epoch + 1) % tc.knn_every == 0 or is_last):
                 if main:

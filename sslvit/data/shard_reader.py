@@ -1,0 +1,236 @@
+"""Streaming webdataset shards into any objective or probe through the same ``--data`` option.
+
+``--data`` may be a folder holding ``train.json`` (and ``val.json``) written by
+``python -m sslvit.data.shards``, an index file ``<split>.json``, or a shard pattern:
+local paths, brace patterns (``shards/train-{000000..000099}.tar``) or any URL webdataset's
+gopen opens (``pipe:aws s3 cp s3://bucket/train-{000000..000099}.tar -``). A pattern's index is
+the same location with ``-<shard number>.tar`` replaced by ``.json``.
+
+Epoch mode (default): each epoch the shard list is shuffled with (seed, epoch) and dealt out
+round-robin to every (process, data-loader worker) slot; together the slots read every sample
+exactly once. Resampled mode draws shards with replacement forever (for very large sets);
+the epoch is then the index's sample count, nominally.
+
+webdataset does the tar reading, URL opening, brace expansion and key grouping; the decoding
+is ours because a bad sample must be counted per shard and per kind (webdataset's decode
+handler only sees the exception). A bad sample is not an exception but a :class:`BadSample`
+marker in the stream, so the counts reach the main process through the data loader itself.
+"""
+from __future__ import annotations
+
+import io
+import random
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import IterableDataset, get_worker_info
+
+from sslvit.data.folder import DataError
+from sslvit.data.shards import read_index
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "tif", "tiff", "gif")
+_SHARD_NUMBER = re.compile(r"-(\{[^{}]*\}|\d+)\.tar")
+
+
+@dataclass(frozen=True)
+class BadSample:
+    """A sample that was skipped: ``shard`` (its URL) and ``kind`` (what was wrong)."""
+    shard: str
+    kind: str
+
+
+def is_shard_spec(data: str) -> bool:
+    if data.startswith("pipe:") or "://" in data or ".tar" in data or data.endswith(".json"):
+        return True
+    p = Path(data).expanduser()
+    return p.is_dir() and (p / "train.json").is_file()
+
+
+def _index_location(spec: str) -> str:
+    matches = list(_SHARD_NUMBER.finditer(spec))
+    if not matches:
+        raise DataError(f"Cannot find the index of '{spec}': shard names must end in -<number>.tar (or a brace "
+                        "pattern of numbers); point --data at the shards' <split>.json instead.")
+    m = matches[-1]
+    return spec[:m.start()] + ".json" + spec[m.end():]
+
+
+def resolve_shards(spec: str, split: str) -> tuple[list[str], int, list[str]]:
+    """``--data`` -> (shard URLs, number of samples, class names) of ``split``.
+
+    ``split`` is 'train', 'val' or 'all' ('all' = 'train' for shard sets)."""
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        name = "val" if split == "val" else "train"
+        location = p / f"{name}.json"
+        if not location.is_file():
+            raise DataError(f"'{p}' holds no {name}.json; write the '{name}' split with `python -m sslvit.data.shards` "
+                            "from a folder with train/ and val/ sub-folders.")
+        return _from_index(str(location), None)
+    if split == "val":
+        raise DataError(f"'{spec}' is one shard set and this needs a val split too; point --data at the folder that "
+                        "holds train.json and val.json.")
+    if spec.endswith(".json"):
+        return _from_index(spec, None)
+    urls = wds.shardlists.expand_urls(spec)
+    if not urls:
+        raise DataError(f"The shard pattern '{spec}' expands to no shards; check its braces.")
+    return _from_index(_index_location(spec), urls)
+
+
+def _from_index(location: str, urls: Optional[list[str]]) -> tuple[list[str], int, list[str]]:
+    index = read_index(location)
+    counts = {s["name"]: s["count"] for s in index["shards"]}
+    if urls is None:
+        base = location[: -len(Path(location).name)]
+        urls = [base + s["name"] for s in index["shards"]]
+    local = [u for u in urls if not u.startswith("pipe:") and "://" not in u]
+    missing = [u for u in local if not Path(u).expanduser().is_file()]
+    if missing:
+        raise DataError(f"Shard '{missing[0]}' does not exist ({len(missing)} of {len(urls)} missing); check the "
+                        "--data pattern or write the shards again.")
+    names = [_shard_name(u) for u in urls]
+    unknown = [n for n in names if n not in counts]
+    if unknown:
+        raise DataError(f"Shard '{unknown[0]}' is not in the index '{location}'; the pattern and the index come "
+                        "from different writes.")
+    return urls, sum(counts[n] for n in names), list(index.get("classes", []))
+
+
+def _shard_name(url: str) -> str:
+    m = re.search(r"[^/\s]+\.tar", url)
+    return m.group(0) if m else url
+
+
+def decode_sample(sample: dict) -> tuple[Optional[Image.Image], int, Optional[str]]:
+    """A webdataset sample dict -> (RGB image or None, label (-1 if none), what was wrong or None)."""
+    key = next((k for k in IMAGE_KEYS if k in sample), None)
+    if key is None or not sample[key]:
+        return None, -1, "missing image"
+    label = -1
+    if "cls" in sample:
+        try:
+            label = int(sample["cls"].decode().strip())
+        except (UnicodeDecodeError, ValueError):
+            return None, -1, "bad label"
+    try:
+        with Image.open(io.BytesIO(sample[key])) as img:
+            return img.convert("RGB"), label, None
+    except Exception:  # PIL raises many types for corrupt bytes
+        return None, -1, "corrupt image"
+
+
+class ShardDataset(IterableDataset):
+    """Yields ``(image, label, 0)`` per good sample and a :class:`BadSample` per bad one.
+
+    ``rank``/``world_size`` default to the running process group (or 0/1). ``set_epoch`` and
+    ``set_pass`` choose the order: (seed, epoch, pass) fix the shard order and the shuffle buffer.
+    With ``markers=False`` bad samples are skipped with a warning instead (for the probes,
+    whose collate stacks every item).
+    """
+
+    def __init__(self, urls: list[str], num_samples: int, transform: Optional[Callable] = None,
+                 classes: Optional[list[str]] = None, shuffle: bool = True, shuffle_buffer: int = 1000,
+                 resampled: bool = False, seed: int = 0, rank: Optional[int] = None,
+                 world_size: Optional[int] = None, markers: bool = True):
+        self.urls = list(urls)
+        self.num_samples = num_samples
+        self.transform = transform
+        self.classes = classes or []
+        self.shuffle = shuffle
+        self.shuffle_buffer = shuffle_buffer
+        self.resampled = resampled
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.markers = markers
+        self.epoch = 0
+        self.pass_index = 0
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.classes)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.pass_index = 0
+
+    def set_pass(self, pass_index: int) -> None:
+        self.pass_index = pass_index
+
+    def _slot(self) -> tuple[int, int]:
+        """-> (this reader's slot, number of slots) over processes x data-loader workers."""
+        rank, world = self.rank, self.world_size
+        if rank is None or world is None:
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+            else:
+                rank, world = 0, 1
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return rank * workers + worker, world * workers
+
+    def shards_for_slot(self, slot: int, slots: int) -> list[str]:
+        """Epoch mode: this slot's shards, a round-robin deal of the (seed, epoch, pass) order."""
+        order = list(self.urls)
+        if self.shuffle:
+            random.Random(f"{self.seed}-{self.epoch}-{self.pass_index}").shuffle(order)
+        return order[slot::slots]
+
+    def _resampled_shards(self, rng: random.Random) -> Iterator[str]:
+        while True:
+            yield rng.choice(self.urls)
+
+    def __iter__(self):
+        slot, slots = self._slot()
+        rng = random.Random(f"{self.seed}-{self.epoch}-{self.pass_index}-{slot}")
+        shards = self._resampled_shards(rng) if self.resampled else iter(self.shards_for_slot(slot, slots))
+        stream = self._read(shards)
+        if self.shuffle and self.shuffle_buffer > 1:
+            stream = wds.filters._shuffle(stream, self.shuffle_buffer, min(100, self.shuffle_buffer), rng=rng)
+        for item in stream:
+            if isinstance(item, BadSample):
+                if self.markers:
+                    yield item
+                else:
+                    warnings.warn(f"Skipping a bad sample in shard '{item.shard}' ({item.kind}).", stacklevel=2)
+                continue
+            img, label = item
+            yield (self.transform(img) if self.transform is not None else img), label, 0
+
+    def _read(self, shards: Iterator[str]):
+        """Shard URLs -> (PIL image, label) | BadSample, one shard at a time so every error has its shard."""
+        for url in shards:
+            errors: list[Exception] = []
+
+            def keep_going(exn: Exception) -> bool:
+                errors.append(exn)
+                return True
+
+            for sample in wds.tariterators.tarfile_samples([{"url": url}], handler=keep_going):
+                while errors:
+                    yield BadSample(url, _error_kind(errors.pop(0)))
+                img, label, problem = decode_sample(sample)
+                yield BadSample(url, problem) if problem else (img, label)
+            while errors:
+                yield BadSample(url, _error_kind(errors.pop(0)))
+
+
+def _error_kind(exn: Exception) -> str:
+    return "unreadable shard" if isinstance(exn, FileNotFoundError) else "truncated or corrupt tar"
+
+
+def build_shard_dataset(spec: str, split: str, transform=None, shuffle: bool = False, seed: int = 0,
+                        markers: bool = False, resampled: bool = False, shuffle_buffer: int = 1000) -> ShardDataset:
+    urls, n, classes = resolve_shards(spec, split)
+    return ShardDataset(urls, n, transform, classes, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
+                        resampled=resampled, seed=seed, markers=markers)

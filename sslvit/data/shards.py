@@ -1,0 +1,202 @@
+"""webdataset tar shards: the index format and the shard writer.
+
+``python -m sslvit.data.shards SRC OUT`` turns an image folder into ``OUT/<split>-%06d.tar``
+shards plus ``OUT/<split>.json``, the index the readers take the epoch length, the progress bar
+and the class names from. A folder with ``train/`` and ``val/`` sub-folders gives both splits;
+any other folder gives one split (``--split``, default ``train``).
+
+Each sample is ``<key>.<ext>`` (the image file's own bytes, not re-encoded) and, when the
+folder is labelled, ``<key>.cls`` (the class index as text). Samples are assigned to shards in a
+seeded random order, so each shard mixes classes and two writes with the same seed give the
+same bytes. A shard is written under a temporary name and renamed when complete: an interrupted
+write never leaves a file a reader would trust, and running the same command again resumes,
+keeping the shards that are already complete.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+from tqdm.auto import tqdm
+
+from sslvit.data.folder import DataError, scan_folder
+
+INDEX_FORMAT = "sslvit-shards/1"
+TAR_OVERHEAD = 1024  # bytes per member beside its data: a 512-byte header plus padding, at most
+
+
+@dataclass
+class ShardPlan:
+    name: str  # e.g. train-000003.tar
+    files: list[str]  # image paths, in write order
+    labels: list[int]  # -1 when the folder is unlabelled
+    first_key: int  # the running sample number of the first sample: keys are unique across shards
+
+
+def plan_shards(paths: list[Path], labels: list[int], split: str, seed: int, max_count: int,
+                max_bytes: int) -> list[ShardPlan]:
+    """Shuffle the samples with ``seed`` and cut them into shards of at most ``max_count`` samples
+    and about ``max_bytes`` bytes (a shard holds at least one sample)."""
+    order = np.random.default_rng(seed).permutation(len(paths))
+    plans: list[ShardPlan] = []
+    files: list[str] = []
+    labs: list[int] = []
+    size, first = 0, 0
+    for n, i in enumerate(order.tolist()):
+        item_bytes = paths[i].stat().st_size + 2 * TAR_OVERHEAD
+        if files and (len(files) >= max_count or size + item_bytes > max_bytes):
+            plans.append(ShardPlan(f"{split}-{len(plans):06d}.tar", files, labs, first))
+            files, labs, size, first = [], [], 0, n
+        files.append(str(paths[i]))
+        labs.append(labels[i])
+        size += item_bytes
+    if files:
+        plans.append(ShardPlan(f"{split}-{len(plans):06d}.tar", files, labs, first))
+    return plans
+
+
+def _image_ext(path: str) -> str:
+    ext = Path(path).suffix.lower().lstrip(".")
+    return "jpg" if ext == "jpeg" else ext
+
+
+def write_shard(plan: ShardPlan, out: str) -> dict:
+    """Write one shard (temporary name, then rename); -> its index entry."""
+    final = Path(out) / plan.name
+    tmp = final.with_name(f".{plan.name}.{os.getpid()}.tmp")
+    # mtime fixed: the same plan gives the same bytes
+    with wds.TarWriter(str(tmp), encoder=False, mtime=0.0) as sink:
+        for j, (path, label) in enumerate(zip(plan.files, plan.labels)):
+            sample = {"__key__": f"{plan.first_key + j:09d}", _image_ext(path): Path(path).read_bytes()}
+            if label >= 0:
+                sample["cls"] = str(label).encode()
+            sink.write(sample)
+    os.replace(tmp, final)
+    return _entry(final, len(plan.files))
+
+
+def _entry(path: Path, count: int) -> dict:
+    return {"name": path.name, "count": count, "bytes": path.stat().st_size}
+
+
+def _plan_digest(plans: list[ShardPlan]) -> str:
+    h = hashlib.sha256()
+    for p in plans:
+        h.update(json.dumps([p.name, p.files, p.labels, p.first_key]).encode())
+    return h.hexdigest()
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def write_split(src: Path, out: Path, split: str, seed: int = 0, max_count: int = 10000,
+                max_bytes: int = 1 << 30, workers: int = 1, progress: bool = True) -> dict:
+    """Write one split's shards and its index ``out/<split>.json``; -> the index."""
+    paths, labels, classes = scan_folder(src)
+    plans = plan_shards(paths, labels, split, seed, max_count, max_bytes)
+    out.mkdir(parents=True, exist_ok=True)
+    digest = _plan_digest(plans)
+    plan_file = out / f".{split}.plan"
+    index_file = out / f"{split}.json"
+    if index_file.exists() or plan_file.exists():
+        recorded = plan_file.read_text() if plan_file.exists() else json.loads(index_file.read_text()).get("plan")
+        if recorded != digest:
+            raise DataError(f"'{out}' already holds '{split}' shards of a different write (other images, seed or "
+                            "shard size); write to a new --out, or delete them first.")
+    plan_file.write_text(digest)
+    done = {p.name for p in plans if (out / p.name).exists()}  # complete: shards only appear by rename
+    todo = [p for p in plans if p.name not in done]
+    entries = {name: _entry(out / name, next(len(p.files) for p in plans if p.name == name)) for name in done}
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(plans), initial=len(done), desc=f"{split} shards", disable=not progress)
+    if workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            for entry in pool.map(write_shard, todo, [str(out)] * len(todo)):
+                entries[entry["name"]] = entry
+                bar.update()
+    else:
+        for p in todo:
+            entry = write_shard(p, str(out))
+            entries[entry["name"]] = entry
+            bar.update()
+    bar.close()
+    seconds = time.perf_counter() - t0
+    index = {
+        "format": INDEX_FORMAT,
+        "split": split,
+        "num_samples": len(paths),
+        "classes": classes,
+        "seed": seed,
+        "plan": digest,
+        "shards": [entries[p.name] for p in plans],
+    }
+    _write_json(index_file, index)
+    plan_file.unlink()
+    written = sum(len(p.files) for p in todo)
+    index_stats = {"written_samples": written, "seconds": seconds}
+    return {**index, **index_stats}
+
+
+def write_shards(src: str | Path, out: str | Path, split: str = "train", **kw) -> list[dict]:
+    """A folder with train/ and val/ gives both splits; any other folder gives ``split``."""
+    src, out = Path(src).expanduser(), Path(out).expanduser()
+    if not src.is_dir():
+        raise DataError(f"Image folder '{src}' does not exist; pass the folder that holds your images.")
+    if (src / "train").is_dir() and (src / "val").is_dir():
+        return [write_split(src / s, out, s, **kw) for s in ("train", "val")]
+    return [write_split(src, out, split, **kw)]
+
+
+def read_index(location: str) -> dict:
+    """The index at a local path or any URL webdataset's gopen opens (``pipe:...``)."""
+    try:
+        with wds.gopen(location, "rb") as f:
+            index = json.loads(f.read())
+    except Exception as e:  # gopen raises OSError, pipe errors, ...; all mean the same to a user
+        raise DataError(f"The shard index '{location}' cannot be read ({e.__class__.__name__}); write the shards "
+                        "with `python -m sslvit.data.shards` or point --data at its <split>.json.") from None
+    if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT:
+        raise DataError(f"'{location}' is not an sslvit shard index (format {INDEX_FORMAT}); write the shards with "
+                        "`python -m sslvit.data.shards`.")
+    return index
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m sslvit.data.shards", description=__doc__.split("\n\n")[0])
+    ap.add_argument("src", help="image folder (labels from first-level sub-folders, optional)")
+    ap.add_argument("out", help="output folder for <split>-%%06d.tar and <split>.json")
+    ap.add_argument("--split", default="train", help="split name when SRC has no train/ and val/ (default train)")
+    ap.add_argument("--max-count", type=int, default=10000, help="samples per shard at most (default 10000)")
+    ap.add_argument("--max-size", type=float, default=1.0, help="GB per shard, about (default 1.0)")
+    ap.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)), help="writer processes")
+    ap.add_argument("--seed", type=int, default=0, help="sample order seed (default 0)")
+    args = ap.parse_args(argv)
+    if args.max_count < 1 or args.max_size <= 0:
+        print("error: --max-count and --max-size must be positive.", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        results = write_shards(args.src, args.out, args.split, seed=args.seed, max_count=args.max_count,
+                               max_bytes=int(args.max_size * 1e9), workers=args.workers)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    for r in results:
+        rate = r["written_samples"] / max(r["seconds"], 1e-9)
+        print(f"{r['split']}: {r['num_samples']} samples in {len(r['shards'])} shards, {len(r['classes'])} classes "
+              f"-> {Path(args.out) / (r['split'] + '.json')}  ({r['written_samples']} written, {rate:.0f} images/s)")
+
+
+if __name__ == "__main__":
+    main()

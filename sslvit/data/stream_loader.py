@@ -1,0 +1,101 @@
+"""Batches from a streamed (shard) dataset with the same number of steps on every process.
+
+A map-style dataset gets a sampler that pads and trims per process; a stream cannot be
+indexed, and processes that read different shards see different sample counts. Left alone,
+the process that runs out first leaves the others waiting in an all-reduce forever. So every
+process takes exactly ``len(loader)`` batches per epoch, ``num_samples // (batch x processes)``:
+a process whose shards run out starts another pass over them (like DistributedSampler's
+padding) and one with samples left over stops (like ``drop_last``).
+
+Workers yield single samples and the batches are formed here, in the main process: batching in
+the workers would leave a partial batch per worker at every shard boundary.
+"""
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from typing import Callable, Optional
+
+import torch
+from accelerate.utils import send_to_device
+from torch.utils.data import DataLoader, default_collate
+
+from sslvit.data.folder import DataError
+from sslvit.data.shard_reader import BadSample, ShardDataset
+
+
+def _unbatched(batch):
+    return batch
+
+
+class StreamLoader:
+    """Iterates ``(batch..., skipped (B,))`` like the map-style path; ``bad_samples`` counts the
+    skipped samples per (shard, kind) of this epoch's first pass over this process's shards."""
+
+    def __init__(self, dataset: ShardDataset, batch_size: int, num_processes: int, num_workers: int = 0,
+                 collate_fn: Optional[Callable] = None, device: Optional[torch.device] = None,
+                 pin_memory: bool = False):
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.collate_fn = collate_fn or default_collate
+        self.device = device
+        self.pin_memory = pin_memory
+        self.num_batches = len(dataset) // (batch_size * num_processes)
+        shards = len(dataset.urls)
+        if not dataset.resampled and shards < num_processes:
+            raise DataError(f"The data has {shards} shard(s) for {num_processes} processes, and each process reads "
+                            "whole shards; write smaller shards (--max-count) or set train.data_resampled true.")
+        if not dataset.resampled and shards < num_processes * max(1, num_workers):
+            warnings.warn(f"{shards} shards for {num_processes} process(es) x {num_workers} workers: some workers "
+                          "will have no shard to read; write smaller shards for full speed.", stacklevel=2)
+        self.bad_samples: Counter = Counter()
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.bad_samples = Counter()
+
+    def _samples(self):
+        """Good samples, pass after pass of this process's shards."""
+        pass_index = 0
+        while True:
+            self.dataset.set_epoch(self.epoch)
+            self.dataset.set_pass(pass_index)
+            # batch_size=None: workers hand over single samples (and BadSample markers)
+            loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+                                collate_fn=_unbatched, pin_memory=self.pin_memory)
+            good = 0
+            for item in loader:
+                if isinstance(item, BadSample):
+                    if pass_index == 0:  # a padding pass re-reads the same shards: count each bad sample once
+                        self.bad_samples[(item.shard, item.kind)] += 1
+                    continue
+                good += 1
+                yield item
+            if good == 0:
+                bad = sum(self.bad_samples.values())
+                raise DataError(f"No readable sample in this process's shards ({bad} bad, "
+                                f"{len(self.dataset.urls)} shards in the set); check the shards with "
+                                "`python -m sslvit.data.shards` or point --data at good ones.")
+            pass_index += 1
+
+    def __iter__(self):
+        samples = self._samples()
+        for _ in range(self.num_batches):
+            items = [next(samples) for _ in range(self.batch_size)]
+            *batch, skipped = self.collate_fn(items)
+            batch = tuple(batch) + (torch.as_tensor(skipped),)
+            yield send_to_device(batch, self.device) if self.device is not None else batch
+        samples.close()
+
+
+def bad_sample_report(counts: Counter) -> dict:
+    """{(shard, kind): n} -> {shard: {kind: n}} for the log."""
+    out: dict = {}
+    for (shard, kind), n in sorted(counts.items()):
+        out.setdefault(shard, {})[kind] = n
+    return out

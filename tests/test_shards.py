@@ -1,0 +1,328 @@
+"""webdataset shards: the writer, the reader's split across processes and workers, bad data."""
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from sslvit.data.dataset import build_dataset
+from sslvit.data.folder import DataError
+from sslvit.data.shard_reader import BadSample, ShardDataset, resolve_shards
+from sslvit.data.shards import INDEX_FORMAT, main as shards_main, write_shards
+from sslvit.data.stream_loader import StreamLoader
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pixel_id(img: Image.Image) -> str:
+    """A sample's identity: its decoded pixels (the test images are random and PNG, so unique)."""
+    return hashlib.md5(np.asarray(img).tobytes()).hexdigest()
+
+
+@pytest.fixture
+def split_folder(tmp_path):
+    """train/ (3 classes x 15) and val/ (3 x 4) of random 12x12 PNGs."""
+    rng = np.random.default_rng(1)
+    root = tmp_path / "folder"
+    for split, n in (("train", 15), ("val", 4)):
+        for c in range(3):
+            d = root / split / f"c{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray((rng.random((12, 12, 3)) * 255).astype(np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+def _members(tar: Path) -> dict:
+    with tarfile.open(tar) as t:
+        return {m.name: t.extractfile(m).read() for m in t.getmembers()}
+
+
+def test_writer_round_trips_counts_labels_and_bytes(split_folder, tmp_path):
+    out = tmp_path / "shards"
+    shards_main([str(split_folder), str(out), "--max-count", "10", "--workers", "2"])
+    index = json.loads((out / "train.json").read_text())
+    assert index["format"] == INDEX_FORMAT and index["num_samples"] == 45 and index["classes"] == ["c0", "c1", "c2"]
+    assert [s["count"] for s in index["shards"]] == [10, 10, 10, 10, 5]
+    source = {}
+    for c, cls in enumerate(index["classes"]):
+        for p in (split_folder / "train" / cls).iterdir():
+            source[p.read_bytes()] = c
+    seen = {}
+    for entry in index["shards"]:
+        members = _members(out / entry["name"])
+        assert entry["bytes"] == (out / entry["name"]).stat().st_size
+        keys = {name.split(".")[0] for name in members}
+        assert len(keys) == entry["count"]  # the index matches the shard
+        for key in keys:
+            seen[members[f"{key}.png"]] = int(members[f"{key}.cls"])
+    assert seen == source  # every image's bytes once, with its label
+    assert json.loads((out / "val.json").read_text())["num_samples"] == 12
+    assert not list(out.glob(".*"))  # no temporary or plan file left behind
+
+
+def test_same_seed_same_bytes_and_another_seed_another_order(split_folder, tmp_path):
+    digests = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        write_shards(split_folder / "train", tmp_path / name, seed=seed, max_count=10, progress=False)
+        digests.append([hashlib.sha256((tmp_path / name / f"train-{i:06d}.tar").read_bytes()).hexdigest()
+                        for i in range(5)])
+    assert digests[0] == digests[1]
+    assert digests[0] != digests[2]
+
+
+def test_an_interrupted_write_resumes_and_never_exposes_a_half_shard(split_folder, tmp_path, monkeypatch):
+    import sslvit.data.shards as shards
+
+    out = tmp_path / "shards"
+    real = shards.write_shard
+    calls = []
+
+    def dies_on_third(plan, out_dir):
+        calls.append(plan.name)
+        if len(calls) == 3:  # half a shard on disk, then the process dies
+            Path(out_dir, f".{plan.name}.123.tmp").write_bytes(b"half a tar")
+            raise KeyboardInterrupt
+        return real(plan, out_dir)
+
+    monkeypatch.setattr(shards, "write_shard", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(split_folder / "train", out, max_count=10, progress=False)
+    assert sorted(p.name for p in out.glob("*.tar")) == ["train-000000.tar", "train-000001.tar"]
+    assert not (out / "train.json").exists()  # readers find no index, so they trust nothing yet
+    with pytest.raises(DataError, match="cannot be read"):
+        resolve_shards(str(out / "train.json"), "train")
+    monkeypatch.setattr(shards, "write_shard", real)
+    calls.clear()
+    write_shards(split_folder / "train", out, max_count=10, progress=False)
+    fresh = tmp_path / "fresh"
+    write_shards(split_folder / "train", fresh, max_count=10, progress=False)
+    for i in range(5):
+        assert (out / f"train-{i:06d}.tar").read_bytes() == (fresh / f"train-{i:06d}.tar").read_bytes()
+    # a different write into the same folder is refused instead of mixing two sets
+    with pytest.raises(DataError, match="different write"):
+        write_shards(split_folder / "train", out, max_count=7, progress=False)
+
+
+def _sample_ids(dataset: ShardDataset, num_workers: int) -> list:
+    loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=lambda x: x)
+    return [item[0] for item in loader if not isinstance(item, BadSample)]
+
+
+def test_two_nodes_two_workers_read_every_sample_once_per_epoch(split_folder, tmp_path):
+    out = tmp_path / "shards"
+    write_shards(split_folder / "train", out, max_count=4, progress=False)  # 12 shards, uneven 4/4/.../1
+    urls, n, _ = resolve_shards(str(out), "train")
+    expected = sorted(pixel_id(Image.open(p).convert("RGB")) for p in (split_folder / "train").rglob("*.png"))
+    orders = []
+    for epoch in (0, 1):
+        ids = []
+        for rank in (0, 1):
+            ds = ShardDataset(urls, n, transform=pixel_id, shuffle=True, seed=3, rank=rank, world_size=2)
+            ds.set_epoch(epoch)
+            ids += _sample_ids(ds, num_workers=2)
+        assert sorted(ids) == expected  # each sample exactly once across the 4 slots
+        orders.append(ids)
+    assert orders[0] != orders[1]  # and the order changes with the epoch
+
+
+def test_every_process_takes_the_same_number_of_batches_when_counts_are_uneven(split_folder, tmp_path):
+    out = tmp_path / "shards"
+    write_shards(split_folder / "train", out, max_count=20, progress=False)  # 20 + 20 + 5 samples
+    urls, n, _ = resolve_shards(str(out), "train")
+    lengths = []
+    for rank in (0, 1):
+        ds = ShardDataset(urls, n, transform=lambda img: np.asarray(img).astype(np.float32), rank=rank,
+                          world_size=2, seed=0)
+        loader = StreamLoader(ds, batch_size=4, num_processes=2)
+        for epoch in range(2):
+            loader.set_epoch(epoch)
+            batches = list(loader)
+            assert all(b[0].shape[0] == 4 for b in batches)
+            lengths.append(len(batches))
+    assert lengths == [45 // 8] * 4  # rank 1 reads 5 or 20 samples and pads; rank 0 reads 25 or 40 and stops
+
+
+def _broken_set(root: Path) -> dict:
+    """Two shards: a corrupt JPEG, an empty image, a bad label; then a tar cut in the middle of its data."""
+    root.mkdir()
+    rng = np.random.default_rng(0)
+
+    def png() -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray((rng.random((12, 12, 3)) * 255).astype(np.uint8)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    with wds.TarWriter(str(root / "train-000000.tar"), encoder=False) as w:
+        for i in range(8):
+            w.write({"__key__": f"{i:04d}", "png": png(), "cls": b"1"})
+        w.write({"__key__": "0100", "jpg": b"\xff\xd8\xff\xe0 this is not a jpeg", "cls": b"0"})
+        w.write({"__key__": "0101", "png": b"", "cls": b"0"})
+        w.write({"__key__": "0102", "png": png(), "cls": b"zero"})
+    with wds.TarWriter(str(root / "train-000001.tar"), encoder=False) as w:
+        for i in range(8):
+            w.write({"__key__": f"{i + 10:04d}", "png": png(), "cls": b"2"})
+    whole = (root / "train-000001.tar").read_bytes()
+    with tarfile.open(root / "train-000001.tar") as t:
+        sixth = t.getmember("0015.png")
+    # cut inside the 6th sample's image: 5 whole samples are before it (members are written key by key)
+    (root / "train-000001.tar").write_bytes(whole[: sixth.offset_data + sixth.size // 2])
+    index = {"format": INDEX_FORMAT, "split": "train", "num_samples": 19, "classes": ["a", "b", "c"],
+             "shards": [{"name": "train-000000.tar", "count": 11, "bytes": 0},
+                        {"name": "train-000001.tar", "count": 8, "bytes": 0}]}
+    (root / "train.json").write_text(json.dumps(index))
+    return index
+
+
+def test_bad_samples_are_skipped_and_counted_per_shard(tmp_path):
+    _broken_set(tmp_path / "bad")
+    urls, n, _ = resolve_shards(str(tmp_path / "bad"), "train")
+    ds = ShardDataset(urls, n, shuffle=False)
+    items = list(ds)
+    good = [x for x in items if not isinstance(x, BadSample)]
+    bad = Counter((Path(b.shard).name, b.kind) for b in items if isinstance(b, BadSample))
+    assert len(good) == 8 + 5
+    assert bad[("train-000000.tar", "corrupt image")] == 1
+    assert bad[("train-000000.tar", "missing image")] == 1
+    assert bad[("train-000000.tar", "bad label")] == 1
+    assert bad[("train-000001.tar", "truncated or corrupt tar")] >= 1
+    assert set(k for k, _ in bad) == {"train-000000.tar", "train-000001.tar"}
+
+
+def test_a_run_on_broken_shards_trains_to_the_end_and_logs_the_counts(tmp_path, fresh_accelerate):
+    from tests.test_end_to_end import _run
+
+    _broken_set(tmp_path / "bad")
+    ds = ShardDataset(*resolve_shards(str(tmp_path / "bad"), "train")[:2], shuffle=False)
+    expected = Counter((b.shard, b.kind) for b in ds if isinstance(b, BadSample))
+    run = _run(tmp_path / "run", tmp_path / "bad", ["--train.batch_size", "4", "--train.num_workers", "2"])
+    epochs = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if "epoch_loss" in x]
+    assert len(epochs) == 2 and all(np.isfinite(e["epoch_loss"]) for e in epochs)
+    for e in epochs:
+        logged = Counter({(shard, kind): n for shard, kinds in e["bad_samples"].items() for kind, n in kinds.items()})
+        assert logged == expected
+        assert e["skipped_images"] == sum(expected.values())
+    assert (run / "backbone.safetensors").exists()
+
+
+def test_a_shard_set_with_no_good_sample_stops_with_one_sentence(tmp_path, fresh_accelerate):
+    from tests.test_end_to_end import _run
+
+    root = tmp_path / "allbad"
+    root.mkdir()
+    with wds.TarWriter(str(root / "train-000000.tar"), encoder=False) as w:
+        for i in range(40):
+            w.write({"__key__": f"{i:04d}", "jpg": b"garbage", "cls": b"0"})
+    (root / "train.json").write_text(json.dumps({"format": INDEX_FORMAT, "num_samples": 40, "classes": ["a"],
+                                                  "shards": [{"name": "train-000000.tar", "count": 40}]}))
+    with pytest.raises(DataError, match="No readable sample"):
+        _run(tmp_path / "run", root, ["--train.knn_every", "0"])
+
+
+def test_missing_shard_empty_pattern_and_empty_folder_each_give_one_clear_error(split_folder, tmp_path):
+    out = tmp_path / "shards"
+    write_shards(split_folder / "train", out, max_count=10, progress=False)
+    with pytest.raises(DataError, match="does not exist"):
+        build_dataset(str(out / "train-{000000..000009}.tar"), "train", 16)
+    with pytest.raises(DataError, match="expands to no shards|empty"):
+        build_dataset("", "train", 16)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no images"):
+        write_shards(tmp_path / "empty", tmp_path / "o", progress=False)
+    with pytest.raises(DataError, match="cannot be read"):
+        build_dataset(str(tmp_path / "nowhere" / "train.json"), "train", 16)
+    with pytest.raises(DataError, match="val split"):
+        build_dataset(str(out / "train.json"), "val", 16)
+
+
+def test_a_brace_pattern_reads_the_named_shards_and_finds_its_index(split_folder, tmp_path):
+    out = tmp_path / "shards"
+    write_shards(split_folder / "train", out, max_count=10, progress=False)
+    urls, n, classes = resolve_shards(str(out / "train-{000000..000002}.tar"), "train")
+    assert len(urls) == 3 and n == 30 and classes == ["c0", "c1", "c2"]
+    urls, n, _ = resolve_shards(f"pipe:cat {out}/train-{{000003..000004}}.tar", "train")
+    assert n == 15 and urls[0].startswith("pipe:cat ")
+    ds = ShardDataset(urls, n, shuffle=False)
+    assert len([x for x in ds if not isinstance(x, BadSample)]) == 15  # read through the pipe
+
+
+def test_probes_read_a_shard_folder_like_an_image_folder(split_folder, tmp_path):
+    out = tmp_path / "shards"
+    write_shards(split_folder, out, max_count=10, progress=False)
+    train, val = build_dataset(str(out), "train", 16), build_dataset(str(out), "val", 16)
+    assert train.labelled and len(train) == 45 and len(val) == 12
+    labels = Counter(y for _, y, _ in val)
+    assert labels == Counter({0: 4, 1: 4, 2: 4})
+
+
+TWO_PROCESS_READER = """
+import json, sys
+from accelerate import PartialState
+from sslvit.data.shard_reader import ShardDataset, resolve_shards
+from sslvit.data.stream_loader import StreamLoader
+from tests.test_shards import pixel_id, _sample_ids
+import numpy as np
+import torch
+
+state = PartialState(cpu=True)  # without cpu=True a GPU-less machine runs two independent copies
+urls, n, _ = resolve_shards(sys.argv[1], "train")
+ds = ShardDataset(urls, n, transform=pixel_id, shuffle=True, seed=5)  # rank from the process group
+ids = _sample_ids(ds, num_workers=2)
+ds = ShardDataset(urls, n, transform=lambda img: np.asarray(img).astype(np.float32), seed=5)
+loader = StreamLoader(ds, batch_size=4, num_processes=state.num_processes, num_workers=2)
+batches = 0
+for batch in loader:
+    torch.distributed.all_reduce(batch[0].sum())  # a rank that stopped early would leave the other waiting here
+    batches += 1
+torch.distributed.barrier()
+with open(f"{sys.argv[2]}/rank{state.process_index}.json", "w") as f:
+    json.dump({"ids": ids, "batches": batches, "world": state.num_processes}, f)
+"""
+
+
+def test_a_real_two_process_gloo_run_splits_shards_and_never_hangs(split_folder, tmp_path):
+    out = tmp_path / "shards"
+    write_shards(split_folder / "train", out, max_count=20, progress=False)  # 3 shards for 2 x 2 slots: uneven
+    script = tmp_path / "reader.py"
+    script.write_text(TWO_PROCESS_READER)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch/cpu_2proc.yaml"),
+           "--main_process_port", "29533", str(script), str(out), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["world"] == 2 for r in ranks)
+    expected = sorted(pixel_id(Image.open(p).convert("RGB")) for p in (split_folder / "train").rglob("*.png"))
+    assert sorted(ranks[0]["ids"] + ranks[1]["ids"]) == expected
+    assert len(ranks[0]["ids"]) != len(ranks[1]["ids"])  # the counts really were uneven
+    assert ranks[0]["batches"] == ranks[1]["batches"] == 45 // 8
+
+
+def test_a_resumed_shard_run_reaches_the_same_weights(split_folder, tmp_path, fresh_accelerate):
+    from safetensors.torch import load_file
+
+    from tests.test_end_to_end import _run
+
+    out = tmp_path / "shards"
+    write_shards(split_folder / "train", out, max_count=10, progress=False)
+    extra = ["--train.num_workers", "2", "--train.shuffle_buffer", "8"]
+    straight = _run(tmp_path / "straight", out, extra)
+    fresh_accelerate()
+    _run(tmp_path / "resumed", out, [*extra, "--train.stop_after", "1"])
+    fresh_accelerate()
+    resumed = _run(tmp_path / "resumed", out, [*extra, "--resume"])
+    a, b = load_file(str(straight / "backbone.safetensors")), load_file(str(resumed / "backbone.safetensors"))
+    for k in a:
+        np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=0, atol=1e-6, err_msg=k)
+    steps = [json.loads(x)["step"] for x in (resumed / "log.jsonl").read_text().splitlines() if "epoch_loss" in x]
+    assert steps == [2, 4]  # 45 // 16 = 2 steps per epoch; the schedules continue at step 2
