@@ -326,3 +326,31 @@ def test_a_resumed_shard_run_reaches_the_same_weights(split_folder, tmp_path, fr
         np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=0, atol=1e-6, err_msg=k)
     steps = [json.loads(x)["step"] for x in (resumed / "log.jsonl").read_text().splitlines() if "epoch_loss" in x]
     assert steps == [2, 4]  # 45 // 16 = 2 steps per epoch; the schedules continue at step 2
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_the_tar_member_reader_agrees_with_tarfile(tmp_path, fmt):
+    from sslvit.data.shard_reader import tar_members
+
+    rng = np.random.default_rng(0)
+    names = ["a.png", "dir/" + "d" * 120 + "/b.cls", "x" * 150 + ".jpg", "c.txt"]
+    if fmt == tarfile.USTAR_FORMAT:  # ustar has no long names, only a 155-byte prefix for directories
+        names[1:3] = ["dir/" + "d" * 90 + "/b.cls", "p" * 60 + "/" + "x" * 90 + ".jpg"]
+    path = tmp_path / "t.tar"
+    with tarfile.open(path, "w", format=fmt) as t:
+        t.addfile(tarfile.TarInfo("somedir/"))  # not a regular file: skipped
+        for i, name in enumerate(names):
+            data = rng.bytes(int(rng.integers(0, 3000)) if i else 0)
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    with tarfile.open(path) as t:
+        expected = [(m.name, t.extractfile(m).read()) for m in t.getmembers() if m.isreg()]
+        last = [m for m in t.getmembers() if m.isreg()][-1]
+    with open(path, "rb") as f:
+        assert list(tar_members(f)) == expected
+    whole = path.read_bytes()
+    with pytest.raises(tarfile.ReadError):
+        list(tar_members(io.BytesIO(whole[: last.offset_data + 5])))  # cut inside the last file
+    with pytest.raises(tarfile.ReadError, match="checksum"):
+        list(tar_members(io.BytesIO(b"\x01" * 2048)))

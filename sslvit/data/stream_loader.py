@@ -7,18 +7,20 @@ process takes exactly ``len(loader)`` batches per epoch, ``num_samples // (batch
 a process whose shards run out starts another pass over them (like DistributedSampler's
 padding) and one with samples left over stops (like ``drop_last``).
 
-Workers yield single samples and the batches are formed here, in the main process: batching in
-the workers would leave a partial batch per worker at every shard boundary.
+Each worker collates full batches of its own samples (one tensor per batch crosses the process
+boundary, not one per image) and hands its last, partial batch over as loose samples; those
+are pooled here into full batches, so no sample is lost at a worker's end of pass.
 """
 from __future__ import annotations
 
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 from accelerate.utils import send_to_device
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader, IterableDataset, default_collate
 
 from sslvit.data.folder import DataError
 from sslvit.data.shard_reader import BadSample, ShardDataset
@@ -26,6 +28,36 @@ from sslvit.data.shard_reader import BadSample, ShardDataset
 
 def _unbatched(batch):
     return batch
+
+
+@dataclass
+class _Collated:
+    batch: tuple
+
+
+@dataclass
+class _Loose:
+    samples: list
+
+
+class _WorkerBatches(IterableDataset):
+    """A worker's stream -> full collated batches, then its leftover samples, with the BadSample markers."""
+
+    def __init__(self, dataset: ShardDataset, batch_size: int, collate_fn: Callable):
+        self.dataset, self.batch_size, self.collate_fn = dataset, batch_size, collate_fn
+
+    def __iter__(self):
+        buf = []
+        for item in self.dataset:
+            if isinstance(item, BadSample):
+                yield item
+                continue
+            buf.append(item)
+            if len(buf) == self.batch_size:
+                yield _Collated(self.collate_fn(buf))
+                buf = []
+        if buf:
+            yield _Loose(buf)
 
 
 class StreamLoader:
@@ -59,23 +91,29 @@ class StreamLoader:
         self.epoch = epoch
         self.bad_samples = Counter()
 
-    def _samples(self):
-        """Good samples, pass after pass of this process's shards."""
-        pass_index = 0
+    def _batches(self):
+        """Collated batches, pass after pass of this process's shards."""
+        pass_index, loose = 0, []
         while True:
             self.dataset.set_epoch(self.epoch)
             self.dataset.set_pass(pass_index)
-            # batch_size=None: workers hand over single samples (and BadSample markers)
-            loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
-                                collate_fn=_unbatched, pin_memory=self.pin_memory)
+            # batch_size=None: the workers batch themselves (see _WorkerBatches)
+            loader = DataLoader(_WorkerBatches(self.dataset, self.batch_size, self.collate_fn), batch_size=None,
+                                num_workers=self.num_workers, collate_fn=_unbatched, pin_memory=self.pin_memory)
             good = 0
             for item in loader:
                 if isinstance(item, BadSample):
                     if pass_index == 0:  # a padding pass re-reads the same shards: count each bad sample once
                         self.bad_samples[(item.shard, item.kind)] += 1
-                    continue
-                good += 1
-                yield item
+                elif isinstance(item, _Collated):
+                    good += self.batch_size
+                    yield item.batch
+                else:
+                    good += len(item.samples)
+                    loose += item.samples
+                    while len(loose) >= self.batch_size:
+                        yield self.collate_fn(loose[:self.batch_size])
+                        loose = loose[self.batch_size:]
             if good == 0:
                 bad = sum(self.bad_samples.values())
                 raise DataError(f"No readable sample in this process's shards ({bad} bad, "
@@ -84,13 +122,12 @@ class StreamLoader:
             pass_index += 1
 
     def __iter__(self):
-        samples = self._samples()
+        batches = self._batches()
         for _ in range(self.num_batches):
-            items = [next(samples) for _ in range(self.batch_size)]
-            *batch, skipped = self.collate_fn(items)
+            *batch, skipped = next(batches)
             batch = tuple(batch) + (torch.as_tensor(skipped),)
             yield send_to_device(batch, self.device) if self.device is not None else batch
-        samples.close()
+        batches.close()
 
 
 def bad_sample_report(counts: Counter) -> dict:

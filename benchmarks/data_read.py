@@ -1,0 +1,118 @@
+"""Decoded + augmented images/s from webdataset shards vs the same images as an image folder,
+and the shard writer's images/s.
+
+Setup: ``--n`` small JPEGs (``--px`` px, quality 90, random smooth colour fields in 10 class
+folders) written to a temporary folder, then to shards by ``sslvit.data.shards``; both readers
+use MAE's transform (RandomResizedCrop to ``--img`` + flip + normalize), ``--workers`` data-loader
+workers and batch ``--batch``:
+
+  folder:  ``DataLoader(ImageDataset, shuffle=True, num_workers)``, what pretraining uses for folders;
+  shards:  ``StreamLoader(ShardDataset)``, what pretraining uses for shards.
+
+One epoch of each, alternated ``--rounds`` times, so the machine's noise hits both alike, in two
+settings:
+
+  warm:  the files sit in the page cache: the per-image CPU cost of the two paths only
+         (an open per file vs Python's tarfile parsing a header per member);
+  cold:  before each epoch the reader's files are evicted from the page cache
+         (``posix_fadvise(DONTNEED)``), so every image comes from the disk, as it does for a
+         data set larger than memory, the case shards are for.
+
+    python benchmarks/data_read.py [--n 4000 --px 64 --img 32 --workers 2 --rounds 3]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from sslvit.data.dataset import build_dataset
+from sslvit.data.shard_reader import build_shard_dataset
+from sslvit.data.shards import write_shards
+from sslvit.data.stream_loader import StreamLoader
+from sslvit.data.transforms import mae_train_transform
+
+
+def make_jpegs(root: Path, n: int, px: int) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        d = root / f"class{i % 10}"
+        d.mkdir(parents=True, exist_ok=True)
+        small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)  # smooth fields compress like photos
+        Image.fromarray(small).resize((px, px), Image.BICUBIC).save(d / f"{i:06d}.jpg", quality=90)
+
+
+def evict(paths) -> None:
+    """Drop the files' pages from the page cache (no root needed for files we wrote)."""
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def epoch_rate(loader) -> float:
+    t = time.perf_counter()
+    n = sum(batch[0].shape[0] for batch in loader)
+    return n / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=4000)
+    ap.add_argument("--px", type=int, default=64)
+    ap.add_argument("--img", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--max-count", type=int, default=500)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = Path(tmp) / "folder", Path(tmp) / "shards"
+        make_jpegs(src, args.n, args.px)
+        size = sum(p.stat().st_size for p in src.rglob("*.jpg")) / args.n
+        t = time.perf_counter()
+        write_shards(src, out, max_count=args.max_count, workers=args.workers, progress=False)
+        write_rate = args.n / (time.perf_counter() - t)
+        tf = mae_train_transform(args.img)
+        folder = build_dataset(str(src), "all", args.img, transform=tf)
+        shards = build_shard_dataset(str(out), "train", tf, shuffle=True, markers=True)
+        loaders = {
+            "folder": DataLoader(folder, batch_size=args.batch, shuffle=True, drop_last=True,
+                                 num_workers=args.workers),
+            "shards": StreamLoader(shards, args.batch, 1, args.workers),
+        }
+        print(f"{args.n} JPEGs of {args.px} px ({size / 1024:.1f} KiB each) -> MAE transform at {args.img} px, "
+              f"{args.workers} workers, batch {args.batch}, {len(shards.urls)} shards; {os.cpu_count()} CPUs")
+        files = {"folder": list(src.rglob("*.jpg")), "shards": list(out.glob("*.tar"))}
+        rates = {(cache, k): [] for cache in ("warm", "cold") for k in loaders}
+        for r in range(args.rounds + 1):  # round 0 warms the workers' imports
+            for cache in ("warm", "cold"):
+                for name, loader in loaders.items():
+                    if hasattr(loader, "set_epoch"):
+                        loader.set_epoch(r)
+                    if cache == "cold":
+                        evict(files[name])
+                    rate = epoch_rate(loader)
+                    if r:
+                        rates[(cache, name)].append(rate)
+        print("load average after timing: %.2f %.2f %.2f" % os.getloadavg())
+    med = {k: float(np.median(v)) for k, v in rates.items()}
+    for (cache, name), v in rates.items():
+        print(f"  {cache} {name:7s} {med[(cache, name)]:8.0f} images/s   (rounds: {', '.join(f'{x:.0f}' for x in v)})")
+    for cache in ("warm", "cold"):
+        print(f"{cache}: shards / folder {med[(cache, 'shards')] / med[(cache, 'folder')]:.2f}x   (goal >= 1.5x)")
+    print(f"writer: {write_rate:.0f} images/s with {args.workers} processes")
+
+
+if __name__ == "__main__":
+    main()
