@@ -19,6 +19,26 @@ from safetensors.torch import save_file
 CKPT_DIR = "checkpoints"
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written; the message names the one that is still the latest."""
+
+
+def check_writable(run_dir: Path, need_bytes: int) -> None:
+    """Fail before any training when ``run_dir`` cannot be written or cannot hold a checkpoint."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise CheckpointError(f"Cannot write to the output directory '{run_dir}' ({e.strerror or e}); pass --out a "
+                              "writable directory.") from None
+    free = shutil.disk_usage(run_dir).free
+    if free < need_bytes:
+        raise CheckpointError(f"'{run_dir}' has {free / 1e9:.2f} GB free and this run's checkpoints need about "
+                              f"{need_bytes / 1e9:.2f} GB; free some space or pass --out on another disk.")
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -41,11 +61,17 @@ def save_checkpoint(accelerator, run_dir: Path, epoch: int, step: int, keep: int
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (tmp / "meta.json").write_text(json.dumps({"epoch": epoch, "step": step}))
+            _fsync_dir(tmp)
+    except OSError as e:  # disk full, quota, a vanished mount: the previous checkpoint stays the latest
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"Writing checkpoint '{final.name}' failed ({e.strerror or e}); the latest checkpoint is "
+                              f"still {latest_checkpoint(run_dir) or 'none'}. Free some space, then --resume.") from None
     if accelerator.is_main_process:
-        (tmp / "meta.json").write_text(json.dumps({"epoch": epoch, "step": step}))
-        _fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -16,9 +16,11 @@ from sslvit.data.dataset import build_dataset, first_items
 from sslvit.data.folder import DataError
 from sslvit.data.shard_reader import build_shard_dataset, is_shard_spec
 from sslvit.data.transforms import eval_transform
+from sslvit.train.checkpoint import CheckpointError
 from sslvit.train.loop import TrainingDiverged, pretrain
 
-USER_ERRORS = (ConfigError, DataError, FileNotFoundError, FileExistsError, ValueError, TrainingDiverged)
+USER_ERRORS = (ConfigError, DataError, FileNotFoundError, FileExistsError, ValueError, TrainingDiverged,
+               CheckpointError)
 NUM_PICTURES = 8
 
 

@@ -31,7 +31,7 @@ from typing import Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
+from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, gather_object, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -41,7 +41,7 @@ from sslvit.data.stream_loader import StreamLoader, bad_sample_report
 from sslvit.eval.features import extract_features
 from sslvit.eval.knn import knn_classify
 from sslvit.models.export import export_backbone
-from sslvit.train.checkpoint import latest_checkpoint, read_meta, save_checkpoint
+from sslvit.train.checkpoint import CheckpointError, check_writable, latest_checkpoint, read_meta, save_checkpoint
 from sslvit.train.optim import build_adamw, clip_grad_per_param_
 from sslvit.train.pictures import save_columns
 from sslvit.train.schedules import cosine_schedule, scaled_lr
@@ -72,6 +72,7 @@ class TrainConfig:
     knn_pool: str = "cls"  # features of the online k-NN: cls | avg
     knn_k: int = 20
     stop_after: Optional[int] = None  # end this invocation after N epochs; continue later with --resume
+    max_bad_steps: int = 10  # consecutive steps with a non-finite loss or gradient (each skipped) before stopping
     shuffle_buffer: int = 1000  # shards: samples held per data-loader worker for shuffling
     data_resampled: bool = False  # shards: draw shards with replacement forever (epoch = the index's count)
 
@@ -80,7 +81,8 @@ class TrainConfig:
             raise ValueError(f"train.precision '{self.precision}' is unknown; use auto, no, bf16 or fp16.")
         if self.clip_mode not in ("global", "per_param"):
             raise ValueError(f"train.clip_mode '{self.clip_mode}' is unknown; use global or per_param.")
-        for name in ("epochs", "batch_size", "accum_steps", "log_every", "save_every", "picture_every"):
+        for name in ("epochs", "batch_size", "accum_steps", "log_every", "save_every", "picture_every",
+                     "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1 (got {getattr(self, name)}).")
 
@@ -127,6 +129,17 @@ def _exported(model) -> torch.nn.Module:
     return model.exported_backbone() if hasattr(model, "exported_backbone") else model.backbone
 
 
+def _clip_or_measure(accelerator, model, tc: TrainConfig) -> torch.Tensor:
+    """Clip as configured; -> the total gradient norm (inf or nan when a gradient is not finite)."""
+    if tc.clip_grad is not None and tc.clip_mode == "global":
+        return accelerator.clip_grad_norm_(model.parameters(), tc.clip_grad)
+    accelerator.unscale_gradients()
+    if tc.clip_grad is not None:
+        return clip_grad_per_param_(model.parameters(), tc.clip_grad)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
+
+
 def _export(model, cfg, run_dir: Path) -> None:
     export_backbone(_exported(model), cfg.model, run_dir)
 
@@ -158,8 +171,19 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
     if not cfg.resume and latest_checkpoint(run_dir) is not None:
         raise FileExistsError(f"Run directory '{run_dir}' already holds checkpoints; pass --resume to continue "
                               "that run, or --out a new directory.")
+    problem = None
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        # model + two AdamW moments per checkpoint; the newest ``keep`` plus the one being written
+        state_bytes = sum(t.numel() * t.element_size() for t in objective.state_dict().values())
+        try:
+            check_writable(run_dir, 3 * state_bytes * (tc.keep_checkpoints + 1))
+        except CheckpointError as e:
+            problem = str(e)
+    if accelerator.num_processes > 1:  # every process stops, not only the one that looked
+        problem = broadcast_object_list([problem])[0]
+    if problem:
+        raise CheckpointError(problem)
+    if main:
         save_yaml(cfg, run_dir / "config.yaml")
     set_seed(tc.seed)
 
@@ -209,6 +233,7 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
         accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=step)
 
     last_epoch = tc.epochs - 1 if tc.stop_after is None else min(tc.epochs, start_epoch + tc.stop_after) - 1
+    window_finite, bad_streak, bad_step = True, 0, None
     try:
         for epoch in range(start_epoch, last_epoch + 1):
             loader.set_epoch(epoch)
@@ -232,40 +257,57 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
                     out = model(imgs)
                     loss = out["loss"]
                     accelerator.backward(loss)
+                    # one small all-reduce: every process sees the same value, so all skip (or stop) together
+                    loss_val = accelerator.reduce(loss.detach().float(), reduction="mean").item()
+                    window_finite = window_finite and math.isfinite(loss_val)
+                    bad_step = None
                     if accelerator.sync_gradients:
-                        if tc.clip_grad is not None and tc.clip_mode == "global":
-                            accelerator.clip_grad_norm_(model.parameters(), tc.clip_grad)
-                        elif tc.clip_grad is not None:
-                            accelerator.unscale_gradients()
-                            clip_grad_per_param_(model.parameters(), tc.clip_grad)
-                        if hasattr(raw, "before_optimizer_step"):
+                        grad_norm = _clip_or_measure(accelerator, model, tc)
+                        # with fp16 the grad scaler skips overflowing steps itself and lowers its scale
+                        grads_finite = accelerator.scaler is not None or bool(torch.isfinite(grad_norm))
+                        if not window_finite or not grads_finite:
+                            bad_step = "loss" if not window_finite else "gradients"
+                            optimizer.zero_grad(set_to_none=True)  # the step is not applied
+                        elif hasattr(raw, "before_optimizer_step"):
                             raw.before_optimizer_step(epoch)
-                    optimizer.step()
+                    if bad_step is None:
+                        optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                # one small all-reduce: every process sees the same value, so all stop together on NaN
-                loss_val = accelerator.reduce(loss.detach().float(), reduction="mean").item()
-                if not math.isfinite(loss_val):
-                    last = latest_checkpoint(run_dir)
-                    raise TrainingDiverged(
-                        f"The loss became {loss_val} at step {step} (epoch {epoch + 1}); the last good checkpoint "
-                        f"({last or 'none yet'}) is intact. Lower train.blr or set train.clip_grad, then --resume.")
                 n_imgs = len(labels) * accelerator.num_processes
-                epoch_loss += loss_val
-                epoch_batches += 1
+                if math.isfinite(loss_val):
+                    epoch_loss += loss_val
+                    epoch_batches += 1
+                    win_loss += loss_val
+                    win_n += 1
                 epoch_skipped += int(skipped.sum())
-                win_loss += loss_val
-                win_n += 1
                 win_imgs += n_imgs
                 if not accelerator.sync_gradients:
                     continue
+                window_finite = True
                 step += 1
+                if bad_step is not None:
+                    bad_streak += 1
+                    msg = (f"step {step} skipped: non-finite {bad_step} ({bad_streak} in a row, "
+                           f"stop after {tc.max_bad_steps})")
+                    log({"step": step, "epoch": epoch + 1, "skipped_step": bad_step, "warnings": [msg]})
+                    if main:
+                        bar.write(f"warning: {msg}")
+                    if bad_streak >= tc.max_bad_steps:
+                        last = latest_checkpoint(run_dir)
+                        raise TrainingDiverged(
+                            f"The {bad_step} were not finite for {bad_streak} steps in a row, up to step {step} "
+                            f"(epoch {epoch + 1}); the last good checkpoint ({last or 'none yet'}) is intact. "
+                            "Likely causes: a learning rate too high (lower train.blr, or set train.clip_grad) or "
+                            "fp16 overflow (use train.precision bf16 or no); then --resume.")
+                    continue
+                bad_streak = 0
                 if hasattr(raw, "after_step"):
                     raw.after_step(step, total_steps)
                 if step % tc.log_every == 0:
                     dt = time.perf_counter() - win_t0
                     extras = {k: accelerator.reduce(v.detach().float(), reduction="mean").item()
                               for k, v in out.items() if k != "loss"}
-                    record = {"step": step, "epoch": epoch + 1, "loss": win_loss / win_n, "lr": lr,
+                    record = {"step": step, "epoch": epoch + 1, "loss": win_loss / win_n if win_n else math.nan, "lr": lr,
                               "weight_decay": wd, "images_per_s": win_imgs / dt, **extras}
                     warnings = raw.check_health(record) if hasattr(raw, "check_health") else []
                     if warnings:

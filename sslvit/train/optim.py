@@ -28,12 +28,14 @@ def build_adamw(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.
 
 
 @torch.no_grad()
-def clip_grad_per_param_(parameters, max_norm: float) -> None:
+def clip_grad_per_param_(parameters, max_norm: float) -> torch.Tensor:
     """Scale each parameter's gradient down to norm ``max_norm`` on its own (DINO's
-    ``clip_gradients``), unlike ``clip_grad_norm_``'s one norm over all parameters."""
+    ``clip_gradients``), unlike ``clip_grad_norm_``'s one norm over all parameters.
+    -> the total norm before clipping."""
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
-        return
+        return torch.zeros(())
     norms = torch._foreach_norm(grads)
     coefs = [(max_norm / (n + 1e-6)).clamp(max=1.0) for n in norms]
     torch._foreach_mul_(grads, coefs)
+    return torch.linalg.vector_norm(torch.stack(norms))
