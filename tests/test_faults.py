@@ -104,3 +104,32 @@ def test_a_checkpoint_write_that_fails_midway_leaves_the_previous_one_latest(tmp
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert ckpts == ["epoch_0001"]  # no half-written folder left beside it
     assert latest_checkpoint(tmp_path / "run").name == "epoch_0001"
+
+
+class _Payload:
+    """Unpickling this creates a marker file: what a malicious checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("victim", ["optimizer.bin", "random_states_0.pkl"])
+def test_a_crafted_pickle_in_a_checkpoint_is_never_executed(tmp_path, image_folder, fresh_accelerate, victim):
+    import pickle
+
+    from sslvit.train.checkpoint import CheckpointError
+
+    _run(tmp_path / "run", image_folder, ["--train.epochs", "1"])
+    marker = tmp_path / "pwned"
+    ckpt = latest_checkpoint(tmp_path / "run")
+    if victim.endswith(".bin"):  # torch's zip container, as accelerate writes the optimizer
+        torch.save({"state": _Payload(marker)}, ckpt / victim)
+    else:
+        (ckpt / victim).write_bytes(pickle.dumps({"state": _Payload(marker)}))
+    fresh_accelerate()
+    with pytest.raises(CheckpointError, match="not loaded"):
+        _run(tmp_path / "run", image_folder, ["--resume", "--train.epochs", "2"])
+    assert not marker.exists()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from accelerate.utils import load as accelerate_load
 from safetensors.torch import save_file
 
 CKPT_DIR = "checkpoints"
@@ -80,6 +81,20 @@ def save_checkpoint(accelerator, run_dir: Path, epoch: int, step: int, keep: int
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def verify_loadable(ckpt: Path) -> None:
+    """Open every pickled file of a checkpoint as accelerate does (``torch.load(weights_only=True)``
+    plus numpy arrays for the RNG states), which refuses (never runs) anything else. accelerate
+    swallows a failure to load the RNG states, and a resume without them is silently inexact."""
+    for f in sorted(Path(ckpt).glob("*.pkl")) + sorted(Path(ckpt).glob("*.bin")):
+        try:
+            accelerate_load(f, map_location="cpu", weights_only=True)
+        except Exception as e:  # UnpicklingError, RuntimeError, EOFError...: all mean "not ours or damaged"
+            raise CheckpointError(
+                f"Checkpoint file '{f}' was not loaded ({e.__class__.__name__}): it is damaged or was not written by "
+                "sslvit (a file holding anything but tensors is refused, never executed); delete that checkpoint "
+                "folder to resume from the one before, or start a new --out.") from None
 
 
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:

@@ -41,7 +41,8 @@ from sslvit.data.stream_loader import StreamLoader, bad_sample_report
 from sslvit.eval.features import extract_features
 from sslvit.eval.knn import knn_classify
 from sslvit.models.export import export_backbone
-from sslvit.train.checkpoint import CheckpointError, check_writable, latest_checkpoint, read_meta, save_checkpoint
+from sslvit.train.checkpoint import (CheckpointError, check_writable, latest_checkpoint, read_meta, save_checkpoint,
+                                     verify_loadable)
 from sslvit.train.optim import build_adamw, clip_grad_per_param_
 from sslvit.train.pictures import save_columns
 from sslvit.train.schedules import cosine_schedule, scaled_lr
@@ -212,6 +213,7 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
 
     start_epoch, step = 0, 0
     if resume_from is not None:
+        verify_loadable(resume_from)
         accelerator.load_state(str(resume_from))
         meta = read_meta(resume_from)
         start_epoch, step = meta["epoch"] + 1, meta["step"]
