@@ -52,9 +52,24 @@ def test_dino_loss_matches_the_paper_formula_and_updates_the_center():
     loss, entropy = loss_fn(s, t, n_views, teacher_temp=0.04)
     ref = reference_dino_loss(s, t, c0, n_views, B, 0.1, 0.04)
     assert loss.item() == pytest.approx(ref, rel=1e-6, abs=1e-6)
+    assert torch.equal(loss_fn.center, c0)  # the center moves once per optimizer step, not per forward
+    loss_fn.update_center()
     torch.testing.assert_close(loss_fn.center, 0.9 * c0 + 0.1 * t.mean(0, keepdim=True), rtol=1e-6, atol=1e-7)
     p_t = torch.softmax((t.double() - c0.double()) / 0.04, -1)
     assert entropy.item() == pytest.approx(float(-(p_t * p_t.clamp_min(1e-30).log()).sum(-1).mean()), rel=1e-5)
+
+
+def test_the_center_moves_by_the_whole_accumulated_batch():
+    K = 20
+    t1, t2 = torch.randn(6, K), torch.randn(6, K)
+    split, whole = DINOLoss(K), DINOLoss(K)
+    split(torch.randn(6, K), t1, 2, 0.04)
+    split(torch.randn(6, K), t2, 2, 0.04)
+    whole(torch.randn(12, K), torch.cat([t1, t2]), 2, 0.04)
+    split.update_center()
+    whole.update_center()
+    torch.testing.assert_close(split.center, whole.center)
+    torch.testing.assert_close(whole.center, 0.1 * torch.cat([t1, t2]).mean(0, keepdim=True))
 
 
 def test_same_view_pairs_are_skipped():
@@ -165,6 +180,7 @@ def _guard_run(teacher_logits_fn, steps=40, K=64):
     for _ in range(steps):
         t = teacher_logits_fn()
         _, entropy = loss_fn(torch.randn(4 * 4, K), t, n_views=4, teacher_temp=0.04)
+        loss_fn.update_center()  # one optimizer step per forward here
         w = guard.update(entropy.item())
         if w:
             warnings.append(w)

@@ -56,12 +56,12 @@ def test_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint(tm
     def poisoned(self, groups):
         calls["n"] += 1
         out = forward(self, groups)
-        if calls["n"] == 5:  # second step of epoch 2
+        if calls["n"] >= 5:  # from the second step of epoch 2 on
             out["loss"] = out["loss"] * float("nan")
         return out
 
     monkeypatch.setattr(DINO, "forward", poisoned)
-    with pytest.raises(TrainingDiverged, match=r"step 4 \(epoch 2\).*epoch_0001.*intact"):
-        _run(tmp_path / "run", image_folder)
+    with pytest.raises(TrainingDiverged, match=r"2 steps in a row, up to step 6 \(epoch 2\).*epoch_0001.*intact"):
+        _run(tmp_path / "run", image_folder, ["--train.max_bad_steps", "2"])
     assert latest_checkpoint(tmp_path / "run").name == "epoch_0001"
     assert load_file(str(latest_checkpoint(tmp_path / "run") / "model.safetensors"))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from sslvit.data.digits import digits_split
@@ -22,11 +23,25 @@ EMBEDDED = ("digits",)
 
 class ImageDataset(Dataset):
     def __init__(self, items: list, labels: list[int], transform: Optional[Callable] = None,
-                 classes: Optional[list[str]] = None):
+                 classes: Optional[list[str]] = None, seed: Optional[int] = None):
         self.items = items  # PIL images or paths
         self.labels = labels
         self.transform = transform
         self.classes = classes or []
+        self.seed = seed  # set: each sample's augmentation is drawn from (seed, epoch, index)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _augment(self, img, index: int):
+        if self.seed is None:
+            return self.transform(img)
+        # keyed by the sample, not by the process or worker that loads it: 1 x B and 2 x B/2
+        # processes (and any number of workers) crop every image alike
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+            return self.transform(img)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -45,7 +60,7 @@ class ImageDataset(Dataset):
             j = (i + attempt) % len(self.items)
             img = self._load(j)
             if img is not None:
-                x = self.transform(img) if self.transform is not None else img
+                x = self._augment(img, j) if self.transform is not None else img
                 return x, self.labels[j], skipped
             skipped += 1
         raise DataError(f"100 images in a row from index {i} could not be read; check the data folder.")

@@ -104,18 +104,24 @@ class HeadedViT(nn.Module):
 
 
 class DINOLoss(nn.Module):
-    """Cross-entropy between teacher and student views, skipping same-view pairs; owns the center."""
+    """Cross-entropy between teacher and student views, skipping same-view pairs; owns the center.
+
+    The center moves once per optimizer step, by the mean teacher output of the step's whole
+    batch (every micro-batch of an accumulation window, every process): ``forward`` only adds
+    to the window's sum and ``update_center()`` applies it. Accumulating 2 x B/2 then equals B."""
 
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
         super().__init__()
         self.student_temp = student_temp
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
+        self.register_buffer("window_sum", torch.zeros(1, out_dim), persistent=False)
+        self.register_buffer("window_count", torch.zeros(()), persistent=False)
 
     def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, n_views: int,
                 teacher_temp: float) -> tuple[torch.Tensor, torch.Tensor]:
         """student_out (n_views * B, K), teacher_out (2 * B, K), both view-major.
-        Returns (loss, mean teacher entropy in nats) and updates the center."""
+        Returns (loss, mean teacher entropy in nats); adds the teacher outputs to the center's window."""
         student = F.log_softmax(student_out.float() / self.student_temp, dim=-1).chunk(n_views)
         teacher_p = F.softmax((teacher_out.float() - self.center) / teacher_temp, dim=-1)
         total, n_terms = 0.0, 0
@@ -126,18 +132,26 @@ class DINOLoss(nn.Module):
                 total = total + torch.sum(-q * student[v], dim=-1).mean()
                 n_terms += 1
         entropy = -(teacher_p * torch.log(teacher_p.clamp_min(1e-30))).sum(-1).mean()
-        self.update_center(teacher_out.float())
+        with torch.no_grad():
+            self.window_sum += teacher_out.float().sum(dim=0, keepdim=True)
+            self.window_count += teacher_out.shape[0]
         return total / n_terms, entropy
 
     @torch.no_grad()
-    def update_center(self, teacher_out: torch.Tensor) -> None:
-        """center <- m * center + (1 - m) * mean of the teacher batch (over all processes, if several)."""
-        batch_sum = teacher_out.sum(dim=0, keepdim=True)
-        count = torch.tensor(float(teacher_out.shape[0]), device=teacher_out.device)
+    def update_center(self) -> None:
+        """center <- m * center + (1 - m) * mean teacher output of the window (over all processes, if
+        several); then a new window starts."""
+        batch_sum, count = self.window_sum.clone(), self.window_count.clone()
         if dist.is_available() and dist.is_initialized():  # one CPU process has no group, and needs none
             dist.all_reduce(batch_sum)
             dist.all_reduce(count)
-        self.center.mul_(self.center_momentum).add_(batch_sum / count, alpha=1 - self.center_momentum)
+        if count > 0:
+            self.center.mul_(self.center_momentum).add_(batch_sum / count, alpha=1 - self.center_momentum)
+        self.reset_window()
+
+    def reset_window(self) -> None:
+        self.window_sum.zero_()
+        self.window_count.zero_()
 
 
 class CollapseGuard:
@@ -186,6 +200,7 @@ class DINO(nn.Module):
         self.teacher.requires_grad_(False)
         self.loss = DINOLoss(cfg.out_dim, cfg.student_temp, cfg.center_momentum)
         self.guard = CollapseGuard(cfg.out_dim, cfg.collapse_window, cfg.collapse_low, cfg.collapse_high)
+        self.window_step = -1  # the optimizer step whose teacher outputs the center window holds
         self.teacher_temp = teacher_temperature(0, 1, cfg)
 
     @property
@@ -207,6 +222,9 @@ class DINO(nn.Module):
 
     def on_step_start(self, step: int, total_steps: int, steps_per_epoch: int) -> None:
         self.teacher_temp = teacher_temperature(step, steps_per_epoch, self.cfg)
+        if step != self.window_step:  # a new optimizer step: drop what a skipped one left behind
+            self.loss.reset_window()
+            self.window_step = step
 
     def before_optimizer_step(self, epoch: int) -> None:
         if epoch < self.cfg.freeze_last_layer:
@@ -215,6 +233,7 @@ class DINO(nn.Module):
 
     @torch.no_grad()
     def after_step(self, step: int, total_steps: int) -> None:
+        self.loss.update_center()
         self.teacher.decay = teacher_momentum(step - 1, total_steps, self.cfg.momentum_teacher)
         self.teacher.update(self.student)
 

@@ -13,7 +13,7 @@ import torch.nn as nn
 from timm.models.vision_transformer import Block
 
 from sslvit.data.transforms import mae_train_transform
-from sslvit.masking import random_masking
+from sslvit.masking import global_batch_rows, random_masking
 from sslvit.models.vit import BackboneConfig, SSLViT, build_backbone, sincos_pos_embed
 from sslvit.train.loop import TrainConfig
 
@@ -79,11 +79,20 @@ class MAE(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"backbone.cls_token", "backbone.pos_embed", "decoder.mask_token", "decoder.decoder_pos_embed"}
 
+    batch_key = None  # (seed key, this micro-batch's rows, global batch size), set by the loop
+
+    def on_batch(self, key: int, rows: slice, global_size: int) -> None:
+        self.batch_key = (key, rows, global_size)
+
     def forward_pred(self, imgs: torch.Tensor):
         """imgs (B, C, H, W) -> pred (B, N, P*P*C), target (B, N, P*P*C), mask (B, N)."""
         patches = self.backbone.patchify(imgs)
         B, N = patches.shape[:2]
-        ids_keep, mask, ids_restore = random_masking(B, N, self.cfg.mask_ratio, device=imgs.device)
+        noise = None
+        if self.training and self.batch_key is not None:
+            key, rows, global_size = self.batch_key
+            noise = global_batch_rows(key, rows, global_size, N, imgs.device)
+        ids_keep, mask, ids_restore = random_masking(B, N, self.cfg.mask_ratio, device=imgs.device, noise=noise)
         latent = self.backbone.forward_visible(imgs, ids_keep)
         pred = self.decoder(latent, ids_restore)
         return pred, patches.flatten(2), mask

@@ -51,8 +51,10 @@ def training_set(cfg):
         return build_shard_dataset(cfg.data, "train", cfg.train_transform(), shuffle=True, seed=cfg.train.seed,
                                    markers=True, resampled=cfg.train.data_resampled,
                                    shuffle_buffer=cfg.train.shuffle_buffer)
-    return build_dataset(cfg.data, "all" if cfg.data != "digits" else "train", cfg.model.img_size,
-                         transform=cfg.train_transform())
+    dataset = build_dataset(cfg.data, "all" if cfg.data != "digits" else "train", cfg.model.img_size,
+                            transform=cfg.train_transform())
+    dataset.seed = cfg.train.seed  # augmentations keyed by (seed, epoch, sample): see ImageDataset
+    return dataset
 
 
 def knn_sets(cfg) -> tuple | None:

@@ -10,6 +10,9 @@ An objective is an ``nn.Module`` with
       ``on_epoch_start(epoch)``;
       ``on_step_start(step, total_steps, steps_per_epoch)`` before every forward (schedules
         that the forward reads, e.g. DINO's teacher temperature);
+      ``on_batch(key, rows, global_size)`` before every forward: a seed for the optimizer step
+        and the rows this micro-batch holds in the step's global batch, so random draws keyed
+        by them (MAE's masks) do not depend on how the batch is split over processes;
       ``before_optimizer_step(epoch)`` after backward and clipping (e.g. dropping gradients);
       ``after_step(step, total_steps)`` after every optimizer step (e.g. an EMA teacher);
       ``check_health(record) -> list[str]`` on every logged record (warnings to show);
@@ -235,10 +238,12 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
         accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=step)
 
     last_epoch = tc.epochs - 1 if tc.stop_after is None else min(tc.epochs, start_epoch + tc.stop_after) - 1
-    window_finite, bad_streak, bad_step = True, 0, None
+    window_finite, bad_streak, bad_step, micro = True, 0, None, 0
     try:
         for epoch in range(start_epoch, last_epoch + 1):
             loader.set_epoch(epoch)
+            if hasattr(train_set, "set_epoch"):
+                train_set.set_epoch(epoch)
             if hasattr(raw, "on_epoch_start"):
                 raw.on_epoch_start(epoch)
             model.train()
@@ -250,6 +255,13 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
             for imgs, labels, skipped in bar:
                 if hasattr(raw, "on_step_start"):
                     raw.on_step_start(step, total_steps, steps_per_epoch)
+                if hasattr(raw, "on_batch"):
+                    # this micro-batch's rows in the step's global batch, in the order accelerate's
+                    # sampler deals batches: micro-batch-major, then process
+                    b = len(labels)
+                    start = (micro * accelerator.num_processes + accelerator.process_index) * b
+                    raw.on_batch(tc.seed * 2**32 + step, slice(start, start + b), effective_batch)
+                micro = (micro + 1) % tc.accum_steps
                 lr = cosine_schedule(step, total_steps, base_lr, tc.min_lr, warmup_steps)
                 wd = cosine_schedule(step, total_steps, tc.weight_decay, wd_end)
                 for group in optimizer.param_groups:
