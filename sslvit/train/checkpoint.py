@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -64,6 +65,8 @@ def save_checkpoint(accelerator, run_dir: Path, epoch: int, step: int, keep: int
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(tmp), safe_serialization=True)
+        if os.environ.get("SSLVIT_TEST_CHECKPOINT_PAUSE"):  # lets the kill -9 test land inside a write
+            time.sleep(float(os.environ["SSLVIT_TEST_CHECKPOINT_PAUSE"]))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             (tmp / "meta.json").write_text(json.dumps({"epoch": epoch, "step": step}))
