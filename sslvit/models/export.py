@@ -16,12 +16,15 @@ WEIGHTS = "backbone.safetensors"
 SPEC = "backbone.json"
 
 
-def export_backbone(backbone: SSLViT, cfg: BackboneConfig, out_dir: Path) -> Path:
+def export_backbone(backbone: SSLViT, cfg: BackboneConfig, out_dir: Path, state: dict | None = None) -> Path:
+    """Write ``backbone.json`` and ``backbone.safetensors`` (the classifier head left out);
+    ``state`` replaces ``backbone.state_dict()`` (FSDP gathers it from the shards)."""
     spec = timm_spec(cfg)
     spec["embed_layer"] = f"{spec['embed_layer'].__module__}.{spec['embed_layer'].__name__}"
     spec["block_fn"] = getattr(spec["block_fn"], "__name__", str(spec["block_fn"]))
     write_json_atomic({"backbone": dataclasses.asdict(cfg), "timm": spec}, out_dir / SPEC)
-    state = {k: v for k, v in backbone.state_dict().items() if not k.startswith("head.")}
+    state = backbone.state_dict() if state is None else state
+    state = {k: v for k, v in state.items() if not k.startswith("head.")}
     path = out_dir / WEIGHTS
     save_safetensors_atomic(state, path, metadata={"format": "pt", "producer": "sslvit"})
     return path

@@ -34,7 +34,8 @@ from typing import Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, gather_object, set_seed
+from accelerate.utils import (DataLoaderConfiguration, DistributedType, broadcast_object_list, gather_object,
+                               set_seed)
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -144,8 +145,16 @@ def _clip_or_measure(accelerator, model, tc: TrainConfig) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
 
 
-def _export(model, cfg, run_dir: Path) -> None:
-    export_backbone(_exported(model), cfg.model, run_dir)
+def _export(accelerator, model, raw, cfg, run_dir: Path) -> None:
+    """Export the backbone; called on every process, because FSDP gathers the full weights
+    from all of them (elsewhere the main process writes what it holds)."""
+    backbone, state = _exported(raw), None
+    if accelerator.distributed_type == DistributedType.FSDP:
+        full = accelerator.get_state_dict(model)
+        prefix = next(name for name, m in raw.named_modules() if m is backbone) + "."
+        state = {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
+    if accelerator.is_main_process:
+        export_backbone(backbone, cfg.model, run_dir, state=state)
 
 
 def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[torch.Tensor] = None,
@@ -360,8 +369,7 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
                 accelerator.wait_for_everyone()
             if (epoch + 1) % tc.save_every == 0 or is_last:
                 save_checkpoint(accelerator, run_dir, epoch, step, keep=tc.keep_checkpoints)
-                if main:
-                    _export(raw, cfg, run_dir)
+                _export(accelerator, model, raw, cfg, run_dir)
             if main and picture_imgs is not None and hasattr(raw, "pictures") and \
                     ((epoch + 1) % tc.picture_every == 0 or is_last):
                 _pictures(accelerator, raw, picture_imgs, run_dir / f"pictures_epoch{epoch + 1:04d}.png")

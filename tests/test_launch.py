@@ -1,0 +1,51 @@
+"""Every launch config loads with accelerate's own config loader and says what its name promises.
+The CPU ones also run: launch/cpu.yaml in test_kill_resume.py, launch/cpu_2proc.yaml in
+test_equivalence.py and test_shards.py."""
+import subprocess
+from pathlib import Path
+
+import pytest
+from accelerate.commands.config.config_args import load_config_from_file
+
+LAUNCH = Path(__file__).resolve().parents[1] / "launch"
+EXPECTED = {  # file: (distributed_type, num_processes, num_machines, mixed_precision, use_cpu)
+    "cpu.yaml": ("NO", 1, 1, "no", True),
+    "cpu_2proc.yaml": ("MULTI_GPU", 2, 1, "no", True),
+    "gpu_bf16.yaml": ("NO", 1, 1, "bf16", False),
+    "multi_gpu.yaml": ("MULTI_GPU", 8, 1, "bf16", False),
+    "multi_node.yaml": ("MULTI_GPU", 16, 2, "bf16", False),
+    "fsdp_vit_large.yaml": ("FSDP", 8, 1, "bf16", False),
+}
+
+
+def test_every_config_in_launch_is_covered():
+    assert {p.name for p in LAUNCH.glob("*.yaml")} == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_config_loads_with_accelerates_loader(name):
+    cfg = load_config_from_file(str(LAUNCH / name))
+    dist, procs, machines, precision, cpu = EXPECTED[name]
+    assert str(cfg.distributed_type).split(".")[-1] == dist
+    assert (cfg.num_processes, cfg.num_machines, str(cfg.mixed_precision).split(".")[-1]) == (procs, machines,
+                                                                                            precision)
+    assert bool(cfg.use_cpu) == cpu
+    if machines > 1:
+        assert cfg.main_process_ip and cfg.main_process_port  # the rendezvous every node needs
+
+
+def test_fsdp_wraps_the_block_class_the_backbone_is_made_of():
+    from sslvit.models.vit import BackboneConfig, build_backbone
+
+    cfg = load_config_from_file(str(LAUNCH / "fsdp_vit_large.yaml"))
+    assert cfg.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    backbone = build_backbone(BackboneConfig(size="tiny", depth=2, patch_size=16, img_size=32))
+    assert type(backbone.blocks[0]).__name__ == cfg.fsdp_config["fsdp_transformer_layer_cls_to_wrap"]
+
+
+def test_the_slurm_script_parses_and_names_existing_configs():
+    text = (LAUNCH / "slurm.sh").read_text()
+    assert subprocess.run(["bash", "-n", str(LAUNCH / "slurm.sh")]).returncode == 0
+    assert "accelerate launch" in text and "--machine_rank \\$SLURM_NODEID" in text
+    for name in ("multi_node.yaml", "fsdp_vit_large.yaml"):
+        assert f"launch/{name}" in text and (LAUNCH / name).is_file()
