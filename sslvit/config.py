@@ -181,9 +181,14 @@ def help_text(cls, prog: str) -> str:
     return "\n".join(lines)
 
 
+def plain_dict(cfg) -> dict:
+    """The config as YAML-safe nested dicts and lists (tuples become lists), as ``config.yaml`` holds it."""
+    return _plain(to_dict(cfg))
+
+
 def save_yaml(cfg, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(_plain(to_dict(cfg)), sort_keys=False))
+    tmp.write_text(yaml.safe_dump(plain_dict(cfg), sort_keys=False))
     tmp.replace(path)
 
 

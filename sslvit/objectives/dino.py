@@ -264,11 +264,16 @@ class DINORunConfig:
         epochs=100, blr=5e-4, min_lr=1e-6, warmup_epochs=10, weight_decay=0.04, weight_decay_end=0.4,
         betas=(0.9, 0.999), clip_grad=3.0, clip_mode="per_param", log_every=10))
 
-    def build_objective(self) -> DINO:
+    def validate(self) -> None:
+        self.model.validate()
+        self.train.validate()
         self.crops.validate(self.model.img_size, self.model.patch_size)
         if self.crops.local_number and not self.model.dynamic_img_size:
             raise ValueError("DINO's local crops need model.dynamic_img_size true (the position embedding is "
                              "interpolated to their grid); set it, or crops.local_number 0.")
+
+    def build_objective(self) -> DINO:
+        self.validate()
         student = build_backbone(self.model)
         teacher = build_backbone(dataclasses.replace(self.model, drop_path_rate=0.0))
         return DINO(student, teacher, self.dino)

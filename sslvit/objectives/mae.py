@@ -26,6 +26,14 @@ class MAEConfig:
     decoder_depth: int = 8
     decoder_heads: int = 16
 
+    def validate(self, num_patches: int) -> None:
+        if not 0.0 <= self.mask_ratio < 1.0 or int(num_patches * (1 - self.mask_ratio)) < 1:
+            raise ValueError(f"mae.mask_ratio {self.mask_ratio} leaves no visible patch of {num_patches}; use a "
+                             "ratio in [0, 1) that keeps at least one (0.75 is MAE's).")
+        if self.decoder_dim % self.decoder_heads:
+            raise ValueError(f"mae.decoder_dim {self.decoder_dim} is not divisible by mae.decoder_heads "
+                             f"{self.decoder_heads}; pick a head count that divides it.")
+
 
 def mae_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_pix_loss: bool = True) -> torch.Tensor:
     """pred, target: (B, N, P*P*C); mask: (B, N), 1 = masked. Mean per-patch MSE over masked patches."""
@@ -146,6 +154,11 @@ class MAERunConfig:
     model: BackboneConfig = field(default_factory=lambda: BackboneConfig(size="base", pos_embed="sincos"))
     mae: MAEConfig = field(default_factory=MAEConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.train.validate()
+        self.mae.validate((self.model.img_size // self.model.patch_size) ** 2)
 
     def build_objective(self) -> MAE:
         return MAE(build_backbone(self.model), self.mae)

@@ -11,7 +11,7 @@ import yaml
 from accelerate import PartialState
 from accelerate.utils import set_seed
 
-from sslvit.config import ConfigError, build_config
+from sslvit.config import ConfigError, build_config, plain_dict
 from sslvit.data.dataset import build_dataset, first_items
 from sslvit.data.folder import DataError
 from sslvit.data.shard_reader import build_shard_dataset, is_shard_spec
@@ -30,7 +30,13 @@ def load_presets(name: str) -> dict:
 
 def run_pretraining(config_cls, preset: str, argv=None) -> Path:
     cfg = build_config(config_cls, argv, presets=load_presets(preset))
-    cfg.model.validate()
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+    else:
+        cfg.model.validate()
+        cfg.train.validate()
+    if cfg.resume:
+        check_same_run(cfg)
     train_set = training_set(cfg)
     picture_set = build_dataset(cfg.data, "val" if cfg.data == "digits" else "all", cfg.model.img_size,
                                 transform=eval_transform(cfg.model.img_size))
@@ -42,6 +48,25 @@ def run_pretraining(config_cls, preset: str, argv=None) -> Path:
     objective = cfg.build_objective()
     collate_fn = cfg.collate_fn() if hasattr(cfg, "collate_fn") else None
     return pretrain(cfg, objective, train_set, picture_imgs, collate_fn=collate_fn, knn_sets=knn_sets(cfg))
+
+
+RESUMABLE_CHANGES = ("train", "data", "out", "resume")  # sections a resumed run may change
+
+
+def check_same_run(cfg) -> None:
+    """--resume into a run directory whose checkpoint has another architecture or objective setup:
+    one sentence naming the keys, before anything is loaded."""
+    saved_file = Path(cfg.out).expanduser() / "config.yaml"
+    if not saved_file.is_file():
+        return
+    saved = yaml.safe_load(saved_file.read_text()) or {}
+    now = plain_dict(cfg)
+    diffs = [f"{section}.{k}: {v!r} in the checkpoint, {now[section].get(k)!r} now"
+             for section, values in saved.items() if section not in RESUMABLE_CHANGES and isinstance(values, dict)
+             for k, v in values.items() if now.get(section, {}).get(k) != v]
+    if diffs:
+        raise ConfigError(f"The checkpoint in '{saved_file.parent}' is of another setup ({'; '.join(diffs[:3])}); "
+                          "resume with the keys it was trained with, or pass a new --out.")
 
 
 def training_set(cfg):

@@ -1,0 +1,56 @@
+"""Bad configs: one sentence each, before any work starts (no run directory, no data read)."""
+import pytest
+
+from sslvit.config import ConfigError
+from sslvit.objectives.dino import DINORunConfig
+from sslvit.objectives.mae import MAERunConfig
+from sslvit.train.entry import run_pretraining
+from tests.test_dino_run import TINY as DINO_TINY
+from tests.test_end_to_end import TINY
+
+RUNS = {"mae": (MAERunConfig, TINY), "dino": (DINORunConfig, DINO_TINY)}
+TABLE = [  # (objective, arguments, error, words the sentence must hold)
+    ("mae", ["--train.epohcs", "3"], ConfigError, "Unknown config key 'train.epohcs'. Did you mean 'train.epochs'"),
+    ("mae", ["--mae.mask_rate", "0.5"], ConfigError, "Did you mean 'mae.mask_ratio'"),
+    ("mae", ["--train.epochs", "three"], ConfigError, "'train.epochs' must be an integer"),
+    ("mae", ["--train.blr", "fast"], ConfigError, "'train.blr' must be a number"),
+    ("mae", ["--model", "3"], ConfigError, "'model' is a section"),
+    ("mae", ["--mae.mask_ratio", "1.0"], ValueError, "mae.mask_ratio 1.0 leaves no visible patch"),
+    ("mae", ["--mae.mask_ratio", "0.99"], ValueError, "leaves no visible patch of 16"),
+    ("mae", ["--train.batch_size", "0"], ValueError, "train.batch_size must be >= 1"),
+    ("mae", ["--model.img_size", "18"], ValueError, "not a multiple of model.patch_size"),
+    ("mae", ["--model.patch_size", "6", "--model.img_size", "18"], ValueError, "multiple of 4"),
+    ("mae", ["--model.size", "huge"], ValueError, "model.size 'huge' is unknown"),
+    ("mae", ["--train.precision", "fp8"], ValueError, "train.precision 'fp8' is unknown"),
+    ("mae", ["--mae.decoder_heads", "3"], ValueError, "not divisible by mae.decoder_heads"),
+    ("dino", ["--model.dynamic_img_size", "false"], ValueError, "dynamic_img_size true"),
+    ("dino", ["--crops.local_size", "6"], ValueError, "crops.local_size"),
+]
+
+
+@pytest.mark.parametrize("name, args, error, words", TABLE, ids=[" ".join(r[1]) for r in TABLE])
+def test_a_bad_config_is_one_sentence_before_any_work(name, args, error, words, tmp_path, image_folder,
+                                                       fresh_accelerate):
+    out = tmp_path / "run"
+    with pytest.raises(error) as err:
+        cls, base = RUNS[name]
+        run_pretraining(cls, name, argv=[*base, "--data", str(image_folder), "--out", str(out), *args])
+    message = str(err.value)
+    assert words in message and "\n" not in message and message.endswith((".", "?"))
+    assert not out.exists()  # nothing was started
+
+
+def test_a_batch_larger_than_the_data_is_one_sentence(tmp_path, image_folder, fresh_accelerate):
+    with pytest.raises(ValueError, match="fewer than one batch of 64 x 1 processes; lower train.batch_size"):
+        run_pretraining(MAERunConfig, "mae", argv=[*TINY, "--data", str(image_folder), "--out", str(tmp_path / "r"),
+                                                   "--train.batch_size", "64"])
+
+
+def test_resuming_a_checkpoint_of_another_architecture_names_the_keys(tmp_path, image_folder, fresh_accelerate):
+    argv = [*TINY, "--data", str(image_folder), "--out", str(tmp_path / "run"), "--train.epochs", "1"]
+    run_pretraining(MAERunConfig, "mae", argv=argv)
+    fresh_accelerate()
+    with pytest.raises(ConfigError, match=r"model.depth: 2 in the checkpoint, 3 now.*new --out"):
+        run_pretraining(MAERunConfig, "mae", argv=[*argv, "--resume", "--model.depth", "3"])
+    fresh_accelerate()  # the train section may change: a longer schedule resumes
+    run_pretraining(MAERunConfig, "mae", argv=[*argv, "--resume", "--train.epochs", "2"])
