@@ -83,3 +83,17 @@ def test_retrieval_metrics_equal_brute_force():
         assert got[k] == pytest.approx(v, abs=1e-9)
     assert got["mAP"] == pytest.approx(m_ap, abs=1e-4) and got["depth"] == 300
     assert 0 < got["mAP"] < 100 and got["recall@1"] < got["recall@10"]
+
+
+def test_the_probe_takes_the_index_kind_and_refuses_an_unknown_one(tmp_path):
+    from sslvit.eval.knn_probe import KNNProbeConfig, run_knn_probe
+
+    with pytest.raises(ValueError, match="index 'hnsw' is unknown; use auto, flat or ivf"):
+        run_knn_probe(KNNProbeConfig(ckpt=str(tmp_path), index="hnsw"))
+    rng = np.random.default_rng(0)
+    train, query = rng.normal(size=(3000, 16)).astype(np.float32), rng.normal(size=(50, 16)).astype(np.float32)
+    labels, qlabels = rng.integers(0, 4, 3000), rng.integers(0, 4, 50)
+    exact = knn_classify(train, labels, query, qlabels, ks=(10,), index_kind="flat")
+    assert knn_classify(train, labels, query, qlabels, ks=(10,)) == exact  # auto is exact at this size
+    ivf = knn_classify(train, labels, query, qlabels, ks=(10,), index_kind="ivf")
+    assert abs(ivf[10]["top1"] - exact[10]["top1"]) <= 10

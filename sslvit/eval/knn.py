@@ -101,7 +101,8 @@ def knn_vote(sims: np.ndarray, nbrs: np.ndarray, train_labels: np.ndarray, num_c
     return scores
 
 
-def knn_classify(train_feats, train_labels, query_feats, query_labels, ks=KS, temperature=TEMPERATURE) -> dict:
+def knn_classify(train_feats, train_labels, query_feats, query_labels, ks=KS, temperature=TEMPERATURE,
+                 index_kind: str = "auto") -> dict:
     """-> {k: {"top1": %, "top5": %}} for each k (capped at the train size; duplicates dropped).
 
     Any number of classes and of queries; top-5 is top-min(5, C)."""
@@ -109,7 +110,7 @@ def knn_classify(train_feats, train_labels, query_feats, query_labels, ks=KS, te
     query_labels = np.asarray(query_labels, dtype=np.int64)
     num_classes = int(max(train_labels.max(), query_labels.max())) + 1
     ks = sorted({min(k, len(train_labels)) for k in ks})
-    sims, nbrs = knn_search(np.asarray(train_feats), np.asarray(query_feats), max(ks))
+    sims, nbrs = knn_search(np.asarray(train_feats), np.asarray(query_feats), max(ks), index_kind)
     out = {}
     for k in ks:
         scores = knn_vote(sims, nbrs, train_labels, num_classes, k, temperature)

@@ -30,9 +30,12 @@ class KNNProbeConfig:
     baselines: bool = True  # also score raw pixels and a random-init backbone of the same shape
     seed: int = 0
     picture_queries: int = 8  # rows of knn_neighbours.png (query + its 8 nearest); 0: no picture
+    index: str = "auto"  # faiss index: auto (exact below 200,000 train images, else IVF) | flat | ivf
 
 
 def run_knn_probe(cfg: KNNProbeConfig) -> dict:
+    if cfg.index not in ("auto", "flat", "ivf"):
+        raise ValueError(f"index '{cfg.index}' is unknown; use auto, flat or ivf.")
     weights = resolve_backbone_path(cfg.ckpt)
     backbone, bcfg = load_backbone(weights)
     data = cfg.data or run_data_of(weights)
@@ -48,7 +51,7 @@ def run_knn_probe(cfg: KNNProbeConfig) -> dict:
 
     def score(name, feats_train, y_train, feats_val, y_val):
         args = (feats_train.numpy(), y_train.numpy(), feats_val.numpy(), y_val.numpy())
-        results[name] = knn_classify(*args, ks=cfg.ks, temperature=cfg.temperature)
+        results[name] = knn_classify(*args, ks=cfg.ks, temperature=cfg.temperature, index_kind=cfg.index)
         retrieval[name] = retrieval_metrics(*args)
 
     def features_of(model, name, dataset, split):
