@@ -1,0 +1,161 @@
+"""BEiT: masked image modeling with visual-token targets (Bao et al. 2022; microsoft/unilm beit).
+
+About 40% of the patches are masked block-wise; the encoder (the shared backbone) sees the whole
+sequence with the masked patches' embeddings replaced by a learned mask token, and a linear head
+predicts each masked patch's visual-token id; the loss is the cross-entropy over the masked
+patches only. The ids come from a tokenizer that sslvit fits itself (``sslvit.tokenizers``:
+BEiT's DALL-E dVAE is a download), computed per batch under no_grad inside the forward.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import default_collate
+
+from sslvit.config import ConfigError
+from sslvit.data.transforms import mae_train_transform
+from sslvit.masking import block_masking
+from sslvit.models.vit import BackboneConfig, SSLViT, build_backbone
+from sslvit.tokenizers.base import Tokenizer
+from sslvit.tokenizers.fit import TokenizerConfig, run_tokenizer
+from sslvit.train.loop import TrainConfig
+
+BEIT_GRID_PATCHES = 196  # BEiT's min_block 16 is for a 14 x 14 grid
+
+
+@dataclass
+class BEiTConfig:
+    mask_ratio: float = 0.4  # masked share, rounded to whole patches (BEiT's code masks 75 of 196, 0.383)
+    min_block: Optional[float] = None  # smallest block in patches; None: BEiT's 16 scaled to the grid (>= 1)
+    max_block: Optional[int] = None  # largest block; None: the whole budget (BEiT)
+    min_aspect: float = 0.3  # block aspect ratio log-uniform in [min_aspect, 1 / min_aspect]
+
+    def mask_args(self, grid: tuple[int, int]) -> dict:
+        """``block_masking`` keywords for a grid: the masked count and the block bounds."""
+        if not 0 < self.mask_ratio < 1:
+            raise ConfigError(f"beit.mask_ratio must be between 0 and 1 (got {self.mask_ratio}).")
+        n = grid[0] * grid[1]
+        min_block = self.min_block if self.min_block is not None else max(1.0, 16 * n / BEIT_GRID_PATCHES)
+        return dict(grid=tuple(grid), num_masked=max(1, round(self.mask_ratio * n)), min_block=min_block,
+                    max_block=self.max_block, min_aspect=self.min_aspect)
+
+
+def beit_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (M, V) and token ids (M,) of the M masked patches -> (mean cross-entropy, accuracy)."""
+    logits = logits.float()
+    return F.cross_entropy(logits, targets), (logits.argmax(-1) == targets).float().mean()
+
+
+class BlockMaskCollate:
+    """Batches ``(image, label, skipped)`` samples and draws a block mask per image:
+    -> ((imgs (B, C, H, W), mask (B, N) bool), labels, skipped). In DataLoader workers the masks
+    come from the worker's seeded torch RNG, so runs and resumes reproduce them."""
+
+    def __init__(self, **mask_args):
+        self.mask_args = mask_args
+
+    def __call__(self, samples):
+        imgs, labels, skipped = default_collate(samples)
+        return (imgs, block_masking(len(imgs), **self.mask_args)), labels, skipped
+
+
+class BEiT(nn.Module):
+    """Objective: ``forward((imgs (B, C, H, W), mask (B, N) bool))`` -> dict(loss, mlm_acc);
+    given bare ``imgs`` it draws the block masks itself."""
+
+    def __init__(self, backbone: SSLViT, tokenizer: Tokenizer, cfg: BEiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+        tokenizer.check_backbone(backbone.patch_size, backbone.patch_embed.img_size[0], backbone.dynamic_img_size)
+        self.tokenizer = tokenizer.requires_grad_(False)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, backbone.embed_dim))
+        self.head = nn.Linear(backbone.embed_dim, tokenizer.vocab)  # BEiT's lm_head
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+        self.mask_args = cfg.mask_args(backbone.patch_embed.grid_size)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"backbone.cls_token", "backbone.pos_embed", "mask_token"}
+
+    def masked_embeddings(self, imgs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W), (B, N) -> stem outputs (B, N, D) with the masked ones replaced by the mask
+        token. The hMLP stem embeds each patch on its own, so masked pixels reach nothing."""
+        x = self.backbone.embed_patches(self.backbone.patchify(imgs))
+        w = mask.unsqueeze(-1).type_as(x)
+        return x * (1 - w) + self.mask_token.to(x.dtype) * w
+
+    def encode(self, imgs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The encoder over the whole sequence, masked patches as mask tokens -> (B, 1 + N, D)."""
+        bb = self.backbone
+        x = self.masked_embeddings(imgs, mask)
+        pos = bb.grid_pos_embed((imgs.shape[2] // bb.patch_size, imgs.shape[3] // bb.patch_size))
+        cls = (bb.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
+        x = bb.pos_drop(torch.cat([cls, x + pos[:, bb.num_prefix_tokens:]], dim=1))
+        return bb.norm(bb.blocks(bb.norm_pre(x)))
+
+    def draw_masks(self, batch_size: int, device) -> torch.Tensor:
+        return block_masking(batch_size, **self.mask_args).to(device)
+
+    def forward_logits(self, imgs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """-> logits (M, V) of the masked patches, in the order of ``tensor[mask]``."""
+        x = self.encode(imgs, mask)[:, self.backbone.num_prefix_tokens:]
+        return self.head(x[mask])
+
+    def forward(self, batch) -> dict:
+        imgs, mask = batch if isinstance(batch, (tuple, list)) else (batch, self.draw_masks(len(batch), batch.device))
+        targets = self.tokenizer.encode(imgs, mask)  # batched, no grad, fp32
+        loss, acc = beit_loss(self.forward_logits(imgs, mask), targets)
+        return {"loss": loss, "mlm_acc": acc.detach()}
+
+    @torch.no_grad()
+    def pictures(self, imgs: torch.Tensor):
+        """Columns: image, its block mask, its token-id map through the codebook, and the same map
+        with the masked patches' tokens as the model predicts them."""
+        mask = self.draw_masks(len(imgs), imgs.device)
+        ids = self.tokenizer.encode(imgs)
+        predicted = ids.clone()
+        predicted[mask] = self.forward_logits(imgs, mask).argmax(-1)
+        B, _, H, W = imgs.shape
+        p = self.backbone.patch_size
+        m = F.interpolate(mask.float().view(B, 1, H // p, W // p), scale_factor=p, mode="nearest")
+        columns = {"original": imgs, "block mask": imgs * (1 - m), "tokens": self.tokenizer.draw(ids, imgs),
+                   "predicted tokens": self.tokenizer.draw(predicted, imgs)}
+        return columns, {"tokens": False, "predicted tokens": False}
+
+
+@dataclass
+class BEiTRunConfig:
+    """``pretrain/beit.py``: the reference defaults (ViT-B/16, 224 px, LayerScale 0.1, 800 epochs,
+    lr 1.5e-3 at batch 2048 = blr 1.875e-4, AdamW betas (0.9, 0.98), grad clip 3.0, drop path 0.1).
+    With ``data: digits`` the ``sslvit/presets/beit.yaml`` preset replaces them first."""
+
+    data: str = "digits"
+    out: str = "runs/beit"
+    resume: bool = False
+    model: BackboneConfig = field(default_factory=lambda: BackboneConfig(
+        size="base", init_values=0.1, drop_path_rate=0.1))
+    beit: BEiTConfig = field(default_factory=BEiTConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        epochs=800, blr=1.875e-4, min_lr=1e-5, warmup_epochs=10, weight_decay=0.05, betas=(0.9, 0.98),
+        clip_grad=3.0))
+
+    def build_objective(self) -> BEiT:
+        self.model.validate()
+        tokenizer = run_tokenizer(self.tokenizer, self.data, self.model.img_size, self.model.patch_size,
+                                  Path(self.out).expanduser(), self.resume)
+        return BEiT(build_backbone(self.model), tokenizer, self.beit)
+
+    def train_transform(self):
+        return mae_train_transform(self.model.img_size)
+
+    def collate_fn(self):
+        grid = (self.model.img_size // self.model.patch_size,) * 2
+        return BlockMaskCollate(**self.beit.mask_args(grid))
