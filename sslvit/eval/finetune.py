@@ -145,6 +145,13 @@ def param_groups_lrd(model: Classifier, weight_decay: float, layer_decay: float)
     return list(groups.values())
 
 
+def build_optimizer(model: Classifier, cfg: FinetuneConfig, lr: float) -> torch.optim.AdamW:
+    """AdamW over ``param_groups_lrd`` (each group's lr is ``lr * lr_scale`` once the schedule
+    sets it); frozen parameters get no state."""
+    groups = param_groups_lrd(model, cfg.weight_decay, cfg.layer_decay)
+    return torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups], lr=lr, fused=True)
+
+
 def interpolate_pos_embed(state: dict, grid: tuple[int, int], old_grid: tuple[int, int]) -> dict:
     """The checkpoint's position table resampled (bicubic) to a new patch grid."""
     if tuple(grid) != tuple(old_grid):
@@ -213,9 +220,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     total_params = sum(p.numel() for p in model.parameters())
     effective = cfg.batch_size * accelerator.num_processes
     base_lr = scaled_lr(cfg.blr, effective)
-    groups = param_groups_lrd(model, cfg.weight_decay, cfg.layer_decay)
-    optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups], lr=base_lr,
-                                  fused=True)
+    optimizer = build_optimizer(model, cfg, base_lr)
     if len(train_set) < cfg.batch_size * accelerator.num_processes:
         raise ValueError(f"The training data has {len(train_set)} images, fewer than one batch of {cfg.batch_size}; "
                          "lower --batch_size.")
