@@ -18,7 +18,6 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-from accelerate import Accelerator
 from timm.layers import resample_abs_pos_embed
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
@@ -31,6 +30,7 @@ from sslvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from sslvit.models.export import load_backbone, read_backbone_config, resolve_backbone_path, run_data_of
 from sslvit.models.vit import SSLViT
 from sslvit.train.checkpoint import save_safetensors_atomic, write_json_atomic
+from sslvit.train.devices import build_accelerator
 from sslvit.train.schedules import cosine_schedule, scaled_lr
 
 
@@ -213,7 +213,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
                          "images sit in one sub-folder per class (optionally under train/ and val/).")
     num_classes = len(train_set.classes) if isinstance(train_set, ShardDataset) else \
         int(max(max(train_set.labels), max(val_set.labels))) + 1
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = build_accelerator()
     torch.manual_seed(cfg.seed)
     model, sizes = build_classifier(weights, num_classes, cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import (DataLoaderConfiguration, DistributedType, broadcast_object_list, gather_object,
                                set_seed)
 from torch.utils.data import DataLoader
@@ -47,6 +46,7 @@ from sslvit.eval.knn import knn_classify
 from sslvit.models.export import export_backbone
 from sslvit.train.checkpoint import (CheckpointError, check_writable, latest_checkpoint, read_meta, save_checkpoint,
                                      verify_loadable)
+from sslvit.train.devices import build_accelerator
 from sslvit.train.optim import build_adamw, clip_grad_per_param_
 from sslvit.train.pictures import save_columns
 from sslvit.train.schedules import cosine_schedule, scaled_lr
@@ -115,11 +115,6 @@ def resolve_precision(precision: str) -> str:
         return "no"
 
 
-def _has_accelerator() -> bool:
-    acc = getattr(torch, "accelerator", None)
-    return bool(acc.is_available()) if acc is not None else torch.cuda.is_available()
-
-
 def _flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -169,10 +164,7 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
     tc: TrainConfig = cfg.train
     tc.validate()
     run_dir = Path(cfg.out).expanduser()
-    accelerator = Accelerator(
-        # without cpu=True, a multi-process launch on a machine with no accelerator runs
-        # independent copies instead of one gloo process group
-        cpu=not _has_accelerator(),
+    accelerator = build_accelerator(
         mixed_precision=resolve_precision(tc.precision),
         gradient_accumulation_steps=tc.accum_steps,
         log_with="tensorboard",
