@@ -48,3 +48,69 @@ def time_round_robin(steps: dict, n: int, warmup: int) -> dict[str, list[float]]
             times[name].append(time.perf_counter() - t)
     print("load average after timing: %.2f %.2f %.2f" % os.getloadavg())
     return times
+
+
+class StepWorkers:
+    """Configurations that need a process of their own (process-wide settings such as the CPU
+    allocator differ between them), timed in lockstep: the parent asks one worker at a time for
+    one step, round-robin, so only one computes at any moment and machine noise hits each alike.
+
+    Each worker is ``python <script> <args...> --worker NAME``; the script builds NAME's step and
+    calls ``serve_steps(step)``. -> ``time(n, warmup)``: name -> [seconds, minor page faults] per timed step."""
+
+    def __init__(self, script: str, names: list[str], args: list[str]):
+        import subprocess
+        import sys
+        self.names = names
+        self.procs = {}
+        for name in names:  # built one after the other: model building is not timed
+            p = subprocess.Popen([sys.executable, script, *args, "--worker", name], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True, bufsize=1)
+            self.procs[name] = p
+            self._reply(name)  # "ready"
+
+    def _reply(self, name: str) -> list[str]:
+        for line in self.procs[name].stdout:
+            if line.startswith("@@"):
+                return line[2:].split()
+        raise RuntimeError(f"benchmark worker '{name}' exited (exit code {self.procs[name].wait()})")
+
+    def ask(self, name: str, command: str) -> list[str]:
+        self.procs[name].stdin.write(command + "\n")
+        return self._reply(name)
+
+    def time(self, n: int, warmup: int) -> dict[str, list[list[float]]]:
+        for _ in range(warmup):
+            for name in self.names:
+                self.ask(name, "step")
+        out = {name: [] for name in self.names}
+        for _ in range(n):
+            for name in self.names:
+                out[name].append([float(v) for v in self.ask(name, "step")])
+        print("load average after timing: %.2f %.2f %.2f" % os.getloadavg())
+        return out
+
+    def close(self) -> None:
+        for name, p in self.procs.items():
+            if p.poll() is None:
+                p.stdin.write("quit\n")
+                p.stdin.flush()
+                p.wait()
+
+
+def serve_steps(step) -> None:
+    """Worker side of ``StepWorkers``: answer each ``step`` line with the step's seconds and its
+    minor page faults, until ``quit``. Protocol lines start with '@@'; anything else on stdout is
+    ignored by the parent."""
+    import resource
+    import sys
+    print("@@ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() == "quit":
+            return
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        t = time.perf_counter()
+        step()
+        dt = time.perf_counter() - t
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+        print(f"@@{dt:.6f} {faults}", flush=True)

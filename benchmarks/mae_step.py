@@ -2,8 +2,15 @@
 
 Configuration: ViT-S/16, 224 px, batch 32, mask ratio 0.75, decoder 512 x 8 blocks x 16 heads,
 norm-pix loss, AdamW(lr 1.5e-4 * B / 256, betas (0.9, 0.95), wd 0.05). One step = forward,
-backward, optimizer step, zero_grad. The configurations are timed round-robin (2 warm-up steps,
-then ``--steps`` timed steps each, median reported) so machine noise hits each equally.
+backward, optimizer step, zero_grad.
+
+Each configuration runs in a process of its own, as its library runs it: sslvit with what its
+training loop sets up (``keep_freed_memory``: glibc keeps freed blocks for reuse instead of
+returning them to the kernel and page-faulting them back in every step; fused AdamW), lightly
+with glibc's defaults and torch's default AdamW. The processes are stepped in lockstep, one step
+of one process at a time, round-robin (``--warmup`` untimed rounds, then ``--steps`` timed ones,
+median reported), so machine noise hits each alike. A fifth process runs lightly with sslvit's
+allocator setting, which splits the ratio into what the step code and what the allocator give.
 
 lightly is NOT a project dependency; run this from a separate benchmark venv:
 
@@ -11,6 +18,7 @@ lightly is NOT a project dependency; run this from a separate benchmark venv:
     /tmp/lightlyvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 timm lightly
     /tmp/lightlyvenv/bin/pip install -e .     # from the repo root: sslvit + its deps (torch already satisfied)
     /tmp/lightlyvenv/bin/python benchmarks/mae_step.py [--batch 32 --steps 5 --threads 2]
+    .venv/bin/python benchmarks/mae_step.py --profile     # where sslvit's step time goes, and its ceiling
 
 FLOP model (matmul FLOPs only, 2 * MACs; a training step counts 3x the forward: backward =
 grad-input + grad-weight; this slightly over-counts the first layer, whose input needs no grad):
@@ -28,7 +36,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 import warnings
 
 import timm
@@ -36,9 +43,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from flops import block_macs, matmul_peak, stem_macs, time_round_robin  # benchmarks/flops.py
+from flops import StepWorkers, block_macs, matmul_peak, serve_steps, stem_macs  # benchmarks/flops.py
 from sslvit.models.vit import BackboneConfig, build_backbone
 from sslvit.objectives.mae import MAE, MAEConfig
+from sslvit.train.cpu_allocator import keep_freed_memory
+from sslvit.train.optim import build_adamw
 
 try:
     import lightly
@@ -105,25 +114,6 @@ def make_step(model: nn.Module, opt, imgs: torch.Tensor, bf16: bool = False):
     return step
 
 
-def pick_adamw(model: nn.Module, lr: float) -> tuple[str, dict]:
-    """Time AdamW.step() with foreach=True vs fused=True on the model's parameters; pick the faster."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    times = {}
-    for name in ("foreach", "fused"):
-        for p in params:
-            p.grad = torch.randn_like(p) * 1e-3
-        opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.05, **{name: True})
-        ts = []
-        for _ in range(6):
-            t = time.perf_counter()
-            opt.step()
-            ts.append(time.perf_counter() - t)
-        times[name] = statistics.median(ts[1:])
-        del opt
-    model.zero_grad(set_to_none=True)  # leaves the parameters moved a little: irrelevant for timing
-    return min(times, key=times.get), times
-
-
 def bf16_check(batch: int, lr: float, kw: dict, steps: int = 5) -> None:
     imgs = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     curves = {}
@@ -138,12 +128,84 @@ def bf16_check(batch: int, lr: float, kw: dict, steps: int = 5) -> None:
           f"max rel diff {rel:.2e}")
 
 
+CONFIGS = {  # name -> (builder, stem, precision, keep_freed_memory)
+    "sslvit hmlp fp32": ("sslvit", "hmlp", "fp32", True),
+    "sslvit linear fp32": ("sslvit", "linear", "fp32", True),
+    "sslvit hmlp bf16": ("sslvit", "hmlp", "bf16", True),
+    "lightly fp32": ("lightly", "linear", "fp32", False),
+    "lightly fp32 + sslvit allocator": ("lightly", "linear", "fp32", True),
+}
+
+
+def worker(name: str, batch: int, threads: int) -> None:
+    """One configuration in its own process, as its library runs it: sslvit with the training
+    loop's CPU allocator setting (``keep_freed_memory``) and optimizer (``build_adamw``: fused
+    AdamW, no decay on 1-D params and tokens); lightly with glibc's defaults and torch's default
+    AdamW, as its example runs."""
+    kind, stem, precision, tuned = CONFIGS[name]
+    if tuned:
+        assert keep_freed_memory(), "glibc mallopt not available here"
+    torch.set_num_threads(threads)
+    lr = 1.5e-4 * batch / 256
+    torch.manual_seed(0)
+    imgs = torch.randn(batch, 3, 224, 224)
+    if kind == "sslvit":
+        model = sslvit_mae(stem)
+        opt = build_adamw(model, lr, 0.05, (0.9, 0.95))
+    else:
+        model = LightlyMAE()
+        opt = adamw(model, lr)
+    serve_steps(make_step(model, opt, imgs, bf16=precision == "bf16"))
+
+
+def profile(batch: int, threads: int) -> None:
+    """Where the sslvit step's time goes (torch.profiler, one step after two warm-up steps), and
+    the fraction of the fp32 peak the step would reach if everything but the matmuls and the
+    attention kernels took no time at all: the ceiling for this step on this CPU."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    keep_freed_memory()
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = sslvit_mae("hmlp")
+    step = make_step(model, build_adamw(model, 1.5e-4 * batch / 256, 0.05, (0.9, 0.95)), torch.randn(batch, 3, 224, 224))
+    step()
+    step()
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    peak = matmul_peak(torch.float32)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) / 1e6
+    groups = {"matmul (mm, addmm, bmm)": ("aten::mm", "aten::addmm", "aten::bmm"),
+              "attention kernels (SDPA fwd + bwd)": ("aten::_scaled_dot_product_flash_attention_for_cpu",
+                                                     "aten::_scaled_dot_product_flash_attention_for_cpu_backward"),
+              "GELU fwd + bwd": ("aten::gelu", "aten::gelu_backward"),
+              "copies": ("aten::copy_",)}
+    spent = {g: sum(e.self_cpu_time_total for e in events if e.key in names) / 1e6 for g, names in groups.items()}
+    print(f"profiled step: {total:.2f} s (profiler's self-time sum)")
+    for g, t in spent.items():
+        print(f"  {g:36s} {t:6.2f} s  {t / total:5.1%}")
+    print(f"  {'everything else':36s} {total - sum(spent.values()):6.2f} s  {1 - sum(spent.values()) / total:5.1%}")
+    core = spent["matmul (mm, addmm, bmm)"] + spent["attention kernels (SDPA fwd + bwd)"]
+    flops = step_flops(batch, "hmlp", KEEP, N)
+    print(f"ceiling with zero time outside matmuls and attention: {flops / core / 1e9:.1f} GFLOP/s = "
+          f"{flops / core / peak:.0%} of the fp32 peak ({peak / 1e9:.1f} GFLOP/s)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--profile", action="store_true", help="only profile sslvit's step and print its ceiling")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker:
+        return worker(args.worker, args.batch, args.threads)
+    if args.profile:
+        return profile(args.batch, args.threads)
     torch.set_num_threads(args.threads)
     B, lr = args.batch, 1.5e-4 * args.batch / 256
     bf16_ok = torch.ops.mkldnn._is_mkldnn_bf16_supported()
@@ -159,50 +221,44 @@ def main() -> None:
         peak["bf16"] = matmul_peak(torch.bfloat16)
     else:
         print("bf16 matmul peak: skipped (no native bf16 support; bf16 matmul is pathologically slow here)")
-
-    torch.manual_seed(0)
-    imgs = torch.randn(B, 3, 224, 224)
-    configs = {}  # name -> (step fn, FLOPs per step)
-    for stem in ("hmlp", "linear"):
-        model = sslvit_mae(stem)
-        if stem == "hmlp":
-            impl, t = pick_adamw(model, lr)
-            print(f"sslvit AdamW: foreach {t['foreach'] * 1e3:.0f} ms, fused {t['fused'] * 1e3:.0f} ms "
-                  f"per optimizer step -> picked {impl}=True")
-            kw = {impl: True}
-        configs[f"sslvit {stem} fp32"] = (make_step(model, adamw(model, lr, **kw), imgs), step_flops(B, stem, KEEP, N))
-    if bf16_ok:
-        model = sslvit_mae("hmlp")
-        step = make_step(model, adamw(model, lr, **kw), imgs, bf16=True)
-        configs["sslvit hmlp bf16"] = (step, step_flops(B, "hmlp", KEEP, N))
-    if lightly is not None:
-        model = LightlyMAE()
-        # torch's default AdamW implementation, as lightly's example
-        configs["lightly fp32"] = (make_step(model, adamw(model, lr), imgs), step_flops(B, "linear", N, N - KEEP))
+    names = [n for n in CONFIGS if (bf16_ok or "bf16" not in n) and (lightly or "lightly" not in n)]
+    flops = {n: step_flops(B, "hmlp", KEEP, N) if "hmlp" in n else
+             step_flops(B, "linear", KEEP, N) if n.startswith("sslvit") else step_flops(B, "linear", N, N - KEEP)
+             for n in names}
     default = "sslvit hmlp bf16" if bf16_ok else "sslvit hmlp fp32"
     print("sslvit default precision: " + ("bf16 autocast" if bf16_ok else
           "fp32 (no native bf16 on this CPU): the default-precision config is 'sslvit hmlp fp32'"))
+    print("one process per configuration, stepped in lockstep: " + ", ".join(names))
 
-    times = time_round_robin({name: step for name, (step, _) in configs.items()}, args.steps, 2)
+    workers = StepWorkers(__file__, names, ["--batch", str(B), "--threads", str(args.threads)])
+    try:
+        results = workers.time(args.steps, args.warmup)
+    finally:
+        workers.close()
     peak["fp32"] = max(peak["fp32"], matmul_peak(torch.float32))  # best of before and after
 
     print("\npeak matmul 2048^3: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peak.items()))
-    med = {name: statistics.median(ts) for name, ts in times.items()}
-    for name, (_, flops) in configs.items():
-        fps = flops / med[name]
+    med = {name: statistics.median(t for t, _ in rows) for name, rows in results.items()}
+    for name in names:
+        fps = flops[name] / med[name]
         frac = ", ".join(f"{fps / v:.0%} of {k} peak" for k, v in peak.items())
-        print(f"{name:18s} median {med[name]:6.2f} s/step  {B / med[name]:6.2f} img/s  "
-              f"{flops / 1e12:.3f} TFLOP/step  {fps / 1e9:6.1f} GFLOP/s ({frac})  "
-              f"[steps: {' '.join(f'{t:.2f}' for t in times[name])}]")
+        faults = statistics.median(f for _, f in results[name])
+        print(f"{name:32s} median {med[name]:6.2f} s/step  {B / med[name]:6.2f} img/s  "
+              f"{flops[name] / 1e12:.3f} TFLOP/step  {fps / 1e9:6.1f} GFLOP/s ({frac})  "
+              f"{faults / 1e3:6.0f}k page faults/step  [steps: {' '.join(f'{t:.2f}' for t, _ in results[name])}]")
     if "lightly fp32" in med:
         lt = med["lightly fp32"]
         print(f"\nsslvit hmlp fp32 / lightly fp32:   {lt / med['sslvit hmlp fp32']:.2f}x  (goal >= 1.1x)")
         print(f"sslvit linear fp32 / lightly fp32: {lt / med['sslvit linear fp32']:.2f}x  (goal >= 1.1x)")
         print(f"sslvit default ({default.split()[-1]}) / lightly fp32: {lt / med[default]:.2f}x  (goal >= 1.8x)")
-    frac = configs[default][1] / med[default] / peak["fp32"]
+        lta = med["lightly fp32 + sslvit allocator"]
+        print(f"  of which the step code (both with sslvit's allocator setting): sslvit hmlp fp32 "
+              f"{lta / med['sslvit hmlp fp32']:.2f}x; the allocator setting alone (lightly with / without): "
+              f"{lt / lta:.2f}x")
+    frac = flops[default] / med[default] / peak["fp32"]
     print(f"sslvit default ({default.split()[-1]}) at {frac:.0%} of fp32 matmul peak (goal >= 80%)")
     if bf16_ok:
-        bf16_check(min(B, 8), lr, kw)
+        bf16_check(min(B, 8), lr, {"fused": True})
 
 
 if __name__ == "__main__":
