@@ -14,4 +14,5 @@ def main(config_cls, run, fmt) -> None:
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(fmt(report))
+    if report is not None:  # None on the other processes of a multi-process probe
+        print(fmt(report))

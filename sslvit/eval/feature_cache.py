@@ -41,10 +41,11 @@ def feature_key(recipe: str, n_last_blocks: int, data: str, split: str, img_size
                 aug_pass=aug_pass, aug_seed=aug_seed)
 
 
-def cached_features(weights: Path, compute: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+def cached_features(weights: Path, compute: Callable[[], tuple[torch.Tensor, torch.Tensor]], write: bool = True,
                     **fields) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """-> (features (N, F), labels (N,), hit). ``compute()`` runs only on a miss; its result is
-    written to ``<weights dir>/features/<key>.safetensors`` atomically."""
+    written to ``<weights dir>/features/<key>.safetensors`` atomically (if ``write``: with several
+    processes, the main one writes and every one computes its share)."""
     key, desc = cache_key(weights, **fields)
     path = weights.parent / CACHE_DIR / f"{key}.safetensors"
     if path.is_file():
@@ -54,6 +55,8 @@ def cached_features(weights: Path, compute: Callable[[], tuple[torch.Tensor, tor
         except (SafetensorError, OSError, KeyError):
             pass  # an unreadable cache file is recomputed and replaced
     feats, labels = compute()
+    if not write:
+        return feats, labels, False
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {k: str(v) for k, v in desc.items()}
     save_safetensors_atomic({"features": feats.contiguous(), "labels": labels.contiguous()}, path, metadata=meta)

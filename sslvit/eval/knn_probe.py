@@ -10,12 +10,13 @@ import torch  # before faiss: faiss imported first makes forked workers that cal
 from sslvit.data.dataset import build_dataset, first_items, items_at
 from sslvit.data.transforms import eval_transform
 from sslvit.eval.feature_cache import cached_features, feature_key
-from sslvit.eval.features import extract_features, raw_pixel_features
+from sslvit.eval.features import extract_features, finish_probe, raw_pixel_features
 from sslvit.eval.knn import KS, TEMPERATURE, knn_classify, knn_search
 from sslvit.eval.retrieval import neighbours_picture, retrieval_metrics
 from sslvit.models.export import load_backbone, resolve_backbone_path, run_data_of
 from sslvit.models.vit import build_backbone
 from sslvit.train.checkpoint import write_json_atomic
+from sslvit.train.devices import build_accelerator
 
 
 @dataclass
@@ -45,7 +46,8 @@ def run_knn_probe(cfg: KNNProbeConfig) -> dict:
     if not train_set.labelled:
         raise ValueError(f"The k-NN probe needs labels, and '{data}' has none; pass --data with a folder whose "
                          "images sit in one sub-folder per class (optionally under train/ and val/).")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    accelerator = build_accelerator()  # `accelerate launch` splits the extraction over processes
+    main = accelerator.is_main_process
 
     results, retrieval = {}, {}
 
@@ -56,19 +58,24 @@ def run_knn_probe(cfg: KNNProbeConfig) -> dict:
 
     def features_of(model, name, dataset, split):
         return extract_features(model, dataset, pool=cfg.pool, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                                device=device, desc=f"{name}: {split}")
+                                desc=f"{name}: {split}", accelerator=accelerator)
 
     def cached(split, dataset):  # the same key fields as the linear probe's, so each reuses the other's
         key = feature_key(cfg.pool, 4, data, split, bcfg.img_size)
-        return cached_features(weights, lambda: features_of(backbone, "pretrained", dataset, split), **key)[:2]
+        return cached_features(weights, lambda: features_of(backbone, "pretrained", dataset, split), write=main,
+                               **key)[:2]
 
     feats = (*cached("train", train_set), *cached("val", val_set))
-    score("pretrained", *feats)
     if cfg.baselines:
         torch.manual_seed(cfg.seed)
         random_init = build_backbone(bcfg)
-        score("random_init", *features_of(random_init, "random init", train_set, "train"),
-              *features_of(random_init, "random init", val_set, "val"))
+        random_feats = (*features_of(random_init, "random init", train_set, "train"),
+                        *features_of(random_init, "random init", val_set, "val"))
+    if not main:  # the search, the scores and the files are the main process's
+        return finish_probe(accelerator, None)
+    score("pretrained", *feats)
+    if cfg.baselines:
+        score("random_init", *random_feats)
         score("raw_pixels", *raw_pixel_features(train_set), *raw_pixel_features(val_set))
     report = {"ckpt": str(weights), "data": data, "pool": cfg.pool, "temperature": cfg.temperature,
               "num_train": len(feats[1]), "num_val": len(feats[3]), "results": results, "retrieval": retrieval}
@@ -76,7 +83,7 @@ def run_knn_probe(cfg: KNNProbeConfig) -> dict:
         report["picture"] = str(_neighbours_picture(feats, train_set, val_set, cfg,
                                                     weights.parent / "knn_neighbours.png"))
     write_json_atomic(report, weights.parent / "knn.json")
-    return report
+    return finish_probe(accelerator, report)
 
 
 def _neighbours_picture(feats, train_set, val_set, cfg: KNNProbeConfig, path):

@@ -15,10 +15,11 @@ import torch
 from sslvit.data.dataset import build_dataset
 from sslvit.data.transforms import eval_transform, mae_train_transform
 from sslvit.eval.feature_cache import cached_features, feature_key
-from sslvit.eval.features import extract_features
+from sslvit.eval.features import extract_features, finish_probe
 from sslvit.eval.linear_heads import grid_accuracy, train_head_grid
 from sslvit.models.export import load_backbone, resolve_backbone_path, run_data_of
 from sslvit.train.checkpoint import write_json_atomic
+from sslvit.train.devices import build_accelerator
 
 # DINOv2's linear-probe grid
 DEFAULT_LRS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1)
@@ -60,7 +61,8 @@ def run_linear_probe(cfg: LinearProbeConfig) -> dict:
     backbone, bcfg = load_backbone(weights)
     data = cfg.data or run_data_of(weights)
     size = bcfg.img_size
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    accelerator = build_accelerator()  # `accelerate launch` splits the extraction over processes
+    main, device = accelerator.is_main_process, accelerator.device
     train_set = build_dataset(data, "train", size, transform=eval_transform(size))
     val_set = build_dataset(data, "val", size, transform=eval_transform(size))
     if not train_set.labelled:
@@ -75,10 +77,10 @@ def run_linear_probe(cfg: LinearProbeConfig) -> dict:
                 torch.manual_seed(cfg.seed * 1000 + aug_pass)  # each pass is its own reproducible draw
             return extract_features(backbone, dataset, pool=cfg.recipe, n_last_blocks=cfg.n_last_blocks,
                                     batch_size=cfg.extract_batch_size, num_workers=cfg.num_workers,
-                                    device=device, desc=f"features: {split}")
+                                    desc=f"features: {split}", accelerator=accelerator)
         key = feature_key(cfg.recipe, cfg.n_last_blocks, data, split, size, aug_pass,
                           cfg.seed if aug_pass is not None else None)
-        feats, labels, hit = cached_features(weights, compute, **key)
+        feats, labels, hit = cached_features(weights, compute, write=main, **key)
         hits.append(hit)
         return feats, labels
 
@@ -89,6 +91,10 @@ def run_linear_probe(cfg: LinearProbeConfig) -> dict:
         passes = [features(train_set, "train")]
     labels = passes[0][1]
     val_x, val_y = features(val_set, "val")
+    # with augmentation, the heads are picked on centre-crop features of the held-out images
+    clean_x = passes[0][0] if cfg.aug_passes == 0 else features(train_set, "train")[0]
+    if not main:  # the heads, the scores and the files are the main process's
+        return finish_probe(accelerator, None)
     num_classes = int(max(labels.max(), val_y.max())) + 1
 
     # the same fixed held-out images in every pass
@@ -100,8 +106,7 @@ def run_linear_probe(cfg: LinearProbeConfig) -> dict:
     grid = train_head_grid([x[fit] for x, _ in passes], labels[fit], num_classes,
                            [lr * scale for lr, _ in grid_pairs], [wd for _, wd in grid_pairs], cfg.epochs,
                            cfg.batch_size, cfg.optimizer, cfg.head == "mae", cfg.warmup_epochs, cfg.seed, device)
-    # with augmentation, the heads are picked on centre-crop features of the held-out images
-    hold_x = (passes[0][0] if cfg.aug_passes == 0 else features(train_set, "train")[0])[hold]
+    hold_x = clean_x[hold]
     hold_top1, _ = grid_accuracy(grid, hold_x, labels[hold])
     val_top1, val_top5 = grid_accuracy(grid, val_x, val_y)
     best = int(torch.argmax(hold_top1))
@@ -112,7 +117,7 @@ def run_linear_probe(cfg: LinearProbeConfig) -> dict:
               "num_val": len(val_y), "aug_passes": cfg.aug_passes, "features_from_cache": all(hits),
               "best": rows[best], "best_index": best, "grid": rows}
     write_json_atomic(report, weights.parent / "linear.json")
-    return report
+    return finish_probe(accelerator, report)
 
 
 def format_report(report: dict) -> str:

@@ -1,0 +1,97 @@
+"""The k-NN and linear probes under `accelerate launch` with 2 real gloo processes: each process
+extracts its share of the features, and the result equals a 1-process probe's."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+
+from sslvit.data.shards import write_shards
+from sslvit.models import BackboneConfig, build_backbone
+from sslvit.models.export import export_backbone
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A random-init ViT-Ti/4 (depth 2) exported as a run over a folder with train/ (3 x 15,
+    odd so the two processes get uneven shares) and val/ (3 x 5), and the same folder as shards."""
+    root = tmp_path_factory.mktemp("mp")
+    rng = np.random.default_rng(2)
+    for split, n in (("train", 15), ("val", 5)):
+        for c in range(3):
+            d = root / "folder" / split / f"c{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                arr = (rng.random((16, 16, 3)) * 120 + c * 60).astype(np.uint8)
+                Image.fromarray(arr).save(d / f"{i}.png")
+    write_shards(root / "folder", root / "shards", max_count=10, progress=False)  # 5 train shards: uneven
+    cfg = BackboneConfig(size="tiny", depth=2, patch_size=4, img_size=16)
+    torch.manual_seed(0)
+    run = root / "run"
+    run.mkdir()
+    export_backbone(build_backbone(cfg), cfg, run)
+    return run
+
+
+def _probe(script: str, run: Path, data: Path, processes: int, port: int, *args) -> dict:
+    """Run a probe from a clean cache; -> {'report': its json, 'features': {split: (x, y)}}."""
+    shutil.rmtree(run / "features", ignore_errors=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": str(data)}))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    probe = [str(REPO / "probes" / script), "--ckpt", str(run), *args]
+    cmd = [sys.executable, *probe] if processes == 1 else \
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch/cpu_2proc.yaml"),
+         "--main_process_port", str(port), *probe]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    name = "knn.json" if script == "knn.py" else "linear.json"
+    features = {}
+    for f in (run / "features").glob("*.safetensors"):
+        state = load_file(str(f))
+        features[len(state["labels"])] = (state["features"], state["labels"])  # train 45, val 15
+    return {"report": json.loads((run / name).read_text()), "features": features, "stdout": proc.stdout}
+
+
+def test_two_process_knn_probe_equals_one_process_on_a_folder(run_dir):
+    args = ("--baselines", "false", "--picture_queries", "0", "--ks", "[5,10]")
+    one = _probe("knn.py", run_dir, run_dir.parent / "folder", 1, 0, *args)
+    two = _probe("knn.py", run_dir, run_dir.parent / "folder", 2, 29561, *args)
+    assert sorted(one["features"]) == sorted(two["features"]) == [15, 45]
+    for n, (x, y) in one["features"].items():
+        x2, y2 = two["features"][n]
+        assert torch.equal(y, y2)  # the same samples in the same order
+        torch.testing.assert_close(x2, x, rtol=1e-5, atol=1e-6)
+    assert one["report"]["results"] == two["report"]["results"]
+    assert one["report"]["retrieval"] == two["report"]["retrieval"]
+    assert two["stdout"].count("k-NN (45 train / 15 val") == 1  # one table, from the main process
+
+
+def test_two_process_knn_probe_on_shards_gets_every_sample(run_dir):
+    args = ("--baselines", "false", "--picture_queries", "0", "--ks", "[5]")
+    one = _probe("knn.py", run_dir, run_dir.parent / "shards", 1, 0, *args)
+    two = _probe("knn.py", run_dir, run_dir.parent / "shards", 2, 29562, *args)
+    for n, (x, y) in one["features"].items():
+        x2, y2 = two["features"][n]
+        # split by shards: the same samples, in process order; compare them as sets of rows
+        rows = lambda f, l: sorted(zip(l.tolist(), np.round(f.numpy(), 4).tolist()))  # noqa: E731
+        assert rows(x, y) == rows(x2, y2)
+    assert one["report"]["results"]["pretrained"]["5"]["top1"] == pytest.approx(
+        two["report"]["results"]["pretrained"]["5"]["top1"])
+
+
+def test_two_process_linear_probe_equals_one_process(run_dir):
+    args = ("--epochs", "5", "--lrs", "[0.01,0.1]", "--batch_size", "16")
+    one = _probe("linear.py", run_dir, run_dir.parent / "folder", 1, 0, *args)
+    two = _probe("linear.py", run_dir, run_dir.parent / "folder", 2, 29563, *args)
+    for a, b in zip(one["report"]["grid"], two["report"]["grid"]):
+        assert a["val_top1"] == pytest.approx(b["val_top1"]) and a["holdout_top1"] == pytest.approx(b["holdout_top1"])
