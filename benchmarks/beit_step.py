@@ -1,0 +1,108 @@
+"""Images/s of one BEiT training step on CPU, and the share of it spent on block masking and
+tokenisation.
+
+Configuration: ViT-S/16, 224 px, batch 32, LayerScale 0.1, 75 of 196 patches block-masked
+(BEiT's generator, exact count), pixel tokenizer with vocabulary 8192 (8 x 8 pooled patches,
+192-d; the codebook is random unit vectors, which costs the same to search as a fitted one),
+fp32, fused AdamW from the loop's ``build_adamw`` (betas (0.9, 0.98), wd 0.05), global grad clip
+3.0. One step is what ``sslvit.train.loop.pretrain`` does for BEiT: forward (the tokenizer encodes
+the masked patches under no_grad inside it, then the encoder over the full sequence with mask
+tokens, the head on the masked positions and the cross-entropy), backward, clipping, optimizer
+step, zero_grad, ``loss.item()``; with the CPU allocator setting the loop makes
+(``keep_freed_memory``). The block masks are drawn in the data loader's collate, so in a run they
+are off the step's critical path whenever ``train.num_workers`` > 0; they are counted here anyway.
+
+Timed round-robin in one process (``--warmup`` untimed rounds, then ``--steps`` timed ones,
+medians): the whole step (masks drawn outside it, as the collate does), ``block_masking`` for
+the batch, and ``tokenizer.encode`` of the masked patches. Share = (masking + tokenisation) /
+(step + masking). Goal: under 5%.
+
+    .venv/bin/python benchmarks/beit_step.py [--batch 32 --steps 5 --threads 2]
+
+FLOP model (matmul FLOPs, 2 * MACs; training counts 3x the forward):
+  step          = 3 * 2 * B * (N * hMLP stem + 12 * block(1 + N, 384) + M * 384 * V)
+  tokenisation  = 2 * B * M * d * V (one matmul of the masked patches' vectors against the codebook)
+with N = 196 patches, M = 75 masked, d = 192, V = 8192, block as in benchmarks/flops.py.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+
+import torch
+import torch.nn.functional as F
+
+from flops import block_macs, matmul_peak, stem_macs, time_round_robin  # benchmarks/flops.py
+from sslvit.masking import block_masking
+from sslvit.models.vit import BackboneConfig, build_backbone
+from sslvit.objectives.beit import BEiT, BEiTConfig
+from sslvit.tokenizers.pixel import PixelTokenizer
+from sslvit.train.cpu_allocator import keep_freed_memory
+from sslvit.train.optim import build_adamw
+
+N, D, DEPTH = 196, 384, 12
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    keep_freed_memory()
+    torch.set_num_threads(args.threads)
+    B, V = args.batch, args.vocab
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {B}, vocab {V}, "
+          f"steps {args.steps}; load average at start %.2f %.2f %.2f" % os.getloadavg())
+    peak = matmul_peak(torch.float32)
+
+    torch.manual_seed(0)
+    tok = PixelTokenizer(V, patch_size=16, pixel_size=8)
+    tok.codebook = F.normalize(torch.randn(V, tok.codebook.shape[1]), dim=-1) * tok.codebook.shape[1] ** 0.5
+    backbone = build_backbone(BackboneConfig(size="small", patch_size=16, img_size=224, init_values=0.1))
+    model = BEiT(backbone, tok, BEiTConfig())
+    model.train()
+    opt = build_adamw(model, 1.5e-3 * B / 2048, 0.05, (0.9, 0.98))
+    imgs = torch.randn(B, 3, 224, 224)
+    mask_args = model.mask_args
+    masks = block_masking(B, **mask_args)
+    M = int(masks[0].sum())
+
+    def step() -> None:
+        out = model((imgs, masks))
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        out["loss"].item()
+
+    def masking() -> None:
+        block_masking(B, **mask_args)
+
+    def tokenisation() -> None:
+        tok.encode(imgs, masks)
+
+    times = time_round_robin({"step": step, "masking": masking, "tokenisation": tokenisation}, args.steps,
+                             args.warmup)
+    peak = max(peak, matmul_peak(torch.float32))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    step_flops = 3 * 2 * B * (N * stem_macs("hmlp", D) + DEPTH * block_macs(1 + N, D) + M * D * V)
+    tok_flops = 2 * B * M * tok.codebook.shape[1] * V
+    print(f"\npeak fp32 matmul 2048^3: {peak / 1e9:.1f} GFLOP/s")
+    print(f"step (incl. tokenisation) median {med['step']:.3f} s  {B / med['step']:.2f} img/s  "
+          f"{step_flops / 1e12:.3f} TFLOP  {step_flops / med['step'] / 1e9:.1f} GFLOP/s "
+          f"({step_flops / med['step'] / peak:.0%} of peak)  [{' '.join(f'{t:.2f}' for t in times['step'])}]")
+    print(f"block masking ({B} masks, {M} of {N} masked) median {med['masking'] * 1e3:.1f} ms")
+    print(f"tokenisation ({B * M} masked patches x {V} codes) median {med['tokenisation'] * 1e3:.1f} ms  "
+          f"({tok_flops / 1e9:.2f} GFLOP, {tok_flops / med['tokenisation'] / 1e9:.1f} GFLOP/s)")
+    share = (med["masking"] + med["tokenisation"]) / (med["step"] + med["masking"])
+    print(f"masking + tokenisation: {share:.2%} of the step (goal < 5%); "
+          f"masking alone {med['masking'] / (med['step'] + med['masking']):.2%}, "
+          f"tokenisation alone {med['tokenisation'] / (med['step'] + med['masking']):.2%}")
+
+
+if __name__ == "__main__":
+    main()
