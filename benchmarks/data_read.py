@@ -18,11 +18,18 @@ settings:
          (``posix_fadvise(DONTNEED)``), so every image comes from the disk, as it does for a
          data set larger than memory, the case shards are for.
 
-    python benchmarks/data_read.py [--n 4000 --px 64 --img 32 --workers 2 --rounds 3]
+Then, in this process alone (1 thread, warm cache, best of 3), what one image costs in each
+stage: reading its file, reading its tar members, decoding, the MAE transform, and the shard
+stream without the transform (tar + key grouping + decode + shuffle buffer). From these it
+prints the most any reader could gain over the folder here: (read file + decode + transform) /
+(decode + transform), a reader that costs nothing.
+
+    python benchmarks/data_read.py [--n 16000 --px 64 --img 32 --workers 2 --rounds 2]
 """
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import tempfile
 import time
@@ -34,7 +41,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from sslvit.data.dataset import build_dataset
-from sslvit.data.shard_reader import build_shard_dataset
+from sslvit.data.shard_reader import build_shard_dataset, tar_members
 from sslvit.data.shards import write_shards
 from sslvit.data.stream_loader import StreamLoader
 from sslvit.data.transforms import mae_train_transform
@@ -65,14 +72,60 @@ def epoch_rate(loader) -> float:
     return n / (time.perf_counter() - t)
 
 
+def stage_costs(files: list[Path], tars: list[Path], shards, tf) -> dict[str, float]:
+    """Microseconds per image of each stage, one process (best of 3 passes)."""
+    blobs: list[bytes] = []
+
+    def read_files():
+        blobs.clear()
+        for p in files:
+            with open(p, "rb") as fh:
+                blobs.append(fh.read())
+
+    def read_tars():
+        for p in tars:
+            with open(p, "rb") as fh:
+                for _ in tar_members(fh):
+                    pass
+
+    def decode():
+        for b in blobs:
+            with Image.open(io.BytesIO(b)) as im:
+                im.convert("RGB")
+
+    read_files()
+    images = [Image.open(io.BytesIO(b)).convert("RGB") for b in blobs[:2000]]
+
+    def transform():
+        for im in images:
+            tf(im)
+
+    def shard_stream():
+        for _ in shards:
+            pass
+
+    stages = {"read file": (read_files, len(files)), "read tar members": (read_tars, len(files)),
+              "decode": (decode, len(files)), "MAE transform": (transform, len(images)),
+              "shard stream (no transform)": (shard_stream, len(files))}
+    costs = {}
+    for name, (fn, n) in stages.items():
+        best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t)
+        costs[name] = best / n * 1e6
+    return costs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=4000)
+    ap.add_argument("--n", type=int, default=16000)
     ap.add_argument("--px", type=int, default=64)
     ap.add_argument("--img", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--max-count", type=int, default=500)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -106,12 +159,19 @@ def main() -> None:
                     if r:
                         rates[(cache, name)].append(rate)
         print("load average after timing: %.2f %.2f %.2f" % os.getloadavg())
+        shards.transform = None
+        costs = stage_costs(files["folder"], files["shards"], shards, tf)
     med = {k: float(np.median(v)) for k, v in rates.items()}
     for (cache, name), v in rates.items():
         print(f"  {cache} {name:7s} {med[(cache, name)]:8.0f} images/s   (rounds: {', '.join(f'{x:.0f}' for x in v)})")
     for cache in ("warm", "cold"):
         print(f"{cache}: shards / folder {med[(cache, 'shards')] / med[(cache, 'folder')]:.2f}x   (goal >= 1.5x)")
     print(f"writer: {write_rate:.0f} images/s with {args.workers} processes")
+    print("one image, one process (us): " + ", ".join(f"{k} {v:.1f}" for k, v in costs.items()))
+    work = costs["decode"] + costs["MAE transform"]
+    print(f"ceiling: a reader that costs nothing is at most {(costs['read file'] + work) / work:.2f}x faster than the "
+          f"folder here; the shard stream's own cost is {costs['shard stream (no transform)'] - costs['decode']:.1f} us "
+          f"against the folder's {costs['read file']:.1f} us")
 
 
 if __name__ == "__main__":
