@@ -1,8 +1,8 @@
 """Images/s of one BEiT training step on CPU, and the share of it spent on block masking and
 tokenisation.
 
-Configuration: ViT-S/16, 224 px, batch 32, LayerScale 0.1, 75 of 196 patches block-masked
-(BEiT's generator, exact count), pixel tokenizer with vocabulary 8192 (8 x 8 pooled patches,
+Configuration: ViT-S/16, 224 px, batch 32, LayerScale 0.1, 78 of 196 patches block-masked
+(``beit.mask_ratio`` 0.4, BEiT's generator, exact count), pixel tokenizer with vocabulary 8192 (8 x 8 pooled patches,
 192-d; the codebook is random unit vectors, which costs the same to search as a fitted one),
 fp32, fused AdamW from the loop's ``build_adamw`` (betas (0.9, 0.98), wd 0.05), global grad clip
 3.0. One step is what ``sslvit.train.loop.pretrain`` does for BEiT: forward (the tokenizer encodes
@@ -22,7 +22,7 @@ the batch, and ``tokenizer.encode`` of the masked patches. Share = (masking + to
 FLOP model (matmul FLOPs, 2 * MACs; training counts 3x the forward):
   step          = 3 * 2 * B * (N * hMLP stem + 12 * block(1 + N, 384) + M * 384 * V)
   tokenisation  = 2 * B * M * d * V (one matmul of the masked patches' vectors against the codebook)
-with N = 196 patches, M = 75 masked, d = 192, V = 8192, block as in benchmarks/flops.py.
+with N = 196 patches, M = 78 masked, d = 192, V = 8192, block as in benchmarks/flops.py.
 """
 from __future__ import annotations
 

@@ -1,9 +1,13 @@
 """Shared by the step benchmarks: the matmul FLOP model of ViT blocks and stems, the
-measured matmul peak of this machine, and the round-robin step timer. Run the benchmarks from the repo root
+measured matmul peak of this machine, the round-robin step timer, and its one-process-per-
+configuration form (``StepWorkers`` / ``serve_steps``). Run the benchmarks from the repo root
 (``python benchmarks/x.py``): this folder is then first on ``sys.path``."""
 from __future__ import annotations
 
 import os
+import resource
+import subprocess
+import sys
 import time
 
 import torch
@@ -59,8 +63,6 @@ class StepWorkers:
     calls ``serve_steps(step)``. -> ``time(n, warmup)``: name -> [seconds, minor page faults] per timed step."""
 
     def __init__(self, script: str, names: list[str], args: list[str]):
-        import subprocess
-        import sys
         self.names = names
         self.procs = {}
         for name in names:  # built one after the other: model building is not timed
@@ -102,8 +104,6 @@ def serve_steps(step) -> None:
     """Worker side of ``StepWorkers``: answer each ``step`` line with the step's seconds and its
     minor page faults, until ``quit``. Protocol lines start with '@@'; anything else on stdout is
     ignored by the parent."""
-    import resource
-    import sys
     print("@@ready", flush=True)
     for line in sys.stdin:
         if line.strip() == "quit":

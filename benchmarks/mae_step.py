@@ -214,7 +214,7 @@ def main() -> None:
     if args.profile:
         return profile(args.batch, args.threads)
     torch.set_num_threads(args.threads)
-    B, lr = args.batch, 1.5e-4 * args.batch / 256
+    B = args.batch
     bf16_ok = torch.ops.mkldnn._is_mkldnn_bf16_supported()
     print(f"torch {torch.__version__}, timm {timm.__version__}, lightly {lightly.__version__ if lightly else '-'}, "
           f"threads {torch.get_num_threads()}, batch {B}, steps {args.steps}, mkldnn bf16 supported: {bf16_ok}")

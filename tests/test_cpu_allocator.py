@@ -1,5 +1,6 @@
 """keep_freed_memory: freed large tensors are reused instead of page-faulted back in."""
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -25,7 +26,6 @@ print(json.dumps({"applied": applied, "faults": resource.getrusage(resource.RUSA
 
 def _faults(mode: str, env_off: bool = False) -> dict:
     env = {"SSLVIT_MALLOC_TUNING": "0"} if env_off else {}
-    import os
     out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True,
                          env={**os.environ, **env})
     return json.loads(out.stdout.strip().splitlines()[-1])
