@@ -26,42 +26,75 @@ def _fields(cls) -> dict[str, tuple[Any, Any]]:
     return {f.name: (hints[f.name], f) for f in dataclasses.fields(cls)}
 
 
+_NONE_TEXT = ("null", "none", "~", "")
+_TRUE_TEXT, _FALSE_TEXT = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """``value`` as the field's type ``tp`` means it. Values from YAML and the command line arrive
+    as text (``load_text_yaml``), so YAML 1.1's readings never apply: a ``str`` field keeps ``no``,
+    ``on`` or ``null`` as written, a ``float`` takes ``1e-3``, a tuple takes ``0.5,1`` or ``[0.5, 1]``;
+    ``null``/``none``/``~``/empty mean None only for an ``Optional`` field."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    text = value.strip() if isinstance(value, str) else None
     if origin is typing.Union:  # Optional[X]
-        if value is None:
+        if value is None or (text is not None and text.lower() in _NONE_TEXT):
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
     if tp is bool:
         if isinstance(value, bool):
             return value
+        if text is not None and text.lower() in _TRUE_TEXT + _FALSE_TEXT:
+            return text.lower() in _TRUE_TEXT
         raise ConfigError(f"'{key}' must be true or false (got {value!r}).")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-2 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"'{key}' must be a number (got {value!r}).")
+        try:
+            return float(text)
+        except (TypeError, ValueError):
+            raise ConfigError(f"'{key}' must be a number such as 0.5 or 1e-3 (got {value!r}).") from None
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
+        number = value if isinstance(value, float) else _number(text)
+        if number is not None and float(number).is_integer():
+            return int(number)
         raise ConfigError(f"'{key}' must be an integer (got {value!r}).")
     if tp is str:
+        if isinstance(value, (dict, list, tuple, bool)) or value is None:
+            raise ConfigError(f"'{key}' must be text (got {value!r}); quote it or write it plainly.")
         return str(value)
     if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"'{key}' must be a list like [0.9, 0.95] (got {value!r}).")
-        item = args[0] if args else Any
-        out = [_coerce(v, item, key) if item is not Any and item is not Ellipsis else v for v in value]
-        return tuple(out) if origin is tuple else out
+        return _coerce_sequence(value, text, tp, key)
     return value
+
+
+def _number(text: Optional[str]) -> Optional[float]:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _coerce_sequence(value: Any, text: Optional[str], tp: Any, key: str) -> tuple | list:
+    """A list from YAML, ``[0.5, 1]`` or ``0.5,1`` -> tuple/list of the element types; a fixed
+    tuple (``tuple[float, float]``) must get exactly its length."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if text is not None:
+        inner = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+        value = [v.strip() for v in inner.split(",")] if inner.strip() else []
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"'{key}' must be a list like 0.9,0.95 or [0.9, 0.95] (got {value!r}).")
+    variadic = not args or (len(args) == 2 and args[1] is Ellipsis)
+    if not variadic and len(value) != len(args):
+        raise ConfigError(f"'{key}' takes {len(args)} values, like "
+                          f"{','.join(['0.5'] * len(args))} (got {len(value)}: {value!r}).")
+    types = [args[0]] * len(value) if variadic and args else list(args) or [Any] * len(value)
+    out = [v if t is Any else _coerce(v, t, key) for v, t in zip(value, types)]
+    return tuple(out) if origin is tuple else out
 
 
 def _apply(cfg, updates: dict, prefix: str = "") -> None:
@@ -102,7 +135,8 @@ def _merge(a: dict, b: dict) -> dict:
 
 
 def parse_overrides(argv: list[str]) -> tuple[Optional[str], dict]:
-    """argv -> (path of --config or None, nested dict of overrides). Values are parsed as YAML."""
+    """argv -> (path of --config or None, nested dict of overrides). Values stay text, typed later
+    by their dataclass fields (so ``--train.precision no`` is the text ``no``, not YAML's False)."""
     config_path = None
     overrides: dict = {}
     i = 0
@@ -127,13 +161,15 @@ def parse_overrides(argv: list[str]) -> tuple[Optional[str], dict]:
         if key == "config":
             config_path = raw
         else:
-            try:
-                value = yaml.safe_load(raw) if raw != "" else ""
-            except yaml.YAMLError:
-                value = raw
-            _merge(overrides, _nest(key, value))
+            _merge(overrides, _nest(key, raw))  # text: typed by its field in _coerce
         i += 1
     return config_path, overrides
+
+
+def load_text_yaml(text: str) -> Any:
+    """YAML with every scalar kept as its text (``yaml.BaseLoader``): ``no``, ``on``, ``1e-3`` and
+    ``null`` are read as written, and each config field types its own value (``_coerce``)."""
+    return yaml.load(text, Loader=yaml.BaseLoader)
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -141,9 +177,12 @@ def load_yaml(path: str | Path) -> dict:
     if not p.is_file():
         raise ConfigError(f"Config file '{p}' does not exist; pass --config with the path of a YAML file.")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = load_text_yaml(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"Config file '{p}' is not valid YAML ({e.__class__.__name__}); fix its syntax.") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"Config file '{p}' is not valid YAML{where} ({getattr(e, 'problem', None) or e}); "
+                          "fix its syntax.") from None
     if not isinstance(data, dict):
         raise ConfigError(f"Config file '{p}' must hold a mapping of keys to values.")
     return data

@@ -11,7 +11,7 @@ import yaml
 from accelerate import PartialState
 from accelerate.utils import set_seed
 
-from sslvit.config import ConfigError, build_config, plain_dict
+from sslvit.config import ConfigError, build_config, load_text_yaml, plain_dict
 from sslvit.data.dataset import build_dataset, first_items
 from sslvit.data.folder import DataError
 from sslvit.data.shard_reader import build_shard_dataset, is_shard_spec
@@ -25,7 +25,7 @@ NUM_PICTURES = 8
 
 
 def load_presets(name: str) -> dict:
-    return yaml.safe_load(resources.files("sslvit.presets").joinpath(f"{name}.yaml").read_text())
+    return load_text_yaml(resources.files("sslvit.presets").joinpath(f"{name}.yaml").read_text())
 
 
 def run_pretraining(config_cls, preset: str, argv=None) -> Path:
