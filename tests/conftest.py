@@ -5,8 +5,10 @@ from PIL import Image
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_threads():
+def _seed_and_threads(tmp_path, monkeypatch):
     torch.manual_seed(0)
+    # each test its own cache (precision timings): nothing carries over from another test or run
+    monkeypatch.setenv("SSLVIT_CACHE", str(tmp_path / "cache"))
     yield
 
 

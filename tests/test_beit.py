@@ -111,7 +111,7 @@ def test_grid_aware_masking_defaults_and_beit_optimizer_defaults():
              BEiTConfig())
 
 
-TINY = ["--model.size", "tiny", "--model.depth", "2", "--model.patch_size", "4", "--model.img_size", "16",
+TINY = ["--train.precision", "fp32", "--model.size", "tiny", "--model.depth", "2", "--model.patch_size", "4", "--model.img_size", "16",
         "--tokenizer.vocab", "16", "--tokenizer.fit_images", "48", "--tokenizer.iters", "3",
         "--train.batch_size", "16", "--train.epochs", "2", "--train.warmup_epochs", "1", "--train.num_workers", "0",
         "--train.log_every", "1", "--train.save_every", "1", "--train.picture_every", "2", "--train.blr", "1e-2"]

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from sslvit.objectives.mae import MAERunConfig
 from sslvit.train.entry import run_pretraining
 
-TINY = ["--model.size", "tiny", "--model.depth", "2", "--model.patch_size", "4", "--model.img_size", "16",
+TINY = ["--train.precision", "fp32", "--model.size", "tiny", "--model.depth", "2", "--model.patch_size", "4", "--model.img_size", "16",
         "--mae.decoder_dim", "32", "--mae.decoder_depth", "1", "--mae.decoder_heads", "2",
         "--train.batch_size", "16", "--train.epochs", "2", "--train.warmup_epochs", "1", "--train.num_workers", "0",
         "--train.log_every", "1", "--train.save_every", "1", "--train.picture_every", "1", "--train.blr", "1e-2"]

@@ -13,7 +13,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 REPO = Path(__file__).resolve().parents[1]
-ARGS = ["--train.epochs", "3", "--train.save_every", "1", "--train.knn_every", "0", "--train.picture_every", "3",
+ARGS = ["--train.precision", "fp32", "--train.epochs", "3", "--train.save_every", "1", "--train.knn_every", "0", "--train.picture_every", "3",
         "--train.log_every", "1"]
 STEPS_PER_EPOCH = 1500 // 128
 

@@ -201,7 +201,8 @@ class DINO(nn.Module):
         self.loss = DINOLoss(cfg.out_dim, cfg.student_temp, cfg.center_momentum)
         self.guard = CollapseGuard(cfg.out_dim, cfg.collapse_window, cfg.collapse_low, cfg.collapse_high)
         self.window_step = -1  # the optimizer step whose teacher outputs the center window holds
-        self.teacher_temp = teacher_temperature(0, 1, cfg)
+        # a tensor, so a compiled forward reads its value instead of recompiling at every new one
+        self.register_buffer("teacher_temp", torch.tensor(teacher_temperature(0, 1, cfg)), persistent=False)
 
     @property
     def backbone(self) -> SSLViT:
@@ -218,10 +219,10 @@ class DINO(nn.Module):
         loss, entropy = self.loss(student_out, teacher_out, n_views, self.teacher_temp)
         # KL(teacher || student) averaged over the pairs = cross-entropy - teacher entropy
         return {"loss": loss, "teacher_entropy": entropy.detach(), "kl": (loss - entropy).detach(),
-                "teacher_temp": loss.new_tensor(self.teacher_temp)}
+                "teacher_temp": self.teacher_temp.detach().clone()}
 
     def on_step_start(self, step: int, total_steps: int, steps_per_epoch: int) -> None:
-        self.teacher_temp = teacher_temperature(step, steps_per_epoch, self.cfg)
+        self.teacher_temp.fill_(teacher_temperature(step, steps_per_epoch, self.cfg))
         if step != self.window_step:  # a new optimizer step: drop what a skipped one left behind
             self.loss.reset_window()
             self.window_step = step

@@ -92,14 +92,19 @@ class MAE(nn.Module):
     def on_batch(self, key: int, rows: slice, global_size: int) -> None:
         self.batch_key = (key, rows, global_size)
 
+    @torch.compiler.disable  # the batch key changes every step: compiled, it would recompile every step
+    def _mask_noise(self, num_patches: int, device) -> torch.Tensor | None:
+        """(B, N) masking noise keyed by the rows of the global batch, or None (torch's RNG)."""
+        if not self.training or self.batch_key is None:
+            return None
+        key, rows, global_size = self.batch_key
+        return global_batch_rows(key, rows, global_size, num_patches, device)
+
     def forward_pred(self, imgs: torch.Tensor):
         """imgs (B, C, H, W) -> pred (B, N, P*P*C), target (B, N, P*P*C), mask (B, N)."""
         patches = self.backbone.patchify(imgs)
         B, N = patches.shape[:2]
-        noise = None
-        if self.training and self.batch_key is not None:
-            key, rows, global_size = self.batch_key
-            noise = global_batch_rows(key, rows, global_size, N, imgs.device)
+        noise = self._mask_noise(N, imgs.device)
         ids_keep, mask, ids_restore = random_masking(B, N, self.cfg.mask_ratio, device=imgs.device, noise=noise)
         latent = self.backbone.forward_visible(imgs, ids_keep)
         pred = self.decoder(latent, ids_restore)

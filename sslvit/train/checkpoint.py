@@ -69,7 +69,8 @@ def save_checkpoint(accelerator, run_dir: Path, epoch: int, step: int, keep: int
             time.sleep(float(os.environ["SSLVIT_TEST_CHECKPOINT_PAUSE"]))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            (tmp / "meta.json").write_text(json.dumps({"epoch": epoch, "step": step}))
+            (tmp / "meta.json").write_text(json.dumps({"epoch": epoch, "step": step,
+                                                       "precision": accelerator.mixed_precision}))
             _fsync_dir(tmp)
     except OSError as e:  # disk full, quota, a vanished mount: the previous checkpoint stays the latest
         shutil.rmtree(tmp, ignore_errors=True)

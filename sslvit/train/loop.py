@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -46,9 +45,11 @@ from sslvit.eval.knn import knn_classify
 from sslvit.models.export import export_backbone
 from sslvit.train.checkpoint import (CheckpointError, check_writable, latest_checkpoint, read_meta, save_checkpoint,
                                      verify_loadable)
-from sslvit.train.devices import build_accelerator
+from sslvit.train.devices import build_accelerator, process_state
+from sslvit.train.compiled import check_compile_backend, compile_objective
 from sslvit.train.optim import build_adamw, clip_grad_per_param_
 from sslvit.train.pictures import save_columns
+from sslvit.train.precision import PRECISIONS, PrecisionChoice, measure_step, resolve_precision
 from sslvit.train.schedules import cosine_schedule, scaled_lr
 
 
@@ -66,7 +67,8 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     clip_grad: Optional[float] = None  # max grad norm
     clip_mode: str = "global"  # global (one norm over all parameters) | per_param (DINO: each parameter's own norm)
-    precision: str = "auto"  # auto (bf16 where the hardware has it, else fp32) | no | bf16 | fp16
+    precision: str = "auto"  # auto (GPU: bf16; CPU: the faster of fp32 and bf16, timed) | fp32 (= no) | bf16 | fp16
+    compile: str = "off"  # off | a torch.compile backend (inductor: fuses the elementwise tail; minutes to compile)
     seed: int = 0
     num_workers: int = 4
     log_every: int = 20  # optimizer steps
@@ -82,8 +84,10 @@ class TrainConfig:
     data_resampled: bool = False  # shards: draw shards with replacement forever (epoch = the index's count)
 
     def validate(self) -> None:
-        if self.precision not in ("auto", "no", "bf16", "fp16"):
-            raise ValueError(f"train.precision '{self.precision}' is unknown; use auto, no, bf16 or fp16.")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision '{self.precision}' is unknown; use auto, fp32 (or no), bf16 or fp16.")
+        if self.compile != "off":
+            check_compile_backend(self.compile)
         if self.clip_mode not in ("global", "per_param"):
             raise ValueError(f"train.clip_mode '{self.clip_mode}' is unknown; use global or per_param.")
         for name in ("epochs", "batch_size", "accum_steps", "log_every", "save_every", "picture_every",
@@ -96,23 +100,17 @@ class TrainingDiverged(RuntimeError):
     pass
 
 
-def resolve_precision(precision: str) -> str:
-    """'auto' -> 'bf16' on a GPU or CPU with native bf16, else 'no' (fp32).
-
-    fp16 is never chosen automatically: it is about 1 GFLOP/s on CPUs and overflows in
-    DINO's softmax on GPUs without loss scaling care."""
-    if precision != "auto":
-        return precision
-    env = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    if env != "no":
-        return env
-    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")
-    if torch.cuda.is_available() and not use_cpu:
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    try:
-        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
-    except (AttributeError, RuntimeError):
-        return "no"
+def choose_precision(tc: TrainConfig, objective, train_set, collate_fn, resume_from: Optional[Path]) -> PrecisionChoice:
+    """``train.precision`` for this run: a resumed ``auto`` run keeps the checkpoint's precision;
+    otherwise ``resolve_precision`` (which may time the run's own step), the main process's
+    choice on every process."""
+    saved = read_meta(resume_from).get("precision") if resume_from is not None else None
+    if tc.precision == "auto" and saved:
+        return PrecisionChoice(saved, "kept from the checkpoint being resumed")
+    choice = resolve_precision(tc.precision, lambda: measure_step(objective, train_set, tc.batch_size, collate_fn))
+    if process_state().num_processes > 1:
+        choice = broadcast_object_list([choice])[0]
+    return choice
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -164,15 +162,20 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
     tc: TrainConfig = cfg.train
     tc.validate()
     run_dir = Path(cfg.out).expanduser()
+    resume_from = latest_checkpoint(run_dir) if cfg.resume else None
+    processes = process_state().num_processes
+    if len(train_set) < tc.batch_size * processes:
+        raise ValueError(f"The training data has {len(train_set)} images, fewer than one batch of "
+                         f"{tc.batch_size} x {processes} processes; lower train.batch_size.")
+    choice = choose_precision(tc, objective, train_set, collate_fn, resume_from)
     accelerator = build_accelerator(
-        mixed_precision=resolve_precision(tc.precision),
+        mixed_precision=choice.precision,
         gradient_accumulation_steps=tc.accum_steps,
         log_with="tensorboard",
         project_dir=str(run_dir),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     main = accelerator.is_main_process
-    resume_from = latest_checkpoint(run_dir) if cfg.resume else None
     if not cfg.resume and latest_checkpoint(run_dir) is not None:
         raise FileExistsError(f"Run directory '{run_dir}' already holds checkpoints; pass --resume to continue "
                               "that run, or --out a new directory.")
@@ -191,10 +194,6 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
     if main:
         save_yaml(cfg, run_dir / "config.yaml")
     set_seed(tc.seed)
-
-    if len(train_set) < tc.batch_size * accelerator.num_processes:
-        raise ValueError(f"The training data has {len(train_set)} images, fewer than one batch of "
-                         f"{tc.batch_size} x {accelerator.num_processes} processes; lower train.batch_size.")
     effective_batch = tc.batch_size * accelerator.num_processes * tc.accum_steps
     base_lr = tc.lr if tc.lr is not None else scaled_lr(tc.blr, effective_batch)
     optimizer = build_adamw(objective, base_lr, tc.weight_decay, tc.betas)
@@ -209,6 +208,8 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
                             persistent_workers=False)  # fresh worker seeds per epoch keep resume exact
         model, optimizer, loader = accelerator.prepare(objective, optimizer, loader)
     raw = accelerator.unwrap_model(model)
+    if tc.compile != "off":
+        accelerator.print(compile_objective(raw, tc.compile))
 
     steps_per_epoch = len(loader) // tc.accum_steps
     total_steps = tc.epochs * steps_per_epoch
@@ -229,7 +230,7 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
     log_file = open(run_dir / "log.jsonl", "a") if main else None
     if main:
         accelerator.print(f"Run directory: {run_dir}  |  {accelerator.num_processes} process(es) on "
-                          f"{accelerator.device}, precision {accelerator.mixed_precision}, effective batch "
+                          f"{accelerator.device}, precision {choice.name} ({choice.reason}), effective batch "
                           f"{effective_batch}, lr {base_lr:.3g}, {steps_per_epoch} steps/epoch")
 
     def log(record: dict) -> None:
@@ -238,6 +239,8 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
             log_file.flush()
         accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=step)
 
+    log({"step": step, "precision": choice.name, "precision_reason": choice.reason,
+         **({"precision_timings_s": choice.timings, "precision_choice_s": choice.cost_s} if choice.timings else {})})
     last_epoch = tc.epochs - 1 if tc.stop_after is None else min(tc.epochs, start_epoch + tc.stop_after) - 1
     window_finite, bad_streak, bad_step, micro = True, 0, None, 0
     try:
