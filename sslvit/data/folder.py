@@ -7,6 +7,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from sslvit.data.decode import to_rgb
+
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -33,10 +35,10 @@ def scan_folder(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
 
 
 def load_rgb(path: Path) -> Image.Image | None:
-    """The image as RGB, or None (with a warning) when it cannot be decoded."""
+    """The image as upright 8-bit RGB (``to_rgb``), or None (with a warning) when it cannot be decoded."""
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            return to_rgb(img)
     except Exception as e:  # PIL raises many types for corrupt files
         warnings.warn(f"Skipping unreadable image '{path}' ({e.__class__.__name__}).", stacklevel=2)
         return None

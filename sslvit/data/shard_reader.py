@@ -36,6 +36,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
+from sslvit.data.decode import to_rgb
 from sslvit.data.folder import DataError
 from sslvit.data.shards import read_index
 
@@ -126,7 +127,7 @@ def decode_sample(sample: dict) -> tuple[Optional[Image.Image], int, Optional[st
             return None, -1, "bad label"
     try:
         with Image.open(io.BytesIO(sample[key])) as img:
-            return img.convert("RGB"), label, None
+            return to_rgb(img), label, None
     except Exception:  # PIL raises many types for corrupt bytes
         return None, -1, "corrupt image"
 

@@ -1,0 +1,62 @@
+"""Bad or unusual input: nothing silently wrong. Each case failed (or was silent) before its fix."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sslvit.data.folder import load_rgb
+from sslvit.data.shard_reader import decode_sample
+
+
+def _exif_rotated_jpeg(path):
+    """A 20 wide x 10 high JPEG, left half black, right half white, tagged 'rotate 90 CW to view'
+    (EXIF orientation 6): a viewer shows it 10 wide x 20 high, black on top."""
+    arr = np.zeros((10, 20, 3), np.uint8)
+    arr[:, 10:] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(arr).save(path, exif=exif, quality=95)
+    return path.read_bytes()
+
+
+def _both_readers(path):
+    """The image as the folder reader and as the shard reader see it."""
+    img, _, problem = decode_sample({"png" if path.suffix == ".png" else "jpg": path.read_bytes()})
+    assert problem is None
+    return [load_rgb(path), img]
+
+
+def test_exif_orientation_is_applied_by_every_reader(tmp_path):
+    _exif_rotated_jpeg(tmp_path / "portrait.jpg")
+    for img in _both_readers(tmp_path / "portrait.jpg"):
+        arr = np.asarray(img)
+        assert img.size == (10, 20)  # upright: 10 wide, 20 high
+        assert arr[:8].mean() < 30 and arr[12:].mean() > 225  # black on top, as the viewer shows it
+
+
+@pytest.mark.parametrize("make, expected", [
+    # 16-bit grey ramp 0..65535 -> 0..255 (convert("RGB") clipped 99.6% of it to 255)
+    (lambda: Image.fromarray((np.arange(4096).reshape(16, 256) * 16).astype(np.uint16)),
+     lambda: np.rint(np.arange(4096).reshape(16, 256) * 16 * 255 / 65535)),
+    # float image in [0, 1] -> 0..255
+    (lambda: Image.fromarray(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)),
+     lambda: np.rint(np.linspace(0, 1, 64).reshape(8, 8) * 255)),
+])
+def test_16_bit_and_float_images_are_scaled_to_8_bit(make, expected, tmp_path):
+    path = tmp_path / "wide.tiff"
+    make().save(path)
+    buf = io.BytesIO()
+    make().save(buf, format="TIFF")
+    img_shard, _, _ = decode_sample({"tiff": buf.getvalue()})
+    for img in (load_rgb(path), img_shard):
+        arr = np.asarray(img).astype(np.float64)
+        assert img.mode == "RGB" and np.abs(arr[..., 0] - expected()).max() <= 1
+
+
+def test_a_16_bit_png_keeps_its_tones(tmp_path):
+    ramp = (np.arange(4096).reshape(16, 256) * 16).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    for img in _both_readers(tmp_path / "ramp.png"):
+        arr = np.asarray(img)[..., 0].astype(np.float64)
+        assert np.abs(arr - ramp.astype(np.float64) * 255 / 65535).max() <= 1
