@@ -166,10 +166,37 @@ def parse_overrides(argv: list[str]) -> tuple[Optional[str], dict]:
     return config_path, overrides
 
 
-def load_text_yaml(text: str) -> Any:
-    """YAML with every scalar kept as its text (``yaml.BaseLoader``): ``no``, ``on``, ``1e-3`` and
-    ``null`` are read as written, and each config field types its own value (``_coerce``)."""
-    return yaml.load(text, Loader=yaml.BaseLoader)
+class _TextLoader(yaml.BaseLoader):
+    """``yaml.BaseLoader`` (every scalar kept as text) that also notes keys set twice in one mapping."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.duplicates: list[tuple[str, int, int]] = []  # (key, first line, later line)
+
+    def construct_mapping(self, node, deep=False):
+        lines: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str):
+                if key in lines:
+                    self.duplicates.append((key, lines[key], key_node.start_mark.line + 1))
+                lines[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def load_text_yaml(text: str, source: str = "the YAML") -> Any:
+    """YAML with every scalar kept as its text: ``no``, ``on``, ``1e-3`` and ``null`` are read as
+    written, and each config field types its own value (``_coerce``). A key set twice in one
+    mapping is a warning on stderr naming both lines (the later one wins, as in YAML)."""
+    loader = _TextLoader(text)
+    try:
+        data = loader.get_single_data()
+    finally:
+        loader.dispose()
+    for key, first, later in loader.duplicates:
+        print(f"warning: {source} sets '{key}' twice (lines {first} and {later}); line {later} is used.",
+              file=sys.stderr)
+    return data
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -177,7 +204,7 @@ def load_yaml(path: str | Path) -> dict:
     if not p.is_file():
         raise ConfigError(f"Config file '{p}' does not exist; pass --config with the path of a YAML file.")
     try:
-        data = load_text_yaml(p.read_text()) or {}
+        data = load_text_yaml(p.read_text(), source=f"config file '{p}'") or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

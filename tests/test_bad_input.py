@@ -60,3 +60,20 @@ def test_a_16_bit_png_keeps_its_tones(tmp_path):
     for img in _both_readers(tmp_path / "ramp.png"):
         arr = np.asarray(img)[..., 0].astype(np.float64)
         assert np.abs(arr - ramp.astype(np.float64) * 255 / 65535).max() <= 1
+
+
+def test_a_run_whose_every_step_is_skipped_is_an_error_not_done_and_exports_nothing(tmp_path, image_folder,
+                                                                                   fresh_accelerate, monkeypatch):
+    """A loss that is NaN at every step (as mask ratio 0 gave: 0 / 0 masked patches) within fewer
+    steps than train.max_bad_steps: the run used to print Done and export an untrained backbone."""
+    import sslvit.objectives.mae as mae
+    from sslvit.objectives.mae import MAERunConfig
+    from sslvit.train.entry import run_pretraining
+    from sslvit.train.loop import TrainingDiverged
+    from tests.test_end_to_end import TINY
+
+    monkeypatch.setattr(mae, "mae_loss", lambda pred, target, mask, norm: (pred * float("nan")).mean())
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match=r"Every step of the run so far \(3 up to epoch 1\) was skipped"):
+        run_pretraining(MAERunConfig, "mae", argv=[*TINY, "--data", str(image_folder), "--out", str(run)])
+    assert not (run / "backbone.safetensors").exists() and not (run / "checkpoints").exists()

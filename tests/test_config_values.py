@@ -96,3 +96,12 @@ def test_a_yaml_syntax_error_names_the_line(tmp_path):
     f.write_text("train:\n  epochs: 3\n  betas: [0.9, 0.95\nmodel:\n  size: small\n")
     with pytest.raises(ConfigError, match=r"c.yaml' is not valid YAML at line \d+"):
         build_config(MAERunConfig, ["--config", str(f)])
+
+
+def test_a_key_set_twice_in_a_yaml_file_is_a_warning_naming_both_lines(tmp_path, capsys):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  epochs: 3\n  blr: 1e-3\n  epochs: 5\n")
+    cfg = build_config(MAERunConfig, ["--config", str(f)])
+    assert cfg.train.epochs == 5
+    err = capsys.readouterr().err
+    assert f"config file '{f}' sets 'epochs' twice (lines 2 and 4); line 4 is used." in err

@@ -47,6 +47,9 @@ class BackboneConfig:
             raise ValueError(f"model.pos_embed '{self.pos_embed}' is unknown; use 'sincos' or 'learned'.")
         if self.stem == "hmlp":
             hmlp_kernels(self.patch_size)
+        if self.patch_size < 1 or self.img_size < self.patch_size:
+            raise ValueError(f"model.img_size {self.img_size} holds no patch of model.patch_size {self.patch_size}; "
+                             "use a positive image size that is a multiple of the patch size.")
         if self.img_size % self.patch_size:
             raise ValueError(f"model.img_size {self.img_size} is not a multiple of model.patch_size "
                              f"{self.patch_size}; pick sizes that divide.")

@@ -29,7 +29,10 @@ class MAEConfig:
     def validate(self, num_patches: int) -> None:
         if not 0.0 <= self.mask_ratio < 1.0 or int(num_patches * (1 - self.mask_ratio)) < 1:
             raise ValueError(f"mae.mask_ratio {self.mask_ratio} leaves no visible patch of {num_patches}; use a "
-                             "ratio in [0, 1) that keeps at least one (0.75 is MAE's).")
+                             "ratio in (0, 1) that keeps at least one (0.75 is MAE's).")
+        if num_patches - int(num_patches * (1 - self.mask_ratio)) < 1:
+            raise ValueError(f"mae.mask_ratio {self.mask_ratio} masks no patch of {num_patches}, so there is nothing "
+                             "to reconstruct; use a ratio in (0, 1) (0.75 is MAE's).")
         if self.decoder_dim % self.decoder_heads:
             raise ValueError(f"mae.decoder_dim {self.decoder_dim} is not divisible by mae.decoder_heads "
                              f"{self.decoder_heads}; pick a head count that divides it.")

@@ -94,6 +94,16 @@ class TrainConfig:
                      "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1 (got {getattr(self, name)}).")
+        for name in ("blr", "lr", "clip_grad"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"train.{name} must be > 0 (got {value}).")
+        for name in ("min_lr", "warmup_epochs", "weight_decay", "weight_decay_end"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise ValueError(f"train.{name} must be >= 0 (got {value}).")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"train.betas must each be in [0, 1) (got {list(self.betas)}); AdamW's are 0.9,0.999.")
 
 
 class TrainingDiverged(RuntimeError):
@@ -242,7 +252,7 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
     log({"step": step, "precision": choice.name, "precision_reason": choice.reason,
          **({"precision_timings_s": choice.timings, "precision_choice_s": choice.cost_s} if choice.timings else {})})
     last_epoch = tc.epochs - 1 if tc.stop_after is None else min(tc.epochs, start_epoch + tc.stop_after) - 1
-    window_finite, bad_streak, bad_step, micro = True, 0, None, 0
+    window_finite, bad_streak, bad_step, micro, applied = True, 0, None, 0, 0
     try:
         for epoch in range(start_epoch, last_epoch + 1):
             loader.set_epoch(epoch)
@@ -318,7 +328,7 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
                             "Likely causes: a learning rate too high (lower train.blr, or set train.clip_grad) or "
                             "fp16 overflow (use train.precision bf16 or no); then --resume.")
                     continue
-                bad_streak = 0
+                bad_streak, applied = 0, applied + 1
                 if hasattr(raw, "after_step"):
                     raw.after_step(step, total_steps)
                 if step % tc.log_every == 0:
@@ -362,6 +372,11 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
                     accelerator.print(f"epoch {epoch + 1}/{tc.epochs}  online k-NN (k={tc.knn_k}) top-1 "
                                       f"{record['knn_top1']:.2f}")
                 accelerator.wait_for_everyone()
+            if applied == 0:  # nothing learned: neither checkpoint nor export an untrained backbone
+                raise TrainingDiverged(
+                    f"Every step of the run so far ({step} up to epoch {epoch + 1}) was skipped for a non-finite "
+                    "loss or gradients, so nothing was learned; check the objective's settings (e.g. a mask ratio "
+                    "that masks nothing) and train.blr, then start again.")
             if (epoch + 1) % tc.save_every == 0 or is_last:
                 save_checkpoint(accelerator, run_dir, epoch, step, keep=tc.keep_checkpoints)
                 _export(accelerator, model, raw, cfg, run_dir)
