@@ -4,7 +4,7 @@ tokenisation.
 Configuration: ViT-S/16, 224 px, batch 32, LayerScale 0.1, 78 of 196 patches block-masked
 (``beit.mask_ratio`` 0.4, BEiT's generator, exact count), pixel tokenizer with vocabulary 8192 (8 x 8 pooled patches,
 192-d; the codebook is random unit vectors, which costs the same to search as a fitted one),
-fp32, fused AdamW from the loop's ``build_adamw`` (betas (0.9, 0.98), wd 0.05), global grad clip
+fp32 (and bf16 autocast where the CPU has native bf16), fused AdamW from the loop's ``build_adamw`` (betas (0.9, 0.98), wd 0.05), global grad clip
 3.0. One step is what ``sslvit.train.loop.pretrain`` does for BEiT: forward (the tokenizer encodes
 the masked patches under no_grad inside it, then the encoder over the full sequence with mask
 tokens, the head on the masked positions and the cross-entropy), backward, clipping, optimizer
@@ -27,13 +27,13 @@ with N = 196 patches, M = 78 masked, d = 192, V = 8192, block as in benchmarks/f
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 
 import torch
 import torch.nn.functional as F
 
-from flops import block_macs, matmul_peak, stem_macs, time_round_robin  # benchmarks/flops.py
+from flops import (block_macs, default_precision, matmul_peak, peak_fractions, print_machine, stem_macs,
+                   time_round_robin)  # benchmarks/flops.py
 from sslvit.masking import block_masking
 from sslvit.models.vit import BackboneConfig, build_backbone
 from sslvit.objectives.beit import BEiT, BEiTConfig
@@ -55,9 +55,10 @@ def main() -> None:
     keep_freed_memory()
     torch.set_num_threads(args.threads)
     B, V = args.batch, args.vocab
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {B}, vocab {V}, "
-          f"steps {args.steps}; load average at start %.2f %.2f %.2f" % os.getloadavg())
-    peak = matmul_peak(torch.float32)
+    bf16_ok = print_machine(f"batch {B}, vocab {V}, steps {args.steps} (+{args.warmup} warm-up)")
+    peak = {"fp32": matmul_peak(torch.float32)}
+    if bf16_ok:
+        peak["bf16"] = matmul_peak(torch.bfloat16)
 
     torch.manual_seed(0)
     tok = PixelTokenizer(V, patch_size=16, pixel_size=8)
@@ -71,8 +72,9 @@ def main() -> None:
     masks = block_masking(B, **mask_args)
     M = int(masks[0].sum())
 
-    def step() -> None:
-        out = model((imgs, masks))
+    def step(bf16: bool = False) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model((imgs, masks))
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
         opt.step()
@@ -85,16 +87,25 @@ def main() -> None:
     def tokenisation() -> None:
         tok.encode(imgs, masks)
 
-    times = time_round_robin({"step": step, "masking": masking, "tokenisation": tokenisation}, args.steps,
-                             args.warmup)
-    peak = max(peak, matmul_peak(torch.float32))
+    steps = {"step": step, "masking": masking, "tokenisation": tokenisation}
+    if bf16_ok:
+        steps["step bf16"] = lambda: step(bf16=True)
+    times = time_round_robin(steps, args.steps, args.warmup)
+    peak["fp32"] = max(peak["fp32"], matmul_peak(torch.float32))
     med = {k: statistics.median(v) for k, v in times.items()}
     step_flops = 3 * 2 * B * (N * stem_macs("hmlp", D) + DEPTH * block_macs(1 + N, D) + M * D * V)
     tok_flops = 2 * B * M * tok.codebook.shape[1] * V
-    print(f"\npeak fp32 matmul 2048^3: {peak / 1e9:.1f} GFLOP/s")
-    print(f"step (incl. tokenisation) median {med['step']:.3f} s  {B / med['step']:.2f} img/s  "
-          f"{step_flops / 1e12:.3f} TFLOP  {step_flops / med['step'] / 1e9:.1f} GFLOP/s "
-          f"({step_flops / med['step'] / peak:.0%} of peak)  [{' '.join(f'{t:.2f}' for t in times['step'])}]")
+    print("\npeak matmul 2048^3: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peak.items()))
+    for name in [n for n in ("step", "step bf16") if n in med]:
+        fps = step_flops / med[name]
+        print(f"{name + ' (incl. tokenisation)':30s} median {med[name]:.3f} s  {B / med[name]:.2f} img/s  "
+              f"{step_flops / 1e12:.3f} TFLOP  {fps / 1e9:.1f} GFLOP/s ({peak_fractions(fps, peak)})  "
+              f"[{' '.join(f'{t:.2f}' for t in times[name])}]")
+    default = default_precision(med["step"], med.get("step bf16"))
+    print(f"sslvit default (train.precision auto's rule on these timings): {default}")
+    for prec, name, goal in (("fp32", "step", 0.8), ("bf16", "step bf16", 0.7)):
+        if name in med:
+            print(f"{name} at {step_flops / med[name] / peak[prec]:.0%} of the {prec} matmul peak (goal >= {goal:.0%})")
     print(f"block masking ({B} masks, {M} of {N} masked) median {med['masking'] * 1e3:.1f} ms")
     print(f"tokenisation ({B * M} masked patches x {V} codes) median {med['tokenisation'] * 1e3:.1f} ms  "
           f"({tok_flops / 1e9:.2f} GFLOP, {tok_flops / med['tokenisation'] / 1e9:.1f} GFLOP/s)")

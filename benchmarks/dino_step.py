@@ -3,7 +3,7 @@
 Configuration: ViT-S/16 (learned position embedding, dynamic image size, student drop path 0.1,
 teacher 0), 2 global crops of --img px + 6 local crops of --local-img px, batch B (images/s counts
 the B images, not the 8B crops), head 384 -> 2048 -> 2048 -> 256 -> K (weight-normed last layer),
-fp32. One step = student forward on every crop + teacher forward on the 2 global crops, DINO loss,
+fp32 (and bf16 autocast on CPUs with native bf16). One step = student forward on every crop + teacher forward on the 2 global crops, DINO loss,
 backward, per-parameter gradient clipping (max norm 3), optimizer step, zero_grad, EMA teacher
 update. The configurations are timed round-robin (--warmup steps, then --steps timed steps each,
 median reported) so machine noise hits each equally.
@@ -11,7 +11,9 @@ median reported) so machine noise hits each equally.
   sslvit:  ``DINO`` driven exactly as ``sslvit.train.loop.pretrain`` drives it (on_step_start, lr/wd
            into the param groups, forward on [globals (2B), locals (6B)], backward, clip_grad_per_param_,
            before_optimizer_step(epoch=1), fused AdamW from build_adamw, zero_grad, loss.item(),
-           after_step); under ``resolve_precision('auto')``: bf16 autocast where that says bf16.
+           after_step); in fp32, and under bf16 autocast where the CPU has native bf16 (then lightly
+           too, as Lightning's bf16-mixed runs it). sslvit's default is what ``train.precision
+           auto`` picks from this run's own timings.
   lightly: lightly's DINO example loop (examples/pytorch/dino.py): update_momentum at the start of
            the step, teacher and student called once per view ([B, C, s, s] each), DINOLoss on the
            per-view lists, cancel_last_layer_gradients, torch.optim.AdamW with torch's default
@@ -47,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
 import warnings
 
@@ -56,10 +57,10 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath
 
-from flops import block_macs, matmul_peak, stem_macs, time_round_robin  # benchmarks/flops.py
+from flops import (block_macs, default_precision, matmul_peak, peak_fractions, print_machine, stem_macs,
+                   time_round_robin)  # benchmarks/flops.py
 from sslvit.models.vit import BackboneConfig, build_backbone
 from sslvit.objectives.dino import DINO, DINOConfig
-from sslvit.train.loop import resolve_precision
 from sslvit.train.optim import build_adamw, clip_grad_per_param_
 
 try:
@@ -140,7 +141,7 @@ class LightlyDINO(nn.Module):
         return self.teacher_head(self.teacher_backbone(x).flatten(start_dim=1))
 
 
-def lightly_step(K: int, lr: float, views: list[torch.Tensor]):
+def lightly_step(K: int, lr: float, views: list[torch.Tensor], bf16: bool = False):
     model = LightlyDINO(K).train()
     criterion = DINOLoss(output_dim=K, warmup_teacher_temp_epochs=0)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=WD, betas=(0.9, 0.999))
@@ -150,9 +151,10 @@ def lightly_step(K: int, lr: float, views: list[torch.Tensor]):
         m = lightly_cosine(state["step"], TOTAL, 0.996, 1)
         update_momentum(model.student_backbone, model.teacher_backbone, m=m)
         update_momentum(model.student_head, model.teacher_head, m=m)
-        teacher_out = [model.forward_teacher(v) for v in views[:N_GLOBAL]]
-        student_out = [model.forward(v) for v in views]
-        loss = criterion(teacher_out, student_out, epoch=1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # Lightning's bf16-mixed
+            teacher_out = [model.forward_teacher(v) for v in views[:N_GLOBAL]]
+            student_out = [model.forward(v) for v in views]
+            loss = criterion(teacher_out, student_out, epoch=1)
         loss.backward()
         clip_grad_per_param_(model.parameters(), CLIP)
         model.student_head.cancel_last_layer_gradients(current_epoch=1)
@@ -175,17 +177,16 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     B, K, lr = args.batch, args.out_dim, 5e-4 * args.batch / 256
-    precision = resolve_precision("auto")
-    bf16 = precision == "bf16" and torch.ops.mkldnn._is_mkldnn_bf16_supported()  # never bf16 without it
-    print(f"torch {torch.__version__}, timm {timm.__version__}, lightly {lightly.__version__ if lightly else '-'}, "
-          f"threads {torch.get_num_threads()}, batch {B}, crops {N_GLOBAL}x{args.img} + {N_LOCAL}x{args.local_img}, "
-          f"K {K}, steps {args.steps} (+{args.warmup} warm-up), resolve_precision('auto') = '{precision}'")
-    print("load average at start (other processes skew timings): %.2f %.2f %.2f" % os.getloadavg())
+    bf16 = print_machine(f"timm {timm.__version__} | lightly {lightly.__version__ if lightly else '-'} | batch {B}, "
+                         f"crops {N_GLOBAL}x{args.img} + {N_LOCAL}x{args.local_img}, K {K}, steps {args.steps} "
+                         f"(+{args.warmup} warm-up)")
     if lightly is None:
         print("lightly is not importable: set up the benchmark venv (see this file's docstring). "
               "Only the sslvit configurations run.")
 
-    peak = matmul_peak(torch.float32)
+    peak = {"fp32": matmul_peak(torch.float32)}
+    if bf16:
+        peak["bf16"] = matmul_peak(torch.bfloat16)
     torch.manual_seed(0)
     views = [torch.randn(B, 3, args.img, args.img) for _ in range(N_GLOBAL)] + \
             [torch.randn(B, 3, args.local_img, args.local_img) for _ in range(N_LOCAL)]
@@ -197,32 +198,33 @@ def main() -> None:
         configs["sslvit hmlp bf16"] = (sslvit_step("hmlp", K, lr, groups, bf16=True), flops["hmlp"])
     if lightly is not None:
         configs["lightly fp32"] = (lightly_step(K, lr, views), flops["linear"])
-    default = "sslvit hmlp bf16" if bf16 else "sslvit hmlp fp32"
-    if bf16:
-        print("sslvit default precision: bf16 autocast")
-    elif precision == "no":
-        print("sslvit default precision: fp32 (no native bf16 on this CPU); the default-precision ratio "
-              "equals the fp32 one")
-    else:
-        print(f"sslvit default precision '{precision}' is not timed (no native bf16 here); using fp32")
+        if bf16:
+            configs["lightly bf16"] = (lightly_step(K, lr, views, bf16=True), flops["linear"])
 
     times = time_round_robin({name: step for name, (step, _) in configs.items()}, args.steps, args.warmup)
-    peak = max(peak, matmul_peak(torch.float32))  # best of before and after
+    peak["fp32"] = max(peak["fp32"], matmul_peak(torch.float32))  # best of before and after
 
-    print(f"\npeak fp32 matmul 2048^3: {peak / 1e9:.1f} GFLOP/s")
+    print("\npeak matmul 2048^3: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peak.items()))
     med = {name: statistics.median(ts) for name, ts in times.items()}
     for name, (_, f) in configs.items():
         fps = f / med[name]
         print(f"{name:18s} median {med[name]:7.3f} s/step  {B / med[name]:7.2f} img/s  {f / 1e12:.4f} TFLOP/step  "
-              f"{fps / 1e9:6.1f} GFLOP/s ({fps / peak:.0%} of fp32 peak)  "
+              f"{fps / 1e9:6.1f} GFLOP/s ({peak_fractions(fps, peak)})  "
               f"[steps: {' '.join(f'{t:.3f}' for t in times[name])}]")
+    default = f"sslvit hmlp {default_precision(med['sslvit hmlp fp32'], med.get('sslvit hmlp bf16'))}"
+    print(f"\nsslvit default: '{default}' (train.precision auto's rule on this run's timings)")
     if "lightly fp32" in med:
         lt = med["lightly fp32"]
-        print(f"\nsslvit hmlp fp32 / lightly fp32:   {lt / med['sslvit hmlp fp32']:.2f}x  (goal >= 1.1x)")
+        best = min((n for n in med if n.startswith("lightly")), key=med.get)
+        print(f"sslvit hmlp fp32 / lightly fp32:   {lt / med['sslvit hmlp fp32']:.2f}x  (goal >= 1.1x)")
         print(f"sslvit linear fp32 / lightly fp32: {lt / med['sslvit linear fp32']:.2f}x")
-        print(f"sslvit default ({default.split()[-1]}) / lightly fp32: {lt / med[default]:.2f}x  (goal >= 1.8x)")
-    frac = configs[default][1] / med[default] / peak
-    print(f"sslvit default ({default.split()[-1]}) at {frac:.0%} of the fp32 matmul peak")
+        print(f"sslvit default / lightly fp32: {lt / med[default]:.2f}x  (goal >= 1.8x)")
+        print(f"sslvit default / lightly at its best ({best}): {med[best] / med[default]:.2f}x  (goal >= 1.3x)")
+    for prec, goal in (("fp32", 0.8), ("bf16", 0.7)):
+        if f"sslvit hmlp {prec}" in med:
+            name = f"sslvit hmlp {prec}"
+            print(f"{name} at {configs[name][1] / med[name] / peak[prec]:.0%} of the {prec} matmul peak "
+                  f"(goal >= {goal:.0%})")
 
 
 if __name__ == "__main__":

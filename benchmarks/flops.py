@@ -12,6 +12,9 @@ import time
 
 import torch
 
+from sslvit.train.devices import cpu_isa, cpu_model
+from sslvit.train.precision import resolve_precision, torch_native_bf16
+
 
 def block_macs(T: int, dim: int) -> int:
     """One transformer block over T tokens: qkv + QK^T + AV + proj + MLP (ratio 4)."""
@@ -114,3 +117,25 @@ def serve_steps(step) -> None:
         dt = time.perf_counter() - t
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
         print(f"@@{dt:.6f} {faults}", flush=True)
+
+
+def print_machine(extra: str = "") -> bool:
+    """The machine the figures belong to: CPU model, ISA, torch, threads, native bf16; -> native bf16."""
+    native = torch_native_bf16()
+    print(f"CPU: {cpu_model()} | ISA: {cpu_isa()} | native bf16 (oneDNN): {native} | torch {torch.__version__} | "
+          f"threads {torch.get_num_threads()}" + (f" | {extra}" if extra else ""))
+    print("load average at start (other processes skew timings): %.2f %.2f %.2f" % os.getloadavg())
+    return native
+
+
+def default_precision(fp32_s: float, bf16_s: float | None) -> str:
+    """What ``train.precision auto`` picks for a step timed at these seconds (the training loop's
+    own rule, ``resolve_precision``): 'bf16' or 'fp32'."""
+    if bf16_s is None:
+        return "fp32"
+    choice = resolve_precision("auto", lambda: {"fp32": fp32_s, "bf16": bf16_s})
+    return choice.name
+
+
+def peak_fractions(flop_per_s: float, peaks: dict[str, float]) -> str:
+    return ", ".join(f"{flop_per_s / v:.0%} of {k} peak" for k, v in peaks.items())

@@ -20,9 +20,14 @@ lightly is NOT a project dependency; run this from a separate benchmark venv:
     /tmp/lightlyvenv/bin/python benchmarks/mae_step.py [--batch 32 --steps 5 --threads 2]
     .venv/bin/python benchmarks/mae_step.py --profile     # where sslvit's step time goes, and its ceiling
 
-Where the CPU has native bf16 (AVX-512 BF16 / AMX), sslvit's default precision is bf16 autocast
-and the run ends with 5 steps' losses under bf16 and fp32 (same init, batch, masks). Elsewhere
-``--bf16-check`` runs that comparison anyway, emulated and slow, to show the losses agree.
+Where the CPU has native bf16 (AVX-512 BF16 / AMX), sslvit and lightly also run under bf16
+autocast, and sslvit's default is what ``train.precision auto`` picks from this run's own
+timings (the faster of fp32 and bf16, with fp32 kept unless bf16 is 10% faster); the run ends
+with 5 steps' losses under bf16 and fp32 (same init, batch, masks). Elsewhere ``--bf16-check``
+runs that comparison anyway, emulated and slow. ``--compile`` adds sslvit under
+``train.compile inductor``. Goals: sslvit fp32 >= 1.1x lightly fp32; sslvit's default >= 1.3x
+lightly at lightly's best precision; >= 80% of the fp32 matmul peak at fp32 and >= 70% of the
+bf16 peak at bf16.
 
 FLOP model (matmul FLOPs only, 2 * MACs; a training step counts 3x the forward: backward =
 grad-input + grad-weight; this slightly over-counts the first layer, whose input needs no grad):
@@ -47,9 +52,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from flops import StepWorkers, block_macs, matmul_peak, serve_steps, stem_macs  # benchmarks/flops.py
+from flops import (StepWorkers, block_macs, default_precision, matmul_peak, peak_fractions, print_machine,
+                   serve_steps, stem_macs)  # benchmarks/flops.py
 from sslvit.models.vit import BackboneConfig, build_backbone
 from sslvit.objectives.mae import MAE, MAEConfig
+from sslvit.train.compiled import compile_objective
 from sslvit.train.cpu_allocator import keep_freed_memory
 from sslvit.train.optim import build_adamw
 
@@ -136,7 +143,10 @@ CONFIGS = {  # name -> (builder, stem, precision, keep_freed_memory)
     "sslvit hmlp fp32": ("sslvit", "hmlp", "fp32", True),
     "sslvit linear fp32": ("sslvit", "linear", "fp32", True),
     "sslvit hmlp bf16": ("sslvit", "hmlp", "bf16", True),
+    "sslvit hmlp fp32 compiled": ("sslvit", "hmlp", "fp32", True),  # train.compile inductor
+    "sslvit hmlp bf16 compiled": ("sslvit", "hmlp", "bf16", True),
     "lightly fp32": ("lightly", "linear", "fp32", False),
+    "lightly bf16": ("lightly", "linear", "bf16", False),  # what Lightning's bf16-mixed gives its users
     "lightly fp32 + sslvit allocator": ("lightly", "linear", "fp32", True),
 }
 
@@ -156,6 +166,8 @@ def worker(name: str, batch: int, threads: int) -> None:
     if kind == "sslvit":
         model = sslvit_mae(stem)
         opt = build_adamw(model, lr, 0.05, (0.9, 0.95))
+        if name.endswith("compiled"):  # compiled on the first (untimed warm-up) step
+            compile_objective(model, "inductor")
     else:
         model = LightlyMAE()
         opt = adamw(model, lr)
@@ -207,6 +219,11 @@ def main() -> None:
     ap.add_argument("--bf16-check", action="store_true",
                     help="compare 5 steps' losses under bf16 autocast and fp32 even without native bf16 "
                          "(emulated: about 6 minutes at batch 4 on 2 cores)")
+    ap.add_argument("--compile", action="store_true",
+                    help="add sslvit configurations under train.compile inductor (each compiles for 1-2 min "
+                         "in its warm-up step)")
+    ap.add_argument("--only", help="comma-separated configuration names to run (each worker holds about 4 GB "
+                                   "at batch 32: on 24 GB run at most 5 at once)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -215,10 +232,8 @@ def main() -> None:
         return profile(args.batch, args.threads)
     torch.set_num_threads(args.threads)
     B = args.batch
-    bf16_ok = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    print(f"torch {torch.__version__}, timm {timm.__version__}, lightly {lightly.__version__ if lightly else '-'}, "
-          f"threads {torch.get_num_threads()}, batch {B}, steps {args.steps}, mkldnn bf16 supported: {bf16_ok}")
-    print("load average at start (other processes skew timings): %.2f %.2f %.2f" % os.getloadavg())
+    bf16_ok = print_machine(f"timm {timm.__version__} | lightly {lightly.__version__ if lightly else '-'} | "
+                            f"batch {B}, steps {args.steps} (+{args.warmup} warm-up)")
     if lightly is None:
         print("lightly is not importable: set up the benchmark venv (see this file's docstring). "
               "Only the sslvit configurations run.")
@@ -228,13 +243,11 @@ def main() -> None:
         peak["bf16"] = matmul_peak(torch.bfloat16)
     else:
         print("bf16 matmul peak: skipped (no native bf16 support; bf16 matmul is pathologically slow here)")
-    names = [n for n in CONFIGS if (bf16_ok or "bf16" not in n) and (lightly or "lightly" not in n)]
+    names = [n for n in CONFIGS if (bf16_ok or "bf16" not in n) and (lightly or "lightly" not in n)
+             and (args.compile or "compiled" not in n) and (not args.only or n in args.only.split(","))]
     flops = {n: step_flops(B, "hmlp", KEEP, N) if "hmlp" in n else
              step_flops(B, "linear", KEEP, N) if n.startswith("sslvit") else step_flops(B, "linear", N, N - KEEP)
              for n in names}
-    default = "sslvit hmlp bf16" if bf16_ok else "sslvit hmlp fp32"
-    print("sslvit default precision: " + ("bf16 autocast" if bf16_ok else
-          "fp32 (no native bf16 on this CPU): the default-precision config is 'sslvit hmlp fp32'"))
     print("one process per configuration, stepped in lockstep: " + ", ".join(names))
 
     workers = StepWorkers(__file__, names, ["--batch", str(B), "--threads", str(args.threads)])
@@ -248,25 +261,46 @@ def main() -> None:
     med = {name: statistics.median(t for t, _ in rows) for name, rows in results.items()}
     for name in names:
         fps = flops[name] / med[name]
-        frac = ", ".join(f"{fps / v:.0%} of {k} peak" for k, v in peak.items())
         faults = statistics.median(f for _, f in results[name])
         print(f"{name:32s} median {med[name]:6.2f} s/step  {B / med[name]:6.2f} img/s  "
-              f"{flops[name] / 1e12:.3f} TFLOP/step  {fps / 1e9:6.1f} GFLOP/s ({frac})  "
+              f"{flops[name] / 1e12:.3f} TFLOP/step  {fps / 1e9:6.1f} GFLOP/s ({peak_fractions(fps, peak)})  "
               f"{faults / 1e3:6.0f}k page faults/step  [steps: {' '.join(f'{t:.2f}' for t, _ in results[name])}]")
-    if "lightly fp32" in med:
-        lt = med["lightly fp32"]
-        print(f"\nsslvit hmlp fp32 / lightly fp32:   {lt / med['sslvit hmlp fp32']:.2f}x  (goal >= 1.1x)")
-        print(f"sslvit linear fp32 / lightly fp32: {lt / med['sslvit linear fp32']:.2f}x  (goal >= 1.1x)")
-        print(f"sslvit default ({default.split()[-1]}) / lightly fp32: {lt / med[default]:.2f}x  (goal >= 1.8x)")
-        lta = med["lightly fp32 + sslvit allocator"]
-        print(f"  of which the step code (both with sslvit's allocator setting): sslvit hmlp fp32 "
-              f"{lta / med['sslvit hmlp fp32']:.2f}x; the allocator setting alone (lightly with / without): "
-              f"{lt / lta:.2f}x")
-    frac = flops[default] / med[default] / peak["fp32"]
-    print(f"sslvit default ({default.split()[-1]}) at {frac:.0%} of fp32 matmul peak (goal >= 80%)")
+    summary(med, flops, peak)
     if bf16_ok or args.bf16_check:
         b = min(B, 8 if bf16_ok else 4)
         bf16_check(b, 1.5e-4 * b / 256, {"fused": True})
+
+
+def summary(med: dict, flops: dict, peak: dict) -> None:
+    """The ratios the goals are stated in, from this one run's medians."""
+    if "sslvit hmlp fp32" not in med:
+        return
+    default = f"sslvit hmlp {default_precision(med['sslvit hmlp fp32'], med.get('sslvit hmlp bf16'))}"
+    print(f"\nsslvit default: '{default}' (train.precision auto's rule on this run's timings)")
+    if "lightly fp32" in med:
+        lt = med["lightly fp32"]
+        best = min((n for n in med if n in ("lightly fp32", "lightly bf16")), key=med.get)
+        print(f"sslvit hmlp fp32 / lightly fp32:   {lt / med['sslvit hmlp fp32']:.2f}x  (goal >= 1.1x)")
+        if "sslvit linear fp32" in med:
+            print(f"sslvit linear fp32 / lightly fp32: {lt / med['sslvit linear fp32']:.2f}x  (goal >= 1.1x)")
+        print(f"sslvit default / lightly fp32: {lt / med[default]:.2f}x  (goal >= 1.8x)")
+        if "lightly bf16" in med:
+            print(f"sslvit default / lightly bf16: {med['lightly bf16'] / med[default]:.2f}x")
+        print(f"sslvit default / lightly at its best ({best}): {med[best] / med[default]:.2f}x  (goal >= 1.3x)")
+        lta = med.get("lightly fp32 + sslvit allocator")
+        if lta:
+            print(f"  of which the step code (both with sslvit's allocator setting): sslvit hmlp fp32 "
+                  f"{lta / med['sslvit hmlp fp32']:.2f}x; the allocator setting alone (lightly with / without): "
+                  f"{lt / lta:.2f}x")
+    for prec, goal in (("fp32", 0.8), ("bf16", 0.7)):
+        for name in (f"sslvit hmlp {prec}", f"sslvit hmlp {prec} compiled"):
+            if name in med and prec in peak:
+                print(f"{name} at {flops[name] / med[name] / peak[prec]:.0%} of the {prec} matmul peak "
+                      f"(goal >= {goal:.0%})")
+    for prec in ("fp32", "bf16"):
+        if f"sslvit hmlp {prec} compiled" in med:
+            print(f"train.compile inductor, {prec}: {med[f'sslvit hmlp {prec}'] / med[f'sslvit hmlp {prec} compiled']:.2f}x "
+                  "the eager step")
 
 
 if __name__ == "__main__":
