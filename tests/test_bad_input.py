@@ -74,6 +74,36 @@ def test_a_run_whose_every_step_is_skipped_is_an_error_not_done_and_exports_noth
 
     monkeypatch.setattr(mae, "mae_loss", lambda pred, target, mask, norm: (pred * float("nan")).mean())
     run = tmp_path / "run"
-    with pytest.raises(TrainingDiverged, match=r"Every step of the run so far \(3 up to epoch 1\) was skipped"):
+    with pytest.raises(TrainingDiverged, match=r"Every step of the run so far \(\d+ up to epoch 1\) was skipped"):
         run_pretraining(MAERunConfig, "mae", argv=[*TINY, "--data", str(image_folder), "--out", str(run)])
     assert not (run / "backbone.safetensors").exists() and not (run / "checkpoints").exists()
+
+
+def _pngs(folder, n, size=16):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(str(folder)))
+    for i in range(n):
+        Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+
+
+def test_pretraining_never_reads_the_images_the_probes_score(tmp_path):
+    """A folder with train/ and val/: pretraining used to scan the root (44 images, val included)."""
+    from sslvit.config import build_config
+    from sslvit.data.dataset import build_dataset
+    from sslvit.objectives.mae import MAERunConfig
+    from sslvit.train.entry import training_set
+    from tests.test_end_to_end import TINY
+
+    split = tmp_path / "split"
+    for part, n in (("train", 15), ("val", 7)):
+        for c in ("a", "b"):
+            _pngs(split / part / c, n)
+    flat = tmp_path / "flat"
+    for c in ("a", "b"):
+        _pngs(flat / c, 25)
+    for root, n_train in ((split, 30), (flat, 40)):
+        cfg = build_config(MAERunConfig, [*TINY, "--data", str(root), "--out", str(tmp_path / "r")])
+        train = training_set(cfg)
+        probe_val = build_dataset(str(root), "val", 16)
+        assert len(train) == n_train
+        assert not set(map(str, train.items)) & set(map(str, probe_val.items))

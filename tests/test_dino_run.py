@@ -31,7 +31,7 @@ def test_dino_run_writes_checkpoint_teacher_backbone_attention_and_is_probed(tmp
             "pictures_epoch0002.png"} <= names
     steps = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     steps = [r for r in steps if "loss" in r]
-    assert len(steps) == 6  # 48 images / 16 = 3 steps x 2 epochs
+    assert len(steps) == 6  # 48 training images / 16 = 3 steps x 2 epochs
     assert all({"teacher_entropy", "kl", "teacher_temp"} <= r.keys() for r in steps)
     # the exported backbone is the teacher's, as DINO evaluates it
     state = load_file(str(latest_checkpoint(run) / "model.safetensors"))

@@ -40,7 +40,7 @@ def _log(run):
 
 def test_a_non_finite_step_is_not_applied_and_the_run_goes_on(tmp_path, image_folder, fresh_accelerate, monkeypatch):
     seen = _inject(monkeypatch, {2: "loss", 4: "gradients"})
-    run = _run(tmp_path / "run", image_folder)  # 48 images, batch 16: 3 steps per epoch, 6 in all
+    run = _run(tmp_path / "run", image_folder)  # 48 training images, batch 16: 3 steps per epoch, 6 in all
     skipped = {r["step"]: r["skipped_step"] for r in _log(run) if "skipped_step" in r}
     assert skipped == {2: "loss", 4: "gradients"}
     assert torch.equal(seen[1], seen[2]) and torch.equal(seen[3], seen[4])  # the bad steps changed nothing

@@ -76,8 +76,9 @@ def training_set(cfg):
         return build_shard_dataset(cfg.data, "train", cfg.train_transform(), shuffle=True, seed=cfg.train.seed,
                                    markers=True, resampled=cfg.train.data_resampled,
                                    shuffle_buffer=cfg.train.shuffle_buffer)
-    dataset = build_dataset(cfg.data, "all" if cfg.data != "digits" else "train", cfg.model.img_size,
-                            transform=cfg.train_transform())
+    # 'train' everywhere: a folder's train/ (or all but the probes' held-out 20%), as shards read train.json,
+    # so the probes never score images the backbone was trained on
+    dataset = build_dataset(cfg.data, "train", cfg.model.img_size, transform=cfg.train_transform())
     dataset.seed = cfg.train.seed  # augmentations keyed by (seed, epoch, sample): see ImageDataset
     return dataset
 
