@@ -107,3 +107,32 @@ def test_pretraining_never_reads_the_images_the_probes_score(tmp_path):
         probe_val = build_dataset(str(root), "val", 16)
         assert len(train) == n_train
         assert not set(map(str, train.items)) & set(map(str, probe_val.items))
+
+
+def test_a_second_run_on_the_same_out_is_refused_and_a_dead_runs_lock_is_not_stale(tmp_path, image_folder,
+                                                                                  fresh_accelerate):
+    """Two runs on one --out used to interleave log.jsonl and replace each other's checkpoints."""
+    import subprocess
+    import sys
+
+    from sslvit.objectives.mae import MAERunConfig
+    from sslvit.train.entry import run_pretraining
+    from tests.test_end_to_end import TINY
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen(  # another run holding the lock, as a live pretraining holds it
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from sslvit.train.run_lock import _acquire; "
+         "h = _acquire(Path(sys.argv[1])); print('locked', flush=True); time.sleep(600)", str(run)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        argv = [*TINY, "--data", str(image_folder), "--out", str(run), "--train.epochs", "1"]
+        with pytest.raises(FileExistsError, match=rf"'{run}' is in use by another run \(process {holder.pid}\); wait"):
+            run_pretraining(MAERunConfig, "mae", argv=argv)
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]  # nothing of the refused run was written
+    finally:
+        holder.kill()
+        holder.wait()
+    fresh_accelerate()  # the holder died without releasing: its lock went with it
+    run_pretraining(MAERunConfig, "mae", argv=argv)
+    assert (run / "backbone.safetensors").is_file()

@@ -18,6 +18,7 @@ from sslvit.data.shard_reader import build_shard_dataset, is_shard_spec
 from sslvit.data.transforms import eval_transform
 from sslvit.train.checkpoint import CheckpointError
 from sslvit.train.loop import TrainingDiverged, pretrain
+from sslvit.train.run_lock import run_dir_lock
 
 USER_ERRORS = (ConfigError, DataError, FileNotFoundError, FileExistsError, ValueError, TrainingDiverged,
                CheckpointError)
@@ -47,7 +48,9 @@ def run_pretraining(config_cls, preset: str, argv=None) -> Path:
     set_seed(cfg.train.seed)  # the initial weights are part of what a seed reproduces
     objective = cfg.build_objective()
     collate_fn = cfg.collate_fn() if hasattr(cfg, "collate_fn") else None
-    return pretrain(cfg, objective, train_set, picture_imgs, collate_fn=collate_fn, knn_sets=knn_sets(cfg))
+    knn = knn_sets(cfg)
+    with run_dir_lock(Path(cfg.out)):  # a second run on the same --out is refused, not interleaved
+        return pretrain(cfg, objective, train_set, picture_imgs, collate_fn=collate_fn, knn_sets=knn)
 
 
 RESUMABLE_CHANGES = ("train", "data", "out", "resume")  # sections a resumed run may change
