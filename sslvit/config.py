@@ -215,8 +215,10 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
-def build_config(cls, argv: Optional[list[str]] = None, presets: Optional[dict[str, dict]] = None):
-    """Defaults of ``cls`` <- preset (if the data source has one) <- --config YAML <- command line."""
+def build_config(cls, argv: Optional[list[str]] = None, presets: Optional[dict[str, dict]] = None,
+                 base: Optional[dict] = None):
+    """Defaults of ``cls`` <- preset (if the data source has one) <- --config YAML <- command line.
+    With ``base`` (a resumed run's own config.yaml), that replaces the defaults and the preset."""
     argv = sys.argv[1:] if argv is None else argv
     if "-h" in argv or "--help" in argv:
         print(help_text(cls, Path(sys.argv[0]).name))
@@ -226,7 +228,9 @@ def build_config(cls, argv: Optional[list[str]] = None, presets: Optional[dict[s
     _merge(layers, overrides)
     cfg = cls()
     data = layers.get("data", getattr(cfg, "data", None))
-    if presets and isinstance(data, str) and data in presets:
+    if base is not None:
+        _apply(cfg, base)
+    elif presets and isinstance(data, str) and data in presets:
         _apply(cfg, presets[data])
     _apply(cfg, layers)
     return cfg

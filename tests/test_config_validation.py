@@ -62,3 +62,28 @@ def test_resuming_a_checkpoint_of_another_architecture_names_the_keys(tmp_path, 
         run_pretraining(MAERunConfig, "mae", argv=[*argv, "--resume", "--model.depth", "3"])
     fresh_accelerate()  # the train section may change: a longer schedule resumes
     run_pretraining(MAERunConfig, "mae", argv=[*argv, "--resume", "--train.epochs", "2"])
+
+
+def test_a_bare_resume_continues_the_run_as_it_was_configured(tmp_path, image_folder, fresh_accelerate, capsys):
+    """Bare --resume used to compare against the preset (mask_ratio 0.75 in the checkpoint, 0.5 now)."""
+    out = tmp_path / "run"
+    argv = [*TINY, "--data", str(image_folder), "--out", str(out), "--train.epochs", "1", "--mae.mask_ratio", "0.6",
+            "--train.log_every", "2"]
+    run_pretraining(MAERunConfig, "mae", argv=argv)
+    fresh_accelerate()
+    run_pretraining(MAERunConfig, "mae", argv=["--out", str(out), "--resume", "--train.epochs", "2"])
+    assert "Resuming from" in capsys.readouterr().out
+    import yaml
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["mae"]["mask_ratio"] == 0.6 and saved["train"]["epochs"] == 2 and saved["train"]["log_every"] == 2
+    assert saved["data"] == str(image_folder)
+
+
+def test_resuming_another_objectives_run_is_one_sentence(tmp_path, image_folder, fresh_accelerate):
+    """It used to be KeyError: 'mae' in check_same_run."""
+    out = tmp_path / "run"
+    run_pretraining(MAERunConfig, "mae", argv=[*TINY, "--data", str(image_folder), "--out", str(out),
+                                               "--train.epochs", "1"])
+    fresh_accelerate()
+    with pytest.raises(ConfigError, match=r"holds a run of another objective \(its config.yaml has the section 'mae'"):
+        run_pretraining(DINORunConfig, "dino", argv=["--out", str(out), "--resume"])

@@ -2,6 +2,7 @@
 run the shared loop, and turn a user's mistake into one clear sentence."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 from importlib import resources
 from pathlib import Path
@@ -29,8 +30,26 @@ def load_presets(name: str) -> dict:
     return load_text_yaml(resources.files("sslvit.presets").joinpath(f"{name}.yaml").read_text())
 
 
-def run_pretraining(config_cls, preset: str, argv=None) -> Path:
+def run_config(config_cls, preset: str, argv=None):
+    """The run's config. A fresh run: defaults <- preset <- --config <- command line. ``--resume``
+    continues the run as it was configured: its own ``config.yaml`` <- --config <- command line
+    (keys given are explicit changes; ``check_same_run`` refuses those of the architecture)."""
     cfg = build_config(config_cls, argv, presets=load_presets(preset))
+    saved_file = Path(cfg.out).expanduser() / "config.yaml"
+    if not cfg.resume or not saved_file.is_file():
+        return cfg
+    saved = load_text_yaml(saved_file.read_text(), source=f"'{saved_file}'") or {}
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    foreign = [k for k in saved if k not in known]
+    if foreign:
+        raise ConfigError(f"'{saved_file.parent}' holds a run of another objective (its config.yaml has the section "
+                          f"'{foreign[0]}', which {config_cls.__name__} lacks); resume it with its own pretrain/ script, "
+                          "or pass a new --out.")
+    return build_config(config_cls, argv, base=saved)
+
+
+def run_pretraining(config_cls, preset: str, argv=None) -> Path:
+    cfg = run_config(config_cls, preset, argv)
     if hasattr(cfg, "validate"):
         cfg.validate()
     else:
