@@ -136,3 +136,37 @@ def test_a_second_run_on_the_same_out_is_refused_and_a_dead_runs_lock_is_not_sta
     fresh_accelerate()  # the holder died without releasing: its lock went with it
     run_pretraining(MAERunConfig, "mae", argv=argv)
     assert (run / "backbone.safetensors").is_file()
+
+
+@pytest.fixture
+def tiny_backbone(tmp_path):
+    from sslvit.models import BackboneConfig, build_backbone
+    from sslvit.models.export import export_backbone
+
+    cfg = BackboneConfig(size="tiny", depth=1, patch_size=4, img_size=16)
+    export_backbone(build_backbone(cfg), cfg, tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("probe, size, words", [
+    ("finetune", 0, "--img_size 0 is not a positive multiple of the patch size 4; use 4."),  # was: the pretraining size
+    ("attention", 0, "--img_size 0 is not a positive multiple of the patch size 4; use 4."),
+    ("attention", 18, "--img_size 18 is not a positive multiple of the patch size 4; use 16 or 20."),  # was: 16
+    ("finetune", 18, "use 16 or 20."),
+])
+def test_a_probe_image_size_the_patch_does_not_divide_is_refused_naming_the_nearest(probe, size, words, tiny_backbone):
+    from sslvit.eval.attention_probe import AttentionConfig, run_attention
+    from sslvit.eval.finetune import FinetuneConfig, run_finetune
+
+    cfg, run = ((FinetuneConfig, run_finetune) if probe == "finetune" else (AttentionConfig, run_attention))
+    with pytest.raises(ValueError) as err:
+        run(cfg(ckpt=str(tiny_backbone), data="digits", img_size=size))
+    assert str(err.value) == words or str(err.value).endswith(words)
+
+
+def test_attention_with_no_images_is_one_sentence(tiny_backbone):
+    from sslvit.eval.attention_probe import AttentionConfig, run_attention
+
+    with pytest.raises(ValueError, match=r"--num_images 0 asks for no picture; use 1 or more"):
+        run_attention(AttentionConfig(ckpt=str(tiny_backbone), data="digits", num_images=0))
+    assert not (tiny_backbone / "attention.png").exists()

@@ -15,6 +15,7 @@ from sslvit.data.folder import DataError, load_rgb
 from sslvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from sslvit.eval.attention import attention_columns
 from sslvit.models.export import load_backbone, resolve_backbone_path, run_data_of
+from sslvit.models.vit import check_img_size
 from sslvit.train.pictures import save_columns
 
 
@@ -40,18 +41,17 @@ def _load_image(path: str, short_side: int, patch: int) -> torch.Tensor:
 
 
 def run_attention(cfg: AttentionConfig) -> dict:
+    if cfg.num_images < 1:
+        raise ValueError(f"--num_images {cfg.num_images} asks for no picture; use 1 or more (8 by default).")
     weights = resolve_backbone_path(cfg.ckpt)
     # dynamic_img_size: the position table is interpolated to the picture's grid
     backbone, bcfg = load_backbone(weights, dynamic_img_size=True)
     backbone.eval()
-    size = cfg.img_size or bcfg.img_size
-    if size < bcfg.patch_size:
-        raise ValueError(f"--img_size {size} is smaller than one patch ({bcfg.patch_size} px); use a larger size.")
+    size = check_img_size(bcfg.img_size if cfg.img_size is None else cfg.img_size, bcfg.patch_size)
     if cfg.image is not None:
         imgs = _load_image(cfg.image, size, bcfg.patch_size)
     else:
         data = cfg.data or run_data_of(weights)
-        size -= size % bcfg.patch_size
         dataset = build_dataset(data, "val", size, transform=eval_transform(size))
         imgs = torch.stack(first_items(dataset, cfg.num_images))
     columns, normalized = attention_columns(backbone, imgs)

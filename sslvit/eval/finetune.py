@@ -28,7 +28,7 @@ from sslvit.data.shard_reader import ShardDataset
 from sslvit.data.stream_loader import StreamLoader
 from sslvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from sslvit.models.export import load_backbone, read_backbone_config, resolve_backbone_path, run_data_of
-from sslvit.models.vit import SSLViT
+from sslvit.models.vit import SSLViT, check_img_size
 from sslvit.train.checkpoint import save_safetensors_atomic, write_json_atomic
 from sslvit.train.devices import build_accelerator
 from sslvit.train.schedules import cosine_schedule, scaled_lr
@@ -164,9 +164,7 @@ def interpolate_pos_embed(state: dict, grid: tuple[int, int], old_grid: tuple[in
 def build_classifier(weights: Path, num_classes: int, cfg: FinetuneConfig) -> tuple[Classifier, dict]:
     """Load the backbone at ``cfg.img_size`` with a trainable position embedding and drop path."""
     bcfg = read_backbone_config(weights)
-    size = cfg.img_size or bcfg.img_size
-    if size % bcfg.patch_size:
-        raise ValueError(f"img_size {size} is not a multiple of the patch size {bcfg.patch_size}.")
+    size = check_img_size(bcfg.img_size if cfg.img_size is None else cfg.img_size, bcfg.patch_size)
     backbone, _ = load_backbone(weights, img_size=size, pos_embed="learned", drop_path_rate=cfg.drop_path_rate,
                                 state_hook=lambda s: interpolate_pos_embed(
                                     s, (size // bcfg.patch_size,) * 2, (bcfg.img_size // bcfg.patch_size,) * 2))
@@ -204,7 +202,8 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     cfg.validate()
     weights = resolve_backbone_path(cfg.ckpt)
     data = cfg.data or run_data_of(weights)
-    size = cfg.img_size or read_backbone_config(weights).img_size
+    bcfg = read_backbone_config(weights)
+    size = check_img_size(bcfg.img_size if cfg.img_size is None else cfg.img_size, bcfg.patch_size)
     aug = (three_augment if cfg.augment == "3aug" else rrc_augment)(size, cfg.crop_scale)
     train_set = build_dataset(data, "train", size, transform=aug)
     val_set = build_dataset(data, "val", size, transform=eval_transform(size))

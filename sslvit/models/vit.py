@@ -57,6 +57,16 @@ class BackboneConfig:
             raise ValueError(f"model.parallel must be >= 1 (got {self.parallel}).")
 
 
+def check_img_size(size: int, patch_size: int, key: str = "--img_size") -> int:
+    """``size`` if it is a positive multiple of ``patch_size``; else ValueError naming the nearest valid sizes."""
+    if size >= patch_size and size % patch_size == 0:
+        return size
+    below = max(patch_size, size // patch_size * patch_size)
+    near = sorted({below, below + patch_size} if size > patch_size else {patch_size})
+    raise ValueError(f"{key} {size} is not a positive multiple of the patch size {patch_size}; use "
+                     f"{' or '.join(map(str, near))}.")
+
+
 def timm_spec(cfg: BackboneConfig) -> dict:
     """Arguments for ``timm.create_model(**spec)`` that build this backbone (no head) in timm."""
     width, depth, heads = VIT_SIZES[cfg.size]
