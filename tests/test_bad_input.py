@@ -170,3 +170,29 @@ def test_attention_with_no_images_is_one_sentence(tiny_backbone):
     with pytest.raises(ValueError, match=r"--num_images 0 asks for no picture; use 1 or more"):
         run_attention(AttentionConfig(ckpt=str(tiny_backbone), data="digits", num_images=0))
     assert not (tiny_backbone / "attention.png").exists()
+
+
+def test_a_truncated_checkpoint_is_named_and_the_one_before_resumes(tmp_path, image_folder, fresh_accelerate, capsys):
+    """A truncated model.safetensors used to end --resume with SafetensorError: incomplete metadata."""
+    from sslvit.objectives.mae import MAERunConfig
+    from sslvit.train.checkpoint import CheckpointError
+    from sslvit.train.entry import run_pretraining
+    from tests.test_end_to_end import TINY
+
+    run = tmp_path / "run"
+    argv = [*TINY, "--data", str(image_folder), "--out", str(run), "--train.epochs", "2", "--train.save_every", "1"]
+    run_pretraining(MAERunConfig, "mae", argv=argv)
+    newest = run / "checkpoints" / "epoch_0002" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    capsys.readouterr()
+    fresh_accelerate()
+    run_pretraining(MAERunConfig, "mae", argv=[*argv, "--resume"])
+    out = capsys.readouterr().out
+    assert f"warning: checkpoint '{newest.parent}' (model.safetensors: " in out and "is damaged" in out
+    assert "Resuming from" in out and "epoch_0001 (epoch 1," in out
+    for ckpt in (run / "checkpoints").glob("epoch_*"):  # now every one is damaged
+        f = ckpt / "model.safetensors"
+        f.write_bytes(f.read_bytes()[:100])
+    fresh_accelerate()
+    with pytest.raises(CheckpointError, match=r"Every checkpoint in '.*checkpoints' is damaged, the newest '"):
+        run_pretraining(MAERunConfig, "mae", argv=[*argv, "--resume"])

@@ -16,6 +16,7 @@ from typing import Optional
 
 import torch
 from accelerate.utils import load as accelerate_load
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 CKPT_DIR = "checkpoints"
@@ -99,6 +100,36 @@ def verify_loadable(ckpt: Path) -> None:
                 f"Checkpoint file '{f}' was not loaded ({e.__class__.__name__}): it is damaged or was not written by "
                 "sslvit (a file holding anything but tensors is refused, never executed); delete that checkpoint "
                 "folder to resume from the one before, or start a new --out.") from None
+
+
+def damaged_file(ckpt: Path) -> Optional[str]:
+    """The first safetensors file of ``ckpt`` that does not open (truncated, overwritten), with why; or None."""
+    for f in sorted(Path(ckpt).glob("*.safetensors")):
+        try:
+            with safe_open(str(f), "pt"):
+                pass
+        except Exception as e:  # SafetensorError, OSError: the file cannot be what save_state wrote
+            return f"{f.name}: {str(e).splitlines()[0] if str(e) else e.__class__.__name__}"
+    return None
+
+
+def resumable_checkpoint(run_dir: Path, say=print) -> Optional[Path]:
+    """The newest complete checkpoint whose weight files open, or None when there is none; each newer
+    damaged one is named through ``say``. Raises CheckpointError when every checkpoint is damaged."""
+    root = Path(run_dir) / CKPT_DIR
+    done = sorted((p for p in root.glob("epoch_*") if (p / "meta.json").is_file()),
+                  key=lambda p: json.loads((p / "meta.json").read_text())["epoch"], reverse=True)
+    damaged = []
+    for ckpt in done:
+        problem = damaged_file(ckpt)
+        if problem is None:
+            return ckpt
+        damaged.append(f"'{ckpt}' ({problem})")
+        say(f"warning: checkpoint {damaged[-1]} is damaged; trying the one before it.")
+    if damaged:
+        raise CheckpointError(f"Every checkpoint in '{root}' is damaged, the newest {damaged[0]}; start a new --out "
+                              "(the run's config.yaml holds its settings).")
+    return None
 
 
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:

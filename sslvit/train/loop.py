@@ -43,8 +43,8 @@ from sslvit.data.stream_loader import StreamLoader, bad_sample_report
 from sslvit.eval.features import extract_features
 from sslvit.eval.knn import knn_classify
 from sslvit.models.export import export_backbone
-from sslvit.train.checkpoint import (CheckpointError, check_writable, latest_checkpoint, read_meta, save_checkpoint,
-                                     verify_loadable)
+from sslvit.train.checkpoint import (CheckpointError, check_writable, latest_checkpoint, read_meta, resumable_checkpoint,
+                                     save_checkpoint, verify_loadable)
 from sslvit.train.devices import build_accelerator, process_state
 from sslvit.train.compiled import check_compile_backend, compile_objective
 from sslvit.train.optim import build_adamw, clip_grad_per_param_
@@ -172,7 +172,7 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
     tc: TrainConfig = cfg.train
     tc.validate()
     run_dir = Path(cfg.out).expanduser()
-    resume_from = latest_checkpoint(run_dir) if cfg.resume else None
+    resume_from = resumable_checkpoint(run_dir) if cfg.resume else None
     processes = process_state().num_processes
     if len(train_set) < tc.batch_size * processes:
         raise ValueError(f"The training data has {len(train_set)} images, fewer than one batch of "
