@@ -196,3 +196,56 @@ def test_a_truncated_checkpoint_is_named_and_the_one_before_resumes(tmp_path, im
     fresh_accelerate()
     with pytest.raises(CheckpointError, match=r"Every checkpoint in '.*checkpoints' is damaged, the newest '"):
         run_pretraining(MAERunConfig, "mae", argv=[*argv, "--resume"])
+
+
+def _exported(root, size):
+    from sslvit.models import BackboneConfig, build_backbone
+    from sslvit.models.export import export_backbone
+
+    cfg = BackboneConfig(size=size, depth=1, patch_size=4, img_size=16)
+    root.mkdir(parents=True, exist_ok=True)
+    export_backbone(build_backbone(cfg), cfg, root)
+    return root
+
+
+@pytest.mark.parametrize("tamper, words", [
+    (lambda spec: spec.write_text("{not json"), "is not a backbone description sslvit wrote (Expecting"),
+    (lambda spec: spec.write_text('{"timm": {}}'), "is not a backbone description sslvit wrote (no 'backbone' entry)"),
+    (lambda spec: spec.write_text('{"backbone": {"size": "tiny", "colour": 3}}'), "an entry BackboneConfig does not take"),
+    (lambda spec: spec.write_text('{"backbone": {"size": "enormous"}}'), "model.size 'enormous' is unknown"),
+])
+def test_a_tampered_backbone_json_is_one_sentence_naming_the_file(tamper, words, tmp_path):
+    from sslvit.models.export import load_backbone
+
+    run = _exported(tmp_path / "run", "tiny")
+    tamper(run / "backbone.json")
+    with pytest.raises(ValueError) as err:
+        load_backbone(run)
+    assert f"'{run / 'backbone.json'}'" in str(err.value) and words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_backbone_of_another_size_is_one_sentence_from_the_probe(tmp_path):
+    """It used to be a 26 KB RuntimeError listing every size mismatch."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    small, tiny = _exported(tmp_path / "small", "small"), _exported(tmp_path / "tiny", "tiny")
+    shutil.copy(tiny / "backbone.json", small / "backbone.json")
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(repo / "probes/knn.py"), "--ckpt", str(small), "--data", "digits"],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)}, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"error: embed_dim 192 in '{small / 'backbone.json'}', 384 in the weights "
+                                   f"'{small / 'backbone.safetensors'}': they come from different runs; copy the "
+                                   "backbone.json written with these weights.")
+
+
+def test_an_image_given_as_the_checkpoint_is_named_as_such(tmp_path):
+    from sslvit.models.export import resolve_backbone_path
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "cat.png")
+    with pytest.raises(FileNotFoundError, match=r"'.*cat.png' is not a backbone; pass --ckpt a run directory or its"):
+        resolve_backbone_path(tmp_path / "cat.png")

@@ -33,6 +33,8 @@ def export_backbone(backbone: SSLViT, cfg: BackboneConfig, out_dir: Path, state:
 def resolve_backbone_path(path: str | Path) -> Path:
     """A run directory or a ``backbone.safetensors`` path -> the weights file (checked)."""
     p = Path(path).expanduser()
+    if p.is_file() and p.suffix != ".safetensors":
+        raise FileNotFoundError(f"'{p}' is not a backbone; pass --ckpt a run directory or its {WEIGHTS}.")
     weights = p / WEIGHTS if p.is_dir() else p
     if not weights.is_file():
         raise FileNotFoundError(f"No backbone weights at '{weights}'; pass --ckpt with a run directory "
@@ -46,7 +48,15 @@ def resolve_backbone_path(path: str | Path) -> Path:
 def read_backbone_config(path: str | Path) -> BackboneConfig:
     """The exported backbone's config (``backbone.json``), without reading the weights."""
     weights = resolve_backbone_path(path)
-    return BackboneConfig(**json.loads((weights.parent / SPEC).read_text())["backbone"])
+    spec = weights.parent / SPEC
+    try:
+        cfg = BackboneConfig(**json.loads(spec.read_text())["backbone"])
+        cfg.validate()
+    except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+        why = {KeyError: f"no {e} entry", TypeError: "an entry BackboneConfig does not take"}.get(type(e), str(e))
+        raise ValueError(f"'{spec}' is not a backbone description sslvit wrote ({why}); copy the backbone.json "
+                         f"that was written with the weights.") from None
+    return cfg
 
 
 def load_backbone(path: str | Path, state_hook=None, **overrides) -> tuple[SSLViT, BackboneConfig]:
@@ -62,8 +72,29 @@ def load_backbone(path: str | Path, state_hook=None, **overrides) -> tuple[SSLVi
         raise ValueError(f"'{weights}' is not a readable safetensors file ({e}); re-export it from its run.") from None
     if state_hook is not None:
         state = state_hook(state)
+    check_weights_match(model, state, weights)
     model.load_state_dict(state, strict=True)
     return model, cfg
+
+
+def check_weights_match(model: SSLViT, state: dict, weights: Path) -> None:
+    """One sentence when ``state`` does not fit ``model`` (torch lists every mismatch: 26 KB for
+    a backbone of another size), naming the width when that is what differs."""
+    own = model.state_dict()
+    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
+    missing, extra = [k for k in own if k not in state], [k for k in state if k not in own]
+    if not (wrong or missing or extra):
+        return
+    spec = weights.parent / SPEC
+    width = state.get("cls_token", state.get("pos_embed"))
+    if width is not None and width.shape[-1] != model.embed_dim:
+        raise ValueError(f"embed_dim {model.embed_dim} in '{spec}', {width.shape[-1]} in the weights '{weights}': they "
+                         "come from different runs; copy the backbone.json written with these weights.")
+    what = (f"{wrong[0]} is {tuple(state[wrong[0]].shape)} in the weights, {tuple(own[wrong[0]].shape)} in the model"
+            if wrong else f"{(missing or extra)[0]} is {'missing from' if missing else 'extra in'} the weights")
+    raise ValueError(f"The weights '{weights}' do not fit the backbone '{spec}' describes ({len(wrong)} shapes differ, "
+                     f"{len(missing)} missing, {len(extra)} extra; e.g. {what}); copy the backbone.json written with "
+                     "these weights.")
 
 
 def run_data_of(weights: Path) -> str:
