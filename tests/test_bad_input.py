@@ -249,3 +249,45 @@ def test_an_image_given_as_the_checkpoint_is_named_as_such(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "cat.png")
     with pytest.raises(FileNotFoundError, match=r"'.*cat.png' is not a backbone; pass --ckpt a run directory or its"):
         resolve_backbone_path(tmp_path / "cat.png")
+
+
+def _folder_with_bad_files(root, good, bad):
+    _pngs(root / "good", good)
+    (root / "bad").mkdir(parents=True)
+    for i in range(bad):
+        (root / "bad" / f"broken{i:03d}.png").write_bytes(b"not a png")
+    return root
+
+
+def test_a_folder_of_one_unreadable_image_names_it(tmp_path):
+    """It used to say '100 images in a row from index 0 could not be read'."""
+    from sslvit.data.dataset import build_dataset
+    from sslvit.data.folder import DataError
+
+    root = tmp_path / "one"
+    root.mkdir()
+    (root / "only.png").write_bytes(b"not a png")
+    with pytest.warns(UserWarning), pytest.raises(DataError, match=r"None of the 1 images could be read \(the first: '.*only.png'\)"):
+        build_dataset(str(root), "all", 16)[0]
+
+
+def test_many_unreadable_images_stop_the_run_naming_files_and_share_few_do_not(tmp_path, fresh_accelerate):
+    """110 unreadable files in a row used to kill the run naming no file (a fixed run of 100)."""
+    import warnings
+
+    from sslvit.data.folder import DataError
+    from sslvit.objectives.mae import MAERunConfig
+    from sslvit.train.entry import run_pretraining
+    from tests.test_end_to_end import TINY
+
+    many = _folder_with_bad_files(tmp_path / "many", good=60, bad=110)
+    argv = [*TINY, "--data", str(many), "--train.epochs", "1", "--train.knn_every", "0"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(DataError, match=r"could not be decoded, more than train.max_unreadable 20% allows: e.g. "
+                                            r"'.*broken000.png', '.*broken001.png'"):
+            run_pretraining(MAERunConfig, "mae", argv=[*argv, "--out", str(tmp_path / "r1")])
+        fresh_accelerate()  # with a higher share allowed, the same folder trains, skipping them
+        run = run_pretraining(MAERunConfig, "mae", argv=[*argv, "--out", str(tmp_path / "r2"),
+                                                         "--train.max_unreadable", "0.9"])
+    assert (run / "backbone.safetensors").is_file()

@@ -1,8 +1,8 @@
 """One map-style dataset over in-memory images (digits) or image files (folders).
 
 Samples are ``(image, label, skipped)``: an unreadable file is replaced by the next
-readable one and counted in ``skipped`` so the loop can log it; batch shapes (and DDP
-step counts) stay the same.
+readable one and ``skipped`` is 1 for that draw, so the loop can log the count (and stop past
+``train.max_unreadable``); batch shapes (and DDP step counts) stay the same.
 """
 from __future__ import annotations
 
@@ -56,14 +56,25 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i: int):
         skipped = 0
-        for attempt in range(min(len(self.items), 100)):
+        for attempt in range(len(self.items)):  # the next readable image, however far
             j = (i + attempt) % len(self.items)
             img = self._load(j)
             if img is not None:
                 x = self._augment(img, j) if self.transform is not None else img
-                return x, self.labels[j], skipped
+                return x, self.labels[j], int(skipped > 0)  # 1: this draw's own image was unreadable
             skipped += 1
-        raise DataError(f"100 images in a row from index {i} could not be read; check the data folder.")
+        raise DataError(f"None of the {len(self.items)} images could be read (the first: '{self.items[0]}'); check "
+                        "the data folder.")
+
+    def unreadable(self, n: int = 3) -> list[str]:
+        """The first ``n`` files that cannot be decoded (for an error message: it opens files in order)."""
+        bad = []
+        for item in self.items:
+            if isinstance(item, Path) and load_rgb(item) is None:
+                bad.append(str(item))
+                if len(bad) == n:
+                    break
+        return bad
 
 
 def build_dataset(data: str, split: str, img_size: int, transform=None, val_fraction: float = 0.2,

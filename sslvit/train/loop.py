@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sslvit.config import save_yaml, to_dict
+from sslvit.data.folder import DataError
 from sslvit.data.shard_reader import ShardDataset
 from sslvit.data.stream_loader import StreamLoader, bad_sample_report
 from sslvit.eval.features import extract_features
@@ -80,6 +81,7 @@ class TrainConfig:
     knn_k: int = 20
     stop_after: Optional[int] = None  # end this invocation after N epochs; continue later with --resume
     max_bad_steps: int = 10  # consecutive steps with a non-finite loss or gradient (each skipped) before stopping
+    max_unreadable: float = 0.2  # share of an epoch's images that may be unreadable (skipped) before the run stops
     shuffle_buffer: int = 1000  # shards: samples held per data-loader worker for shuffling
     data_resampled: bool = False  # shards: draw shards with replacement forever (epoch = the index's count)
 
@@ -102,6 +104,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not value >= 0:
                 raise ValueError(f"train.{name} must be >= 0 (got {value}).")
+        if not 0.0 <= self.max_unreadable <= 1.0:
+            raise ValueError(f"train.max_unreadable is a share in [0, 1] (got {self.max_unreadable}).")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"train.betas must each be in [0, 1) (got {list(self.betas)}); AdamW's are 0.9,0.999.")
 
@@ -364,6 +368,10 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
                               f"{record['images_per_s']:.0f} img/s" +
                               (f"  skipped {epoch_skipped} unreadable images" if epoch_skipped else "") +
                               (f" in {len(bad_per_shard)} shard(s), counts per shard in log.jsonl" if bad_per_shard else ""))
+            # a folder replaces an unreadable draw (counted once); a stream drops its bad samples
+            tried = epoch_batches * tc.batch_size * accelerator.num_processes + (epoch_skipped if bad_per_shard else 0)
+            if epoch_skipped > tc.max_unreadable * tried:
+                raise DataError(_too_many_unreadable(train_set, epoch_skipped, tried, tc.max_unreadable, bad_per_shard))
             is_last = epoch == last_epoch
             if tc.knn_every and knn_sets is not None and ((epoch + 1) % tc.knn_every == 0 or is_last):
                 if main:
@@ -388,6 +396,16 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
             log_file.close()
         accelerator.end_training()
     return run_dir
+
+
+def _too_many_unreadable(train_set, skipped: int, tried: int, share: float, bad_per_shard) -> str:
+    if bad_per_shard:
+        where = "in shards " + ", ".join(list(bad_per_shard)[:3]) + " (counts per shard in log.jsonl)"
+    else:
+        first = train_set.unreadable(3) if hasattr(train_set, "unreadable") else []
+        where = "e.g. " + ", ".join(f"'{f}'" for f in first) if first else "see the warnings above"
+    return (f"{skipped} of the {tried} images read this epoch ({skipped / tried:.0%}) could not be decoded, more than "
+            f"train.max_unreadable {share:.0%} allows: {where}; fix or remove them, or raise train.max_unreadable.")
 
 
 def _online_knn(accelerator, raw, knn_sets, tc: TrainConfig) -> dict:
