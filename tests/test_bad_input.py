@@ -291,3 +291,25 @@ def test_many_unreadable_images_stop_the_run_naming_files_and_share_few_do_not(t
         run = run_pretraining(MAERunConfig, "mae", argv=[*argv, "--out", str(tmp_path / "r2"),
                                                          "--train.max_unreadable", "0.9"])
     assert (run / "backbone.safetensors").is_file()
+
+
+def test_the_shard_writer_with_a_file_as_output_is_one_sentence(tmp_path, capsys):
+    from sslvit.data.shards import main
+
+    _pngs(tmp_path / "imgs", 3)
+    (tmp_path / "out").write_text("a file")
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path / "imgs"), str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == (f"error: The output '{tmp_path / 'out'}' is a file; pass a folder (new "
+                                               "or holding this write's shards).")
+    assert (tmp_path / "out").read_text() == "a file"
+
+
+def test_a_folder_of_tars_without_an_index_says_how_to_index_them(tmp_path):
+    from sslvit.data.dataset import build_dataset
+    from sslvit.data.folder import DataError
+
+    (tmp_path / "train-000000.tar").write_bytes(b"")
+    with pytest.raises(DataError, match=r"holds tar shards but no index \(train.json\).*python -m sslvit.data.shards"):
+        build_dataset(str(tmp_path), "train", 16)

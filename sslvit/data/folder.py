@@ -24,6 +24,10 @@ def scan_folder(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
                         "(or 'digits' for the embedded data).")
     paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
     if not paths:
+        if any(root.glob("*.tar")):
+            raise DataError(f"Data folder '{root}' holds tar shards but no index (train.json), and sslvit reads shards "
+                            "through their index; write them with `python -m sslvit.data.shards IMAGES OUT`, which "
+                            "writes train.json (and val.json) beside them.")
         raise DataError(f"Data folder '{root}' holds no images ({', '.join(IMG_EXTENSIONS)}); "
                         "point --data at the folder that contains them.")
     rel_parts = [p.relative_to(root).parts for p in paths]

@@ -154,6 +154,8 @@ def write_shards(src: str | Path, out: str | Path, split: str = "train", **kw) -
     src, out = Path(src).expanduser(), Path(out).expanduser()
     if not src.is_dir():
         raise DataError(f"Image folder '{src}' does not exist; pass the folder that holds your images.")
+    if out.exists() and not out.is_dir():
+        raise DataError(f"The output '{out}' is a file; pass a folder (new or holding this write's shards).")
     if (src / "train").is_dir() and (src / "val").is_dir():
         return [write_split(src / s, out, s, **kw) for s in ("train", "val")]
     return [write_split(src, out, split, **kw)]
