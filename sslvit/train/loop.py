@@ -46,8 +46,8 @@ from sslvit.eval.knn import knn_classify
 from sslvit.models.export import export_backbone
 from sslvit.train.checkpoint import (CheckpointError, check_writable, latest_checkpoint, read_meta, resumable_checkpoint,
                                      save_checkpoint, verify_loadable)
-from sslvit.train.devices import build_accelerator, process_state
 from sslvit.train.compiled import check_compile_backend, compile_objective
+from sslvit.train.devices import build_accelerator, process_state
 from sslvit.train.optim import build_adamw, clip_grad_per_param_
 from sslvit.train.pictures import save_columns
 from sslvit.train.precision import PRECISIONS, PrecisionChoice, measure_step, resolve_precision
@@ -177,6 +177,9 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
     tc.validate()
     run_dir = Path(cfg.out).expanduser()
     resume_from = resumable_checkpoint(run_dir) if cfg.resume else None
+    if not cfg.resume and latest_checkpoint(run_dir) is not None:
+        raise FileExistsError(f"Run directory '{run_dir}' already holds checkpoints; pass --resume to continue "
+                              "that run, or --out a new directory.")
     processes = process_state().num_processes
     if len(train_set) < tc.batch_size * processes:
         raise ValueError(f"The training data has {len(train_set)} images, fewer than one batch of "
@@ -190,9 +193,6 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     main = accelerator.is_main_process
-    if not cfg.resume and latest_checkpoint(run_dir) is not None:
-        raise FileExistsError(f"Run directory '{run_dir}' already holds checkpoints; pass --resume to continue "
-                              "that run, or --out a new directory.")
     problem = None
     if main:
         # model + two AdamW moments per checkpoint; the newest ``keep`` plus the one being written
