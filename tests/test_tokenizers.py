@@ -125,9 +125,9 @@ def test_cli_fits_reports_usage_and_refuses_a_too_large_vocab(tmp_path, image_fo
     cli(["fit", "--kind", "pixel", "--data", str(image_folder), "--vocab", "8", "--img_size", "16",
          "--patch_size", "4", "--out", str(out), "--iters", "3"])
     printed = capsys.readouterr().out
-    assert "768 patches of 48 images" in printed and "codebook usage" in printed and "perplexity" in printed
+    assert "960 patches of 60 images" in printed and "codebook usage" in printed and "perplexity" in printed
     tok = load_tokenizer(out)
-    assert tok.vocab == 8 and tok.fit_info["usage"]["codes_used"] <= 8 and tok.fit_info["images"] == 48
+    assert tok.vocab == 8 and tok.fit_info["usage"]["codes_used"] <= 8 and tok.fit_info["images"] == 60
     with pytest.raises(SystemExit) as e:
         cli(["fit", "--data", str(image_folder), "--vocab", "1000", "--img_size", "16", "--patch_size", "4",
              "--out", str(tmp_path / "big.safetensors")])

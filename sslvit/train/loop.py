@@ -81,7 +81,7 @@ class TrainConfig:
     knn_k: int = 20
     stop_after: Optional[int] = None  # end this invocation after N epochs; continue later with --resume
     max_bad_steps: int = 10  # consecutive steps with a non-finite loss or gradient (each skipped) before stopping
-    max_unreadable: float = 0.2  # share of an epoch's images that may be unreadable (skipped) before the run stops
+    max_unreadable: float = 0.5  # share of an epoch's images that may be unreadable (skipped) before the run stops
     shuffle_buffer: int = 1000  # shards: samples held per data-loader worker for shuffling
     data_resampled: bool = False  # shards: draw shards with replacement forever (epoch = the index's count)
 

@@ -20,9 +20,13 @@ LOCK_NAME = ".lock"
 
 
 def _acquire(run_dir: Path):
-    """-> the open, locked lock file; raises FileExistsError naming the holder when it is taken."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(run_dir / LOCK_NAME, "a+")
+    """-> the open, locked lock file, or None where the directory cannot be written (the run's own
+    writability check then says so); raises FileExistsError naming the holder when it is taken."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(run_dir / LOCK_NAME, "a+")
+    except OSError:
+        return None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
