@@ -131,7 +131,7 @@ def test_cli_fits_reports_usage_and_refuses_a_too_large_vocab(tmp_path, image_fo
     with pytest.raises(SystemExit) as e:
         cli(["fit", "--data", str(image_folder), "--vocab", "1000", "--img_size", "16", "--patch_size", "4",
              "--out", str(tmp_path / "big.safetensors")])
-    assert e.value.code == 2 and "larger than the 768 patches" in capsys.readouterr().err
+    assert e.value.code == 2 and "larger than the 960 patches" in capsys.readouterr().err
     assert not (tmp_path / "big.safetensors").exists()
     with pytest.raises(SystemExit) as e:
         cli(["fit", "--kind", "features", "--out", str(tmp_path / "f.safetensors")])
