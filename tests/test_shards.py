@@ -398,3 +398,36 @@ def test_resampled_mode_gives_a_full_epoch_reproducibly(split_folder, tmp_path):
     first = epoch(0, 0)
     assert len(first) == 44 and len(set(first)) > 20  # 11 batches drawn from several shards
     assert epoch(0, 0) == first and epoch(0, 1) != first and epoch(1, 0) != first
+
+
+@pytest.mark.parametrize("claim", [20, 2])  # 2x the true 10 (the epoch re-reads), and 1/5 (it skips data)
+def test_wrong_counts_in_the_index_are_a_warning_naming_shards_and_true_counts(claim, split_folder, tmp_path,
+                                                                               fresh_accelerate, capsys):
+    """They used to run silently: 1000 claimed per shard (really 10) made an epoch re-read the data 114x."""
+    from tests.test_end_to_end import _run
+
+    out = tmp_path / "shards"
+    write_shards(split_folder / "train", out, max_count=10, progress=False)  # 45 images: 10, 10, 10, 10, 5
+    index = json.loads((out / "train.json").read_text())
+    true = {s["name"]: s["count"] for s in index["shards"]}
+    for s in index["shards"]:
+        s["count"] = claim
+    index["num_samples"] = claim * len(index["shards"])
+    (out / "train.json").write_text(json.dumps(index))
+    run = _run(tmp_path / "run", out, ["--train.batch_size", "4", "--train.epochs", "1", "--train.knn_every", "0"])
+    printed = capsys.readouterr().out
+    assert "warning: the shard index's sample counts are wrong for" in printed
+    assert f"train-000000.tar: {claim} in the index, 10 read" in printed
+    record = next(json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if "shard_counts_wrong" in x)
+    assert record["shard_counts_wrong"] == {k: [claim, n] for k, n in true.items() if k in record["shard_counts_wrong"]}
+    assert len(record["shard_counts_wrong"]) >= 1
+
+
+def test_a_correct_index_gives_no_count_warning(split_folder, tmp_path, fresh_accelerate, capsys):
+    from tests.test_end_to_end import _run
+
+    out = tmp_path / "shards"
+    write_shards(split_folder / "train", out, max_count=10, progress=False)
+    run = _run(tmp_path / "run", out, ["--train.batch_size", "4", "--train.epochs", "1", "--train.knn_every", "0"])
+    assert "shard index's sample counts are wrong" not in capsys.readouterr().out
+    assert "shard_counts_wrong" not in (run / "log.jsonl").read_text()

@@ -23,6 +23,7 @@ counts reach the main process through the data loader itself.
 from __future__ import annotations
 
 import io
+import itertools
 import random
 import re
 import tarfile
@@ -51,6 +52,13 @@ class BadSample:
     kind: str
 
 
+@dataclass
+class ShardEnd:
+    """The end of one shard's read: ``shard`` (its URL) and ``count`` (samples in it, good and bad)."""
+    shard: str
+    count: int
+
+
 def is_shard_spec(data: str) -> bool:
     if data.startswith("pipe:") or "://" in data or ".tar" in data or data.endswith(".json"):
         return True
@@ -71,6 +79,12 @@ def resolve_shards(spec: str, split: str) -> tuple[list[str], int, list[str]]:
     """``--data`` -> (shard URLs, number of samples, class names) of ``split``.
 
     ``split`` is 'train', 'val' or 'all' ('all' = 'train' for shard sets)."""
+    urls, counts, classes = resolve_shard_counts(spec, split)
+    return urls, sum(counts.values()), classes
+
+
+def resolve_shard_counts(spec: str, split: str) -> tuple[list[str], dict[str, int], list[str]]:
+    """As ``resolve_shards``, with the index's sample count per shard name instead of the total."""
     p = Path(spec).expanduser()
     if p.is_dir():
         name = "val" if split == "val" else "train"
@@ -90,7 +104,7 @@ def resolve_shards(spec: str, split: str) -> tuple[list[str], int, list[str]]:
     return _from_index(_index_location(spec), urls)
 
 
-def _from_index(location: str, urls: Optional[list[str]]) -> tuple[list[str], int, list[str]]:
+def _from_index(location: str, urls: Optional[list[str]]) -> tuple[list[str], dict[str, int], list[str]]:
     index = read_index(location)
     counts = {s["name"]: s["count"] for s in index["shards"]}
     if urls is None:
@@ -101,15 +115,15 @@ def _from_index(location: str, urls: Optional[list[str]]) -> tuple[list[str], in
     if missing:
         raise DataError(f"Shard '{missing[0]}' does not exist ({len(missing)} of {len(urls)} missing); check the "
                         "--data pattern or write the shards again.")
-    names = [_shard_name(u) for u in urls]
+    names = [shard_name(u) for u in urls]
     unknown = [n for n in names if n not in counts]
     if unknown:
         raise DataError(f"Shard '{unknown[0]}' is not in the index '{location}'; the pattern and the index come "
                         "from different writes.")
-    return urls, sum(counts[n] for n in names), list(index.get("classes", []))
+    return urls, {n: counts[n] for n in names}, list(index.get("classes", []))
 
 
-def _shard_name(url: str) -> str:
+def shard_name(url: str) -> str:
     m = re.search(r"[^/\s]+\.tar", url)
     return m.group(0) if m else url
 
@@ -156,6 +170,8 @@ class ShardDataset(IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.markers = markers
+        self.claimed: dict[str, int] = {}  # shard name -> count in the index (build_shard_dataset sets it)
+        self.shard_ends = False  # yield a ShardEnd after each shard (the training stream's count check)
         self.epoch = 0
         self.pass_index = 0
 
@@ -200,10 +216,25 @@ class ShardDataset(IterableDataset):
         slot, slots = self._slot()
         rng = random.Random(f"{self.seed}-{self.epoch}-{self.pass_index}-{slot}")
         shards = self._resampled_shards(rng) if self.resampled else iter(self.shards_for_slot(slot, slots))
-        stream = self._read(shards)
+        ends: list[ShardEnd] = []  # kept out of the shuffle buffer: handed on as soon as a shard is read
+
+        def divert(items):
+            for item in items:
+                if isinstance(item, ShardEnd):
+                    ends.append(item)
+                else:
+                    yield item
+
+        stream = divert(self._read(shards))
         if self.shuffle and self.shuffle_buffer > 1:
             stream = wds.filters._shuffle(stream, self.shuffle_buffer, min(100, self.shuffle_buffer), rng=rng)
-        for item in stream:
+        for item in itertools.chain(stream, [None]):
+            while ends:
+                end = ends.pop(0)
+                if self.shard_ends:
+                    yield end
+            if item is None:
+                return
             if isinstance(item, BadSample):
                 if self.markers:
                     yield item
@@ -222,13 +253,18 @@ class ShardDataset(IterableDataset):
                 errors.append(exn)
                 return True
 
+            read = 0
             for sample in wds.tariterators.group_by_keys(_tar_files(url, keep_going), handler=keep_going):
                 while errors:
+                    read += 1
                     yield BadSample(url, _error_kind(errors.pop(0)))
                 img, label, problem = decode_sample(sample)
+                read += 1
                 yield BadSample(url, problem) if problem else (img, label)
             while errors:
+                read += 1
                 yield BadSample(url, _error_kind(errors.pop(0)))
+            yield ShardEnd(url, read)
 
 
 def tar_members(stream) -> Iterator[tuple[str, bytes]]:
@@ -303,6 +339,9 @@ def _error_kind(exn: Exception) -> str:
 
 def build_shard_dataset(spec: str, split: str, transform=None, shuffle: bool = False, seed: int = 0,
                         markers: bool = False, resampled: bool = False, shuffle_buffer: int = 1000) -> ShardDataset:
-    urls, n, classes = resolve_shards(spec, split)
-    return ShardDataset(urls, n, transform, classes, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
-                        resampled=resampled, seed=seed, markers=markers)
+    urls, counts, classes = resolve_shard_counts(spec, split)
+    dataset = ShardDataset(urls, sum(counts.values()), transform, classes, shuffle=shuffle,
+                           shuffle_buffer=shuffle_buffer, resampled=resampled, seed=seed, markers=markers)
+    dataset.claimed = counts  # what the index says each shard holds, checked against the first pass
+    dataset.shard_ends = markers
+    return dataset

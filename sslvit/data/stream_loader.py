@@ -23,7 +23,7 @@ from accelerate.utils import send_to_device
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 
 from sslvit.data.folder import DataError
-from sslvit.data.shard_reader import BadSample, ShardDataset
+from sslvit.data.shard_reader import BadSample, ShardDataset, ShardEnd, shard_name
 
 
 def _unbatched(batch):
@@ -49,7 +49,7 @@ class _WorkerBatches(IterableDataset):
     def __iter__(self):
         buf = []
         for item in self.dataset:
-            if isinstance(item, BadSample):
+            if isinstance(item, (BadSample, ShardEnd)):
                 yield item
                 continue
             buf.append(item)
@@ -82,6 +82,7 @@ class StreamLoader:
             warnings.warn(f"{shards} shards for {num_processes} process(es) x {num_workers} workers: some workers "
                           "will have no shard to read; write smaller shards for full speed.", stacklevel=2)
         self.bad_samples: Counter = Counter()
+        self.shard_reads: dict[str, int] = {}  # shard name -> samples read in a complete first-pass read
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -90,6 +91,7 @@ class StreamLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         self.bad_samples = Counter()
+        self.shard_reads = {}
 
     def _batches(self):
         """Collated batches, pass after pass of this process's shards."""
@@ -102,7 +104,10 @@ class StreamLoader:
                                 num_workers=self.num_workers, collate_fn=_unbatched, pin_memory=self.pin_memory)
             good = 0
             for item in loader:
-                if isinstance(item, BadSample):
+                if isinstance(item, ShardEnd):
+                    if pass_index == 0:
+                        self.shard_reads[shard_name(item.shard)] = item.count
+                elif isinstance(item, BadSample):
                     if pass_index == 0:  # a padding pass re-reads the same shards: count each bad sample once
                         self.bad_samples[(item.shard, item.kind)] += 1
                 elif isinstance(item, _Collated):
@@ -136,3 +141,8 @@ def bad_sample_report(counts: Counter) -> dict:
     for (shard, kind), n in sorted(counts.items()):
         out.setdefault(shard, {})[kind] = n
     return out
+
+
+def wrong_counts(claimed: dict[str, int], reads: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """{shard: (count in the index, count read)} for every fully read shard whose index count is wrong."""
+    return {name: (claimed[name], n) for name, n in sorted(reads.items()) if name in claimed and claimed[name] != n}

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from sslvit.config import save_yaml, to_dict
 from sslvit.data.folder import DataError
 from sslvit.data.shard_reader import ShardDataset
-from sslvit.data.stream_loader import StreamLoader, bad_sample_report
+from sslvit.data.stream_loader import StreamLoader, bad_sample_report, wrong_counts
 from sslvit.eval.features import extract_features
 from sslvit.eval.knn import knn_classify
 from sslvit.models.export import export_backbone
@@ -256,7 +256,7 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
     log({"step": step, "precision": choice.name, "precision_reason": choice.reason,
          **({"precision_timings_s": choice.timings, "precision_choice_s": choice.cost_s} if choice.timings else {})})
     last_epoch = tc.epochs - 1 if tc.stop_after is None else min(tc.epochs, start_epoch + tc.stop_after) - 1
-    window_finite, bad_streak, bad_step, micro, applied = True, 0, None, 0, 0
+    window_finite, bad_streak, bad_step, micro, applied, counts_checked = True, 0, None, 0, 0, False
     try:
         for epoch in range(start_epoch, last_epoch + 1):
             loader.set_epoch(epoch)
@@ -355,6 +355,8 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
             if isinstance(loader, StreamLoader):
                 bad_per_shard = bad_sample_report(sum(gather_object([loader.bad_samples]), Counter()))
                 epoch_skipped += sum(n for kinds in bad_per_shard.values() for n in kinds.values())
+                if not counts_checked:
+                    counts_checked = _check_shard_counts(accelerator, loader, train_set, log, epoch)
             else:
                 epoch_skipped = int(accelerator.reduce(torch.tensor(epoch_skipped, device=accelerator.device), "sum"))
             dt = time.perf_counter() - epoch_t0
@@ -396,6 +398,23 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
             log_file.close()
         accelerator.end_training()
     return run_dir
+
+
+def _check_shard_counts(accelerator, loader: StreamLoader, train_set, log, epoch: int) -> bool:
+    """Compare the shards read whole this epoch (all processes) with the index's counts; warn once
+    with the shard names and the true counts. -> True once any shard has been read whole."""
+    reads = {}
+    for part in gather_object([loader.shard_reads]):
+        reads.update(part)
+    wrong = wrong_counts(getattr(train_set, "claimed", {}), reads)
+    if wrong:
+        shown = ", ".join(f"{name}: {claim} in the index, {n} read" for name, (claim, n) in list(wrong.items())[:3])
+        msg = (f"the shard index's sample counts are wrong for {len(wrong)} of the {len(reads)} shards read whole "
+               f"({shown}); the epoch's length comes from the index, so it re-reads or skips data: write the index "
+               "again with `python -m sslvit.data.shards`.")
+        log({"epoch": epoch + 1, "shard_counts_wrong": {k: list(v) for k, v in wrong.items()}, "warnings": [msg]})
+        accelerator.print(f"warning: {msg}")
+    return bool(reads)
 
 
 def _too_many_unreadable(train_set, skipped: int, tried: int, share: float, bad_per_shard) -> str:
