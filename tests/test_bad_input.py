@@ -313,3 +313,42 @@ def test_a_folder_of_tars_without_an_index_says_how_to_index_them(tmp_path):
     (tmp_path / "train-000000.tar").write_bytes(b"")
     with pytest.raises(DataError, match=r"holds tar shards but no index \(train.json\).*python -m sslvit.data.shards"):
         build_dataset(str(tmp_path), "train", 16)
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_run_folder(tmp_path, image_folder, fresh_accelerate,
+                                                                          monkeypatch):
+    """An error after set-up used to leave config.yaml, log.jsonl and tensorboard/ in a folder with no checkpoint."""
+    import sslvit.objectives.mae as mae
+    from sslvit.objectives.mae import MAERunConfig
+    from sslvit.train.entry import run_pretraining
+    from tests.test_end_to_end import TINY
+
+    def broken(self, imgs):
+        raise ValueError("the objective broke at its first step")
+
+    monkeypatch.setattr(mae.MAE, "forward", broken)
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="broke at its first step"):
+        run_pretraining(MAERunConfig, "mae", argv=[*TINY, "--data", str(image_folder), "--out", str(run)])
+    assert not run.exists()
+    existing = tmp_path / "mine"  # a folder the user made is never removed
+    existing.mkdir()
+    (existing / "notes.txt").write_text("mine")
+    fresh_accelerate()
+    with pytest.raises(ValueError):
+        run_pretraining(MAERunConfig, "mae", argv=[*TINY, "--data", str(image_folder), "--out", str(existing)])
+    assert (existing / "notes.txt").read_text() == "mine"
+
+
+def test_a_diverged_run_keeps_its_log_and_is_marked_failed(tmp_path, image_folder, fresh_accelerate, monkeypatch):
+    import sslvit.objectives.mae as mae
+    from sslvit.objectives.mae import MAERunConfig
+    from sslvit.train.entry import run_pretraining
+    from sslvit.train.loop import TrainingDiverged
+    from tests.test_end_to_end import TINY
+
+    monkeypatch.setattr(mae, "mae_loss", lambda pred, target, mask, norm: (pred * float("nan")).mean())
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged) as err:
+        run_pretraining(MAERunConfig, "mae", argv=[*TINY, "--data", str(image_folder), "--out", str(run)])
+    assert (run / "FAILED").read_text().strip() == str(err.value) and (run / "log.jsonl").is_file()

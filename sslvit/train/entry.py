@@ -2,7 +2,9 @@
 run the shared loop, and turn a user's mistake into one clear sentence."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import shutil
 import sys
 from importlib import resources
 from pathlib import Path
@@ -17,7 +19,7 @@ from sslvit.data.dataset import build_dataset, first_items
 from sslvit.data.folder import DataError
 from sslvit.data.shard_reader import build_shard_dataset, is_shard_spec
 from sslvit.data.transforms import eval_transform
-from sslvit.train.checkpoint import CheckpointError
+from sslvit.train.checkpoint import CheckpointError, latest_checkpoint
 from sslvit.train.loop import TrainingDiverged, pretrain
 from sslvit.train.run_lock import run_dir_lock
 
@@ -64,12 +66,31 @@ def run_pretraining(config_cls, preset: str, argv=None) -> Path:
     if not picture_imgs:
         raise DataError(f"No readable sample in '{cfg.data}': every image failed to decode; check the data.")
     picture_imgs = torch.stack(picture_imgs)
-    set_seed(cfg.train.seed)  # the initial weights are part of what a seed reproduces
-    objective = cfg.build_objective()
-    collate_fn = cfg.collate_fn() if hasattr(cfg, "collate_fn") else None
-    knn = knn_sets(cfg)
-    with run_dir_lock(Path(cfg.out)):  # a second run on the same --out is refused, not interleaved
-        return pretrain(cfg, objective, train_set, picture_imgs, collate_fn=collate_fn, knn_sets=knn)
+    with removed_if_it_fails(Path(cfg.out).expanduser()):
+        set_seed(cfg.train.seed)  # the initial weights are part of what a seed reproduces
+        objective = cfg.build_objective()  # BEiT fits (and writes) its tokenizer here
+        collate_fn = cfg.collate_fn() if hasattr(cfg, "collate_fn") else None
+        knn = knn_sets(cfg)
+        with run_dir_lock(Path(cfg.out)):  # a second run on the same --out is refused, not interleaved
+            return pretrain(cfg, objective, train_set, picture_imgs, collate_fn=collate_fn, knn_sets=knn)
+
+
+@contextlib.contextmanager
+def removed_if_it_fails(run_dir: Path):
+    """A run folder this invocation creates is removed when the run fails before its first
+    checkpoint, so no half-written run (config.yaml, log.jsonl, tensorboard/, a tokenizer) is
+    left; a diverged run keeps its folder, marked by a FAILED file holding the error, because its
+    log.jsonl shows the non-finite steps."""
+    existed = run_dir.exists()
+    try:
+        yield
+    except BaseException as e:
+        if not existed and run_dir.is_dir() and latest_checkpoint(run_dir) is None and PartialState().is_main_process:
+            if isinstance(e, TrainingDiverged):
+                (run_dir / "FAILED").write_text(f"{e}\n")
+            else:
+                shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 RESUMABLE_CHANGES = ("train", "data", "out", "resume")  # sections a resumed run may change
