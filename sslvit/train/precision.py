@@ -4,8 +4,9 @@
 ``auto`` is bf16 on a CUDA GPU (fp16 where it lacks bf16); fp32 on a CPU without native bf16
 (emulated bf16 is many times slower); and on a CPU with native bf16 (AVX-512 BF16 / AMX) it is
 decided by timing the run's own forward + backward in both precisions before training, as
-cuDNN's benchmark mode does: bf16 wins big matmuls (ViT-S/16 MAE 1.9x on a Xeon) and loses small
-ones (the 16 px ViT-Ti/4 demo model is 1.5x slower: converting costs more than it saves).
+cuDNN's benchmark mode does: bf16 wins big matmuls (ViT-S/16 MAE 1.5-1.9x on a Xeon with AMX) and
+loses small ones (the 16 px ViT-Ti/4 demo model runs at 0.47-0.52x: converting costs more than it
+saves).
 
 The timings are cached per CPU model, torch version, thread count, objective and batch shape in
 ``$SSLVIT_CACHE/precision.json`` (default ``~/.cache/sslvit``): a rerun of the same setup times
@@ -25,7 +26,7 @@ from typing import Callable, Optional
 import torch
 
 from sslvit.train.checkpoint import write_json_atomic
-from sslvit.train.devices import cpu_model
+from sslvit.train.devices import cpu_model, has_accelerator
 
 PRECISIONS = ("auto", "fp32", "no", "bf16", "fp16")
 BF16_MARGIN = 0.9  # bf16 is chosen only when its step takes < 90% of fp32's: fp32 is the more exact
@@ -83,6 +84,8 @@ def resolve_precision(requested: str, time_step: Optional[Callable[[], dict]] = 
         if torch.cuda.is_bf16_supported():
             return PrecisionChoice("bf16", "GPU with bf16")
         return PrecisionChoice("fp16", "GPU without bf16 (loss scaling on)")
+    if has_accelerator() and os.environ.get("ACCELERATE_USE_CPU", "false").lower() not in ("1", "true", "yes"):
+        return PrecisionChoice("no", "an accelerator other than CUDA: fp32 (set train.precision bf16 to try it)")
     if not cpu_has_native_bf16():
         why = "SSLVIT_CPU_BF16=0" if torch_native_bf16() else "no native bf16 on this CPU"
         return PrecisionChoice("no", why)
