@@ -52,10 +52,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        try:
-            return float(text)
-        except (TypeError, ValueError):
-            raise ConfigError(f"'{key}' must be a number such as 0.5 or 1e-3 (got {value!r}).") from None
+        number = _number(text)
+        if number is None:
+            raise ConfigError(f"'{key}' must be a number such as 0.5 or 1e-3 (got {value!r}).")
+        return number
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -92,7 +92,7 @@ def _coerce_sequence(value: Any, text: Optional[str], tp: Any, key: str) -> tupl
     if not variadic and len(value) != len(args):
         raise ConfigError(f"'{key}' takes {len(args)} values, like "
                           f"{','.join(['0.5'] * len(args))} (got {len(value)}: {value!r}).")
-    types = [args[0]] * len(value) if variadic and args else list(args) or [Any] * len(value)
+    types = list(args) if not variadic else [args[0] if args else Any] * len(value)
     out = [v if t is Any else _coerce(v, t, key) for v, t in zip(value, types)]
     return tuple(out) if origin is tuple else out
 

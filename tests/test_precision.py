@@ -25,7 +25,7 @@ def native_bf16(monkeypatch):
     monkeypatch.delenv("SSLVIT_CPU_BF16", raising=False)
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     monkeypatch.setattr(precision, "torch_native_bf16", lambda: True)
-    monkeypatch.setattr(precision, "on_cuda", lambda: False)
+    monkeypatch.setattr(precision, "accelerator_kind", lambda: "cpu")
 
 
 @pytest.mark.parametrize("requested, expected", [("fp32", "no"), ("no", "no"), ("bf16", "bf16"), ("fp16", "fp16")])
@@ -56,7 +56,7 @@ def test_the_switch_makes_auto_resolve_as_on_a_cpu_without_native_bf16(native_bf
 @pytest.mark.parametrize("bf16_ok, expected", [(True, "bf16"), (False, "fp16")])
 def test_auto_on_a_gpu_is_bf16_or_fp16_without_timing(bf16_ok, expected, monkeypatch):
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
-    monkeypatch.setattr(precision, "on_cuda", lambda: True)
+    monkeypatch.setattr(precision, "accelerator_kind", lambda: "cuda")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_ok)
     assert resolve_precision("auto", _never).precision == expected
 

@@ -116,27 +116,29 @@ def damaged_file(ckpt: Path) -> Optional[str]:
 def resumable_checkpoint(run_dir: Path, say=print) -> Optional[Path]:
     """The newest complete checkpoint whose weight files open, or None when there is none; each newer
     damaged one is named through ``say``. Raises CheckpointError when every checkpoint is damaged."""
-    root = Path(run_dir) / CKPT_DIR
-    done = sorted((p for p in root.glob("epoch_*") if (p / "meta.json").is_file()),
-                  key=lambda p: json.loads((p / "meta.json").read_text())["epoch"], reverse=True)
     damaged = []
-    for ckpt in done:
+    for ckpt in complete_checkpoints(run_dir):
         problem = damaged_file(ckpt)
         if problem is None:
             return ckpt
         damaged.append(f"'{ckpt}' ({problem})")
         say(f"warning: checkpoint {damaged[-1]} is damaged; trying the one before it.")
     if damaged:
-        raise CheckpointError(f"Every checkpoint in '{root}' is damaged, the newest {damaged[0]}; start a new --out "
+        raise CheckpointError(f"Every checkpoint in '{Path(run_dir) / CKPT_DIR}' is damaged, the newest {damaged[0]}; start a new --out "
                               "(the run's config.yaml holds its settings).")
     return None
 
 
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """The checkpoint folders of ``run_dir`` that have ``meta.json`` (written last), newest first."""
+    done = [p for p in (Path(run_dir) / CKPT_DIR).glob("epoch_*") if (p / "meta.json").is_file()]
+    return sorted(done, key=lambda p: json.loads((p / "meta.json").read_text())["epoch"], reverse=True)
+
+
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:
     """The newest complete checkpoint folder in ``run_dir``, or None."""
-    root = Path(run_dir) / CKPT_DIR
-    done = [p for p in root.glob("epoch_*") if (p / "meta.json").is_file()]
-    return max(done, key=lambda p: json.loads((p / "meta.json").read_text())["epoch"]) if done else None
+    done = complete_checkpoints(run_dir)
+    return done[0] if done else None
 
 
 def read_meta(ckpt: Path) -> dict:

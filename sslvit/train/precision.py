@@ -54,9 +54,11 @@ def cpu_has_native_bf16() -> bool:
     return torch_native_bf16()
 
 
-def on_cuda() -> bool:
-    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")
-    return torch.cuda.is_available() and not use_cpu
+def accelerator_kind() -> str:
+    """Where the run trains: 'cpu' (no accelerator, or accelerate told to use the CPU), 'cuda' or 'other'."""
+    if os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes") or not has_accelerator():
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "other"
 
 
 @dataclass
@@ -80,11 +82,12 @@ def resolve_precision(requested: str, time_step: Optional[Callable[[], dict]] = 
     env = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     if env != "no":
         return PrecisionChoice(env, "from accelerate's --mixed_precision")
-    if on_cuda():
+    kind = accelerator_kind()
+    if kind == "cuda":
         if torch.cuda.is_bf16_supported():
             return PrecisionChoice("bf16", "GPU with bf16")
         return PrecisionChoice("fp16", "GPU without bf16 (loss scaling on)")
-    if has_accelerator() and os.environ.get("ACCELERATE_USE_CPU", "false").lower() not in ("1", "true", "yes"):
+    if kind == "other":
         return PrecisionChoice("no", "an accelerator other than CUDA: fp32 (set train.precision bf16 to try it)")
     if not cpu_has_native_bf16():
         why = "SSLVIT_CPU_BF16=0" if torch_native_bf16() else "no native bf16 on this CPU"
