@@ -251,6 +251,68 @@ def test_an_image_given_as_the_checkpoint_is_named_as_such(tmp_path):
         resolve_backbone_path(tmp_path / "cat.png")
 
 
+def _deny(monkeypatch, run, lock: str) -> None:
+    """Make ``run``'s weights unreadable (``lock`` 'weights') or the run folder closed ('folder'):
+    with chmod for a normal user; as root, who reads every file whatever its mode, by answering
+    for the OS as it answers that user (os.access False; stat of a path inside: EACCES)."""
+    import os
+    import pathlib
+
+    if os.geteuid() != 0:
+        (run / "backbone.safetensors").chmod(0o000) if lock == "weights" else run.chmod(0o000)
+        return
+    if lock == "weights":
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p).startswith(str(run / "backbone."))
+                            else real_access(p, mode, **kw))
+        return
+    real_stat = pathlib.Path.stat
+
+    def stat(self, **kw):
+        if str(self).startswith(str(run) + os.sep):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_stat(self, **kw)
+    monkeypatch.setattr(pathlib.Path, "stat", stat)
+
+
+@pytest.mark.parametrize("lock", ["weights", "folder"])
+def test_a_backbone_it_may_not_read_says_permission_denied_not_missing(lock, tmp_path, monkeypatch):
+    """It said 'No backbone weights at ...' for a file that was there."""
+    from sslvit.models.export import load_backbone
+
+    run = _exported(tmp_path / "run", "tiny")
+    _deny(monkeypatch, run, lock)
+    try:
+        with pytest.raises(PermissionError) as err:
+            load_backbone(run)
+    finally:
+        run.chmod(0o755)
+        (run / "backbone.safetensors").chmod(0o644)
+    where = run / "backbone.safetensors"
+    expected = (f"'{where}' cannot be read (permission denied)" if lock == "weights" else
+                f"'{where}' cannot be reached (permission denied on a folder above it)")
+    assert str(err.value).startswith(expected) and "\n" not in str(err.value), str(err.value)
+
+
+def test_probes_replace_their_earlier_results_and_say_so(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = _exported(tmp_path / "run", "tiny")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    cmd = [sys.executable, str(repo / "probes/knn.py"), "--ckpt", str(run), "--data", "digits", "--ks", "5",
+           "--picture_queries", "0", "--baselines", "false"]
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert first.returncode == 0 and "replaced" not in first.stdout, first.stderr[-2000:]
+    (run / "knn.json").write_text("{}")  # an earlier result
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert second.returncode == 0 and "(replaced the earlier knn.json of a previous probe run)" in second.stdout
+    assert (run / "knn.json").read_text() != "{}" and not list(run.glob(".tmp_*"))  # written whole, in place
+
+
 def _folder_with_bad_files(root, good, bad):
     _pngs(root / "good", good)
     (root / "bad").mkdir(parents=True)

@@ -126,14 +126,23 @@ def test_two_processes_and_accumulation_train_like_one_process(name, folder160, 
         assert key_bias <= 20 * _peak_lr(one), (other.name, key_bias)
 
 
-def test_the_check_has_teeth_a_different_split_of_the_masks_shows(folder160, tmp_path, fresh_accelerate,
-                                                                   monkeypatch):
-    """If MAE's masks were drawn per process (the usual torch.rand), accumulation would differ."""
+def _key_masks_by_local_rows(monkeypatch) -> None:
+    """The bug the equivalence tests must catch: each micro-batch's masks keyed by its own rows
+    (0..b-1), as a per-process draw would be, instead of its rows in the step's global batch."""
     import sslvit.objectives.mae as mae
 
+    keyed = mae.MAE.on_batch
+    monkeypatch.setattr(mae.MAE, "on_batch",
+                        lambda self, key, rows, size: keyed(self, key, slice(0, rows.stop - rows.start), size))
+
+
+def test_the_check_has_teeth_a_different_split_of_the_masks_shows(folder160, tmp_path, fresh_accelerate,
+                                                                   monkeypatch):
+    """If MAE's masks were drawn per micro-batch (keyed by the rows of the micro-batch, not of the
+    global batch), accumulation would differ."""
     one = run_pretraining(MAERunConfig, "mae", argv=_args("mae", folder160, tmp_path / "one", 16))
     fresh_accelerate()
-    monkeypatch.setattr(mae.MAE, "on_batch", lambda self, key, rows, size: None)
+    _key_masks_by_local_rows(monkeypatch)
     accum = run_pretraining(MAERunConfig, "mae", argv=_args("mae", folder160, tmp_path / "accum", 8, accum=2))
     loss_rel, _, _ = compare(one, accum)
     assert loss_rel > 1e-3
@@ -185,11 +194,9 @@ def test_under_bf16_two_processes_and_accumulation_stay_within_rounding_of_one_p
 @needs_native_bf16
 def test_under_bf16_the_check_has_teeth_masks_drawn_per_process_show_at_step_1(folder160, tmp_path,
                                                                               fresh_accelerate, monkeypatch):
-    import sslvit.objectives.mae as mae
-
     one = run_pretraining(MAERunConfig, "mae", argv=[*_args("mae", folder160, tmp_path / "one", 16), *BF16])
     fresh_accelerate()
-    monkeypatch.setattr(mae.MAE, "on_batch", lambda self, key, rows, size: None)
+    _key_masks_by_local_rows(monkeypatch)
     accum = run_pretraining(MAERunConfig, "mae", argv=[*_args("mae", folder160, tmp_path / "accum", 8, accum=2),
                                                        *BF16])
     assert any(step == 1 for step, _, _ in _loss_drift(one, accum, RTOL))

@@ -431,3 +431,43 @@ def test_a_correct_index_gives_no_count_warning(split_folder, tmp_path, fresh_ac
     run = _run(tmp_path / "run", out, ["--train.batch_size", "4", "--train.epochs", "1", "--train.knn_every", "0"])
     assert "shard index's sample counts are wrong" not in capsys.readouterr().out
     assert "shard_counts_wrong" not in (run / "log.jsonl").read_text()
+
+
+class _StopAtCall:
+    """A StopRequest whose signal "arrives" at its n-th check (one per epoch start and per step)."""
+
+    def __init__(self, n: int):
+        self.n, self.calls = n, 0
+
+    def agreed(self, accelerator):
+        import signal
+
+        self.calls += 1
+        return signal.SIGTERM if self.calls >= self.n else None
+
+
+def test_a_shard_run_stopped_mid_epoch_resumes_to_the_same_weights(split_folder, tmp_path, fresh_accelerate):
+    """The stream cannot seek: the resumed epoch reads and drops the batches already trained, so
+    it goes on with exactly the batches an unbroken epoch would give (workers and shuffle buffer on)."""
+    from safetensors.torch import load_file
+
+    from sslvit.objectives.mae import MAERunConfig
+    from sslvit.train.checkpoint import latest_checkpoint, read_meta
+    from sslvit.train.entry import run_pretraining
+    from sslvit.train.stop_signals import RunStopped
+    from tests.test_end_to_end import TINY
+
+    out = tmp_path / "shards"
+    write_shards(split_folder / "train", out, max_count=10, progress=False)
+    argv = [*TINY, "--data", str(out), "--train.num_workers", "2", "--train.shuffle_buffer", "8", "--train.epochs", "3"]
+    straight = run_pretraining(MAERunConfig, "mae", argv=[*argv, "--out", str(tmp_path / "straight")])
+    fresh_accelerate()
+    run = tmp_path / "stopped"
+    with pytest.raises(RunStopped) as stopped:  # 2 steps an epoch: checks 1 (epoch 1), 2, 3, 4 (epoch 2), 5 = step 3
+        run_pretraining(MAERunConfig, "mae", argv=[*argv, "--out", str(run)], stop=_StopAtCall(5))
+    meta = read_meta(latest_checkpoint(run))
+    assert (meta["step"], meta["progress"]["batches_done"]) == (3, 1) and "step 3 (epoch 2, batch 1 of 2)" in str(stopped.value)
+    fresh_accelerate()
+    run_pretraining(MAERunConfig, "mae", argv=[*argv, "--out", str(run), "--resume"])
+    a, b = load_file(str(straight / "backbone.safetensors")), load_file(str(run / "backbone.safetensors"))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) == 0.0

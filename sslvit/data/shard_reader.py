@@ -225,7 +225,7 @@ class ShardDataset(IterableDataset):
                 else:
                     yield item
 
-        stream = divert(self._read(shards))
+        stream, served = divert(self._read(shards)), 0
         if self.shuffle and self.shuffle_buffer > 1:
             stream = wds.filters._shuffle(stream, self.shuffle_buffer, min(100, self.shuffle_buffer), rng=rng)
         for item in itertools.chain(stream, [None]):
@@ -242,7 +242,19 @@ class ShardDataset(IterableDataset):
                     warnings.warn(f"Skipping a bad sample in shard '{item.shard}' ({item.kind}).", stacklevel=2)
                 continue
             img, label = item
-            yield (self.transform(img) if self.transform is not None else img), label, 0
+            yield self._augment(img, slot, served), label, 0
+            served += 1
+
+    def _augment(self, img, slot: int, n: int):
+        """The transform with its random draws keyed by (seed, epoch, pass, slot, n), the ``n``-th sample
+        this slot serves: not by the worker's or the process's RNG, so a run resumed mid-epoch (which
+        re-reads the epoch's first batches) crops every later sample as an unbroken run does."""
+        if self.transform is None:
+            return img
+        key = (((self.seed * 1_000_003 + self.epoch) * 1009 + self.pass_index) * 10_007 + slot) * 10_000_019 + n
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(key % 2**63)
+            return self.transform(img)
 
     def _read(self, shards: Iterator[str]):
         """Shard URLs -> (PIL image, label) | BadSample, one shard at a time so every error has its shard."""

@@ -84,6 +84,7 @@ class StreamLoader:
         self.bad_samples: Counter = Counter()
         self.shard_reads: dict[str, int] = {}  # shard name -> samples read in a complete first-pass read
         self.epoch = 0
+        self._skip = 0
 
     def __len__(self) -> int:
         return self.num_batches
@@ -100,8 +101,11 @@ class StreamLoader:
             self.dataset.set_epoch(self.epoch)
             self.dataset.set_pass(pass_index)
             # batch_size=None: the workers batch themselves (see _WorkerBatches)
+            # its own generator: the workers' base seed must not be drawn from (and shift) the training RNG
+            generator = torch.Generator().manual_seed((self.dataset.seed * 1_000_003 + self.epoch) * 1009 + pass_index)
             loader = DataLoader(_WorkerBatches(self.dataset, self.batch_size, self.collate_fn), batch_size=None,
-                                num_workers=self.num_workers, collate_fn=_unbatched, pin_memory=self.pin_memory)
+                                num_workers=self.num_workers, collate_fn=_unbatched, pin_memory=self.pin_memory,
+                                generator=generator)
             good = 0
             for item in loader:
                 if isinstance(item, ShardEnd):
@@ -126,10 +130,18 @@ class StreamLoader:
                                 "`python -m sslvit.data.shards` or point --data at good ones.")
             pass_index += 1
 
+    def skipping(self, n: int) -> "StreamLoader":
+        """The next iteration yields this epoch's batches after the first ``n``, which are read and
+        dropped (a stream cannot seek), so the rest are exactly what an unbroken epoch gives."""
+        self._skip = n
+        return self
+
     def __iter__(self):
-        batches = self._batches()
-        for _ in range(self.num_batches):
+        batches, skip, self._skip = self._batches(), self._skip, 0
+        for i in range(self.num_batches):
             *batch, skipped = next(batches)
+            if i < skip:
+                continue
             batch = tuple(batch) + (torch.as_tensor(skipped),)
             yield send_to_device(batch, self.device) if self.device is not None else batch
         batches.close()

@@ -16,6 +16,7 @@ from sslvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from sslvit.eval.attention import attention_columns
 from sslvit.models.export import load_backbone, resolve_backbone_path, run_data_of
 from sslvit.models.vit import check_img_size
+from sslvit.files import existing
 from sslvit.train.pictures import save_columns
 
 
@@ -57,8 +58,9 @@ def run_attention(cfg: AttentionConfig) -> dict:
     columns, normalized = attention_columns(backbone, imgs)
     out = Path(cfg.out).expanduser() if cfg.out else weights.parent / "attention.png"
     out.parent.mkdir(parents=True, exist_ok=True)
+    replaced = existing([out])
     save_columns(columns, out, normalized)
-    return {"picture": str(out), "images": imgs.shape[0], "heads": len(columns) - 2,
+    return {"picture": str(out), "images": imgs.shape[0], "heads": len(columns) - 2, "replaced": replaced,
             "grid": [imgs.shape[2] // bcfg.patch_size, imgs.shape[3] // bcfg.patch_size]}
 
 

@@ -16,3 +16,5 @@ def main(config_cls, run, fmt) -> None:
         raise SystemExit(2) from None
     if report is not None:  # None on the other processes of a multi-process probe
         print(fmt(report))
+        if report.get("replaced"):
+            print(f"(replaced the earlier {', '.join(report['replaced'])} of a previous probe run)")

@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from sslvit.train.checkpoint import save_safetensors_atomic
+from sslvit.files import save_safetensors_atomic
 
 CACHE_DIR = "features"
 

@@ -29,7 +29,7 @@ from sslvit.data.stream_loader import StreamLoader
 from sslvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from sslvit.models.export import load_backbone, read_backbone_config, resolve_backbone_path, run_data_of
 from sslvit.models.vit import SSLViT, check_img_size
-from sslvit.train.checkpoint import save_safetensors_atomic, write_json_atomic
+from sslvit.files import existing, save_safetensors_atomic, write_json_atomic
 from sslvit.train.devices import build_accelerator
 from sslvit.train.schedules import cosine_schedule, scaled_lr
 
@@ -272,6 +272,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     if accelerator.is_main_process:
         out = weights.parent / f"finetune_{cfg.mode}"
         out.mkdir(exist_ok=True)
+        report["replaced"] = existing([out / "model.safetensors", out / "finetune.json"])
         save_safetensors_atomic(accelerator.unwrap_model(model).state_dict(), out / "model.safetensors")
         write_json_atomic(report, out / "finetune.json")
     accelerator.end_training()

@@ -15,7 +15,7 @@ from sslvit.eval.knn import KS, TEMPERATURE, knn_classify, knn_search
 from sslvit.eval.retrieval import neighbours_picture, retrieval_metrics
 from sslvit.models.export import load_backbone, resolve_backbone_path, run_data_of
 from sslvit.models.vit import build_backbone
-from sslvit.train.checkpoint import write_json_atomic
+from sslvit.files import existing, write_json_atomic
 from sslvit.train.devices import build_accelerator
 
 
@@ -78,7 +78,9 @@ def run_knn_probe(cfg: KNNProbeConfig) -> dict:
         score("random_init", *random_feats)
         score("raw_pixels", *raw_pixel_features(train_set), *raw_pixel_features(val_set))
     report = {"ckpt": str(weights), "data": data, "pool": cfg.pool, "temperature": cfg.temperature,
-              "num_train": len(feats[1]), "num_val": len(feats[3]), "results": results, "retrieval": retrieval}
+              "num_train": len(feats[1]), "num_val": len(feats[3]), "results": results, "retrieval": retrieval,
+              "replaced": existing([weights.parent / "knn.json"] +
+                                   ([weights.parent / "knn_neighbours.png"] if cfg.picture_queries > 0 else []))}
     if cfg.picture_queries > 0:
         report["picture"] = str(_neighbours_picture(feats, train_set, val_set, cfg,
                                                     weights.parent / "knn_neighbours.png"))

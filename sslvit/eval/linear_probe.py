@@ -18,7 +18,7 @@ from sslvit.eval.feature_cache import cached_features, feature_key
 from sslvit.eval.features import extract_features, finish_probe
 from sslvit.eval.linear_heads import grid_accuracy, train_head_grid
 from sslvit.models.export import load_backbone, resolve_backbone_path, run_data_of
-from sslvit.train.checkpoint import write_json_atomic
+from sslvit.files import existing, write_json_atomic
 from sslvit.train.devices import build_accelerator
 
 # DINOv2's linear-probe grid
@@ -115,7 +115,7 @@ def run_linear_probe(cfg: LinearProbeConfig) -> dict:
     report = {"ckpt": str(weights), "data": data, "recipe": cfg.recipe, "head": cfg.head, "optimizer": cfg.optimizer,
               "epochs": cfg.epochs, "feature_dim": int(val_x.shape[1]), "num_train": len(fit), "num_holdout": n_hold,
               "num_val": len(val_y), "aug_passes": cfg.aug_passes, "features_from_cache": all(hits),
-              "best": rows[best], "best_index": best, "grid": rows}
+              "best": rows[best], "best_index": best, "grid": rows, "replaced": existing([weights.parent / "linear.json"])}
     write_json_atomic(report, weights.parent / "linear.json")
     return finish_probe(accelerator, report)
 

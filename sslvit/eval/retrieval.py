@@ -2,6 +2,8 @@
 on l2-normalised features, ranked by faiss (``knn_search``)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from sslvit.eval.knn import knn_search
@@ -42,12 +44,11 @@ def neighbours_picture(queries, query_labels, neighbours, neighbour_labels, clas
     """One row per query: the query, then its nearest train images, each captioned with its class
     (green: same class as the query, red: another). queries (Q, 3, H, W) and neighbours
     (Q, n, 3, H, W) are normalised tensors; written atomically as PNG."""
-    import os
-
     import torch
     from PIL import Image, ImageDraw
 
     from sslvit.data.transforms import denormalize
+    from sslvit.files import atomic_path
 
     Q, n = neighbours.shape[:2]
     tiles = denormalize(torch.cat([queries[:, None], neighbours], 1).flatten(0, 1).float())
@@ -67,7 +68,5 @@ def neighbours_picture(queries, query_labels, neighbours, neighbour_labels, clas
             text = names[label] if names and 0 <= label < len(names) else str(label)
             color = "black" if j == 0 else ("green" if label == int(query_labels[i]) else "red")
             draw.text((x, y + h), ("query: " if j == 0 else "") + text, fill=color)
-    path = str(path)
-    tmp = os.path.join(os.path.dirname(path) or ".", f".tmp_{os.path.basename(path)}")
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(Path(path)) as tmp:
+        sheet.save(tmp, format="PNG")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import yaml
@@ -10,7 +11,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from sslvit.models.vit import BackboneConfig, SSLViT, build_backbone, timm_spec
-from sslvit.train.checkpoint import save_safetensors_atomic, write_json_atomic
+from sslvit.files import save_safetensors_atomic, write_json_atomic
 
 WEIGHTS = "backbone.safetensors"
 SPEC = "backbone.json"
@@ -30,12 +31,30 @@ def export_backbone(backbone: SSLViT, cfg: BackboneConfig, out_dir: Path, state:
     return path
 
 
+def _check_readable(path: Path) -> None:
+    """A file this process may not read is one sentence saying so: ``Path.is_file()`` is False for a
+    file in a folder it may not enter, which would read as 'missing'."""
+    try:
+        path.stat()
+    except PermissionError:
+        raise PermissionError(f"'{path}' cannot be reached (permission denied on a folder above it); give this user "
+                              "read and execute rights on the run folder, or copy the run somewhere readable.") from None
+    except OSError:
+        return  # missing: the caller says what is missing and where it comes from
+    if path.is_file() and not os.access(path, os.R_OK):
+        raise PermissionError(f"'{path}' cannot be read (permission denied); give this user read rights on it "
+                              "(chmod a+r), or copy the run somewhere readable.")
+
+
 def resolve_backbone_path(path: str | Path) -> Path:
     """A run directory or a ``backbone.safetensors`` path -> the weights file (checked)."""
     p = Path(path).expanduser()
+    _check_readable(p)
     if p.is_file() and p.suffix != ".safetensors":
         raise FileNotFoundError(f"'{p}' is not a backbone; pass --ckpt a run directory or its {WEIGHTS}.")
     weights = p / WEIGHTS if p.is_dir() else p
+    _check_readable(weights)
+    _check_readable(weights.parent / SPEC)
     if not weights.is_file():
         raise FileNotFoundError(f"No backbone weights at '{weights}'; pass --ckpt with a run directory "
                                 f"or its {WEIGHTS} (a run writes it when it ends).")

@@ -23,7 +23,7 @@ from sslvit.masking import block_masking
 from sslvit.models.vit import BackboneConfig, SSLViT, build_backbone
 from sslvit.tokenizers.base import Tokenizer
 from sslvit.tokenizers.fit import TokenizerConfig, run_tokenizer
-from sslvit.train.loop import TrainConfig
+from sslvit.train.train_config import TrainConfig
 
 BEIT_GRID_PATCHES = 196  # BEiT's min_block 16 is for a 14 x 14 grid
 

@@ -21,7 +21,7 @@ from timm.utils import ModelEmaV3
 from sslvit.data.multicrop import MultiCropConfig, MultiCropTransform, multicrop_collate
 from sslvit.eval.attention import attention_columns
 from sslvit.models.vit import BackboneConfig, SSLViT, build_backbone
-from sslvit.train.loop import TrainConfig
+from sslvit.train.train_config import TrainConfig
 from sslvit.train.schedules import cosine_schedule
 
 

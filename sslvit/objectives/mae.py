@@ -15,7 +15,7 @@ from timm.models.vision_transformer import Block
 from sslvit.data.transforms import mae_train_transform
 from sslvit.masking import global_batch_rows, random_masking
 from sslvit.models.vit import BackboneConfig, SSLViT, build_backbone, sincos_pos_embed
-from sslvit.train.loop import TrainConfig
+from sslvit.train.train_config import TrainConfig
 
 
 @dataclass

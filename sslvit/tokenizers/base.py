@@ -17,7 +17,7 @@ import faiss
 from safetensors import SafetensorError, safe_open
 
 from sslvit.config import ConfigError
-from sslvit.train.checkpoint import save_safetensors_atomic
+from sslvit.files import save_safetensors_atomic
 
 HEADER_KEY = "sslvit_tokenizer"
 FAISS_MIN_POINTS_PER_CODE = 39  # below this faiss warns that k-means is under-determined

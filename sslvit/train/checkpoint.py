@@ -17,7 +17,6 @@ from typing import Optional
 import torch
 from accelerate.utils import load as accelerate_load
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 CKPT_DIR = "checkpoints"
 
@@ -55,11 +54,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(accelerator, run_dir: Path, epoch: int, step: int, keep: int = 2) -> Path:
-    """Save the accelerate state after ``epoch`` (0-based) atomically; keep the newest ``keep``."""
+def save_checkpoint(accelerator, run_dir: Path, epoch: int, step: int, keep: int = 2,
+                    progress: Optional[dict] = None) -> Path:
+    """Save the accelerate state at ``step`` atomically; keep the newest ``keep``. Without
+    ``progress`` the checkpoint ends ``epoch`` (0-based); with it, it is taken inside ``epoch``
+    and ``progress`` (the loop's counters, ``batches_done`` among them) goes into meta.json."""
     root = run_dir / CKPT_DIR
-    final = root / f"epoch_{epoch + 1:04d}"
-    tmp = root / f".tmp_epoch_{epoch + 1:04d}"
+    name = f"epoch_{epoch + 1:04d}" + (f"_step_{step:08d}" if progress else "")
+    final, tmp = root / name, root / f".tmp_{name}"
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -70,8 +72,8 @@ def save_checkpoint(accelerator, run_dir: Path, epoch: int, step: int, keep: int
             time.sleep(float(os.environ["SSLVIT_TEST_CHECKPOINT_PAUSE"]))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            (tmp / "meta.json").write_text(json.dumps({"epoch": epoch, "step": step,
-                                                       "precision": accelerator.mixed_precision}))
+            meta = {"epoch": epoch, "step": step, "precision": accelerator.mixed_precision}
+            (tmp / "meta.json").write_text(json.dumps({**meta, **({"progress": progress} if progress else {})}))
             _fsync_dir(tmp)
     except OSError as e:  # disk full, quota, a vanished mount: the previous checkpoint stays the latest
         shutil.rmtree(tmp, ignore_errors=True)
@@ -82,7 +84,7 @@ def save_checkpoint(accelerator, run_dir: Path, epoch: int, step: int, keep: int
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(root)
-        for old in sorted(root.glob("epoch_*"))[:-keep] if keep > 0 else []:
+        for old in complete_checkpoints(run_dir)[keep:] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
@@ -130,9 +132,10 @@ def resumable_checkpoint(run_dir: Path, say=print) -> Optional[Path]:
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """The checkpoint folders of ``run_dir`` that have ``meta.json`` (written last), newest first."""
+    """The checkpoint folders of ``run_dir`` that have ``meta.json`` (written last), newest (by
+    step: a mid-epoch checkpoint is newer than the end of the epoch before) first."""
     done = [p for p in (Path(run_dir) / CKPT_DIR).glob("epoch_*") if (p / "meta.json").is_file()]
-    return sorted(done, key=lambda p: json.loads((p / "meta.json").read_text())["epoch"], reverse=True)
+    return sorted(done, key=lambda p: (read_meta(p)["step"], read_meta(p)["epoch"]), reverse=True)
 
 
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:
@@ -143,15 +146,3 @@ def latest_checkpoint(run_dir: Path) -> Optional[Path]:
 
 def read_meta(ckpt: Path) -> dict:
     return json.loads((Path(ckpt) / "meta.json").read_text())
-
-
-def save_safetensors_atomic(state: dict[str, torch.Tensor], path: Path, metadata: Optional[dict] = None) -> None:
-    tmp = path.with_name(f".tmp_{path.name}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(f".tmp_{path.name}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)

@@ -22,9 +22,10 @@ from sslvit.data.transforms import eval_transform
 from sslvit.train.checkpoint import CheckpointError, latest_checkpoint
 from sslvit.train.loop import TrainingDiverged, pretrain
 from sslvit.train.run_lock import run_dir_lock
+from sslvit.train.stop_signals import RunStopped, StopRequest, follow_launcher
 
-USER_ERRORS = (ConfigError, DataError, FileNotFoundError, FileExistsError, ValueError, TrainingDiverged,
-               CheckpointError)
+USER_ERRORS = (ConfigError, DataError, FileNotFoundError, FileExistsError, PermissionError, ValueError,
+               TrainingDiverged, CheckpointError)
 NUM_PICTURES = 8
 
 
@@ -50,7 +51,7 @@ def run_config(config_cls, preset: str, argv=None):
     return build_config(config_cls, argv, base=saved)
 
 
-def run_pretraining(config_cls, preset: str, argv=None) -> Path:
+def run_pretraining(config_cls, preset: str, argv=None, stop: StopRequest | None = None) -> Path:
     cfg = run_config(config_cls, preset, argv)
     if hasattr(cfg, "validate"):
         cfg.validate()
@@ -72,7 +73,7 @@ def run_pretraining(config_cls, preset: str, argv=None) -> Path:
         collate_fn = cfg.collate_fn() if hasattr(cfg, "collate_fn") else None
         knn = knn_sets(cfg)
         with run_dir_lock(Path(cfg.out)):  # a second run on the same --out is refused, not interleaved
-            return pretrain(cfg, objective, train_set, picture_imgs, collate_fn=collate_fn, knn_sets=knn)
+            return pretrain(cfg, objective, train_set, picture_imgs, collate_fn=collate_fn, knn_sets=knn, stop=stop)
 
 
 @contextlib.contextmanager
@@ -140,12 +141,19 @@ def knn_sets(cfg) -> tuple | None:
 
 
 def main(config_cls, preset: str) -> None:
-    """Entry point: errors a user can cause end as one sentence on stderr and exit code 2."""
+    """Entry point: errors a user can cause end as one sentence on stderr and exit code 2; SIGTERM
+    and SIGINT stop at the next step with a checkpoint, one line, and exit code 128 + signal."""
+    follow_launcher()
     try:
-        run_dir = run_pretraining(config_cls, preset)
+        with StopRequest() as stop:
+            run_dir = run_pretraining(config_cls, preset, stop=stop)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except RunStopped as e:
+        if PartialState().is_main_process and not e.announced:
+            print(str(e), file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
     if PartialState().is_main_process:
         print(f"Done. Outputs in {run_dir}/ : backbone.safetensors, backbone.json, config.yaml, log.jsonl, "
               "checkpoints/, pictures_*.png, tensorboard/")

@@ -19,99 +19,84 @@ An objective is an ``nn.Module`` with
       ``pictures(imgs) -> dict`` (columns of a picture grid; or ``(columns, normalized)``
         where ``normalized[name]`` False marks a column already in [0, 1]).
 The loop owns devices, processes, precision and gradient accumulation (accelerate), the
-AdamW optimizer, the per-iteration schedules, logging, checkpoints and export.
+AdamW optimizer, the per-iteration schedules, logging, checkpoints (at epoch ends, and at the
+step a SIGTERM or SIGINT stops the run: see ``stop_signals``) and export.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import signal
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
-from accelerate.utils import (DataLoaderConfiguration, DistributedType, broadcast_object_list, gather_object,
-                               set_seed)
+from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, gather_object, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sslvit.config import save_yaml, to_dict
 from sslvit.data.folder import DataError
 from sslvit.data.shard_reader import ShardDataset
-from sslvit.data.stream_loader import StreamLoader, bad_sample_report, wrong_counts
-from sslvit.eval.features import extract_features
-from sslvit.eval.knn import knn_classify
-from sslvit.models.export import export_backbone
+from sslvit.data.stream_loader import StreamLoader, bad_sample_report
 from sslvit.train.checkpoint import (CheckpointError, check_writable, latest_checkpoint, read_meta, resumable_checkpoint,
                                      save_checkpoint, verify_loadable)
-from sslvit.train.compiled import check_compile_backend, compile_objective
+from sslvit.train.compiled import compile_objective
 from sslvit.train.devices import build_accelerator, process_state
 from sslvit.train.optim import build_adamw, clip_grad_per_param_
-from sslvit.train.pictures import save_columns
-from sslvit.train.precision import PRECISIONS, PrecisionChoice, measure_step, resolve_precision
+from sslvit.train.precision import PrecisionChoice, measure_step, resolve_precision
+from sslvit.train.run_outputs import (check_shard_counts, export, online_knn, save_pictures, too_many_unreadable)
 from sslvit.train.schedules import cosine_schedule, scaled_lr
+from sslvit.train.stop_signals import RunStopped, StopRequest
+from sslvit.train.train_config import TrainConfig
 
-
-@dataclass
-class TrainConfig:
-    epochs: int = 800
-    batch_size: int = 64  # per process
-    accum_steps: int = 1  # gradient accumulation
-    blr: float = 1.5e-4  # base lr; lr = blr * batch_size * processes * accum_steps / 256
-    lr: Optional[float] = None  # absolute lr, overrides blr
-    min_lr: float = 0.0
-    warmup_epochs: float = 40.0
-    weight_decay: float = 0.05
-    weight_decay_end: Optional[float] = None  # cosine weight-decay schedule end; None keeps it constant
-    betas: tuple[float, float] = (0.9, 0.95)
-    clip_grad: Optional[float] = None  # max grad norm
-    clip_mode: str = "global"  # global (one norm over all parameters) | per_param (DINO: each parameter's own norm)
-    precision: str = "auto"  # auto (GPU: bf16; CPU: the faster of fp32 and bf16, timed) | fp32 (= no) | bf16 | fp16
-    compile: str = "off"  # off | a torch.compile backend (inductor: fuses the elementwise tail; minutes to compile)
-    seed: int = 0
-    num_workers: int = 4
-    log_every: int = 20  # optimizer steps
-    save_every: int = 20  # epochs between checkpoints (the last epoch is always saved)
-    picture_every: int = 20  # epochs between picture grids (the last epoch always gets one)
-    keep_checkpoints: int = 2
-    knn_every: int = 0  # epochs between online k-NN checks on held-out labelled data; 0: off
-    knn_pool: str = "cls"  # features of the online k-NN: cls | avg
-    knn_k: int = 20
-    stop_after: Optional[int] = None  # end this invocation after N epochs; continue later with --resume
-    max_bad_steps: int = 10  # consecutive steps with a non-finite loss or gradient (each skipped) before stopping
-    max_unreadable: float = 0.5  # share of an epoch's images that may be unreadable (skipped) before the run stops
-    shuffle_buffer: int = 1000  # shards: samples held per data-loader worker for shuffling
-    data_resampled: bool = False  # shards: draw shards with replacement forever (epoch = the index's count)
-
-    def validate(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"train.precision '{self.precision}' is unknown; use auto, fp32 (or no), bf16 or fp16.")
-        if self.compile != "off":
-            check_compile_backend(self.compile)
-        if self.clip_mode not in ("global", "per_param"):
-            raise ValueError(f"train.clip_mode '{self.clip_mode}' is unknown; use global or per_param.")
-        for name in ("epochs", "batch_size", "accum_steps", "log_every", "save_every", "picture_every",
-                     "max_bad_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1 (got {getattr(self, name)}).")
-        for name in ("blr", "lr", "clip_grad"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"train.{name} must be > 0 (got {value}).")
-        for name in ("min_lr", "warmup_epochs", "weight_decay", "weight_decay_end"):
-            value = getattr(self, name)
-            if value is not None and not value >= 0:
-                raise ValueError(f"train.{name} must be >= 0 (got {value}).")
-        if not 0.0 <= self.max_unreadable <= 1.0:
-            raise ValueError(f"train.max_unreadable is a share in [0, 1] (got {self.max_unreadable}).")
-        if not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"train.betas must each be in [0, 1) (got {list(self.betas)}); AdamW's are 0.9,0.999.")
+__all__ = ["TrainConfig", "TrainingDiverged", "RunStopped", "pretrain"]
 
 
 class TrainingDiverged(RuntimeError):
     pass
+
+
+@dataclass
+class Tally:
+    """Sums over a stretch of micro-batches: the epoch, or the window between two log records."""
+    loss: float = 0.0  # sum of the finite micro-batch losses
+    batches: int = 0  # micro-batches with a finite loss
+    images: int = 0  # images seen, all processes
+    skipped: int = 0  # unreadable draws (this process)
+
+    def add(self, loss: float, images: int, skipped: int) -> None:
+        if math.isfinite(loss):
+            self.loss += loss
+            self.batches += 1
+        self.images += images
+        self.skipped += skipped
+
+
+@dataclass
+class Progress:
+    """Where the run is, beyond accelerate's state: what a mid-epoch checkpoint must keep for
+    ``--resume`` to continue exactly (the data order and the RNG come from the step itself)."""
+    epoch: int = 0  # 0-based epoch being trained
+    step: int = 0  # optimizer steps done
+    batches_done: int = 0  # micro-batches of ``epoch`` done (this process)
+    applied: int = 0  # optimizer steps applied (not skipped as non-finite)
+    bad_streak: int = 0
+    counts_checked: bool = False
+    epoch_tally: Tally = field(default_factory=Tally)
+    window: Tally = field(default_factory=Tally)
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "Progress":
+        saved = meta.get("progress")
+        if not saved:  # an epoch-end checkpoint: the next epoch starts from its first batch
+            return cls(epoch=meta["epoch"] + 1, step=meta["step"], applied=meta["step"])
+        tallies = {k: Tally(**saved.pop(k)) for k in ("epoch_tally", "window")}
+        return cls(**saved, **tallies)
 
 
 def choose_precision(tc: TrainConfig, objective, train_set, collate_fn, resume_from: Optional[Path]) -> PrecisionChoice:
@@ -137,10 +122,6 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _exported(model) -> torch.nn.Module:
-    return model.exported_backbone() if hasattr(model, "exported_backbone") else model.backbone
-
-
 def _clip_or_measure(accelerator, model, tc: TrainConfig) -> torch.Tensor:
     """Clip as configured; -> the total gradient norm (inf or nan when a gradient is not finite)."""
     if tc.clip_grad is not None and tc.clip_mode == "global":
@@ -152,27 +133,9 @@ def _clip_or_measure(accelerator, model, tc: TrainConfig) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
 
 
-def _export(accelerator, model, raw, cfg, run_dir: Path) -> None:
-    """Export the backbone; called on every process, because FSDP gathers the full weights
-    from all of them (elsewhere the main process writes what it holds)."""
-    backbone, state = _exported(raw), None
-    if accelerator.distributed_type == DistributedType.FSDP:
-        full = accelerator.get_state_dict(model)
-        prefix = next(name for name, m in raw.named_modules() if m is backbone) + "."
-        state = {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
-    if accelerator.is_main_process:
-        export_backbone(backbone, cfg.model, run_dir, state=state)
-
-
-def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[torch.Tensor] = None,
-             collate_fn=None, knn_sets: Optional[tuple] = None) -> Path:
-    """Run (or resume) pretraining of ``objective`` on ``train_set``; returns the run directory.
-
-    ``cfg`` is an entry-point config with ``out``, ``resume``, ``model`` and ``train`` fields;
-    ``train_set`` yields ``(image, label, skipped)`` (``collate_fn`` batches them, default
-    stacking); ``picture_imgs`` (B, C, H, W) is the fixed batch the picture grids are made from;
-    ``knn_sets`` = (database, queries), labelled datasets for the online k-NN (``train.knn_every``).
-    """
+def _check_fresh_run(cfg, train_set) -> Optional[Path]:
+    """-> the checkpoint to resume from (None for a fresh run), after the checks a run needs
+    before anything is built."""
     tc: TrainConfig = cfg.train
     tc.validate()
     run_dir = Path(cfg.out).expanduser()
@@ -184,17 +147,12 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
     if len(train_set) < tc.batch_size * processes:
         raise ValueError(f"The training data has {len(train_set)} images, fewer than one batch of "
                          f"{tc.batch_size} x {processes} processes; lower train.batch_size.")
-    choice = choose_precision(tc, objective, train_set, collate_fn, resume_from)
-    accelerator = build_accelerator(
-        mixed_precision=choice.precision,
-        gradient_accumulation_steps=tc.accum_steps,
-        log_with="tensorboard",
-        project_dir=str(run_dir),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
-    main = accelerator.is_main_process
+    return resume_from
+
+
+def _check_disk(accelerator, objective, tc: TrainConfig, run_dir: Path) -> None:
     problem = None
-    if main:
+    if accelerator.is_main_process:
         # model + two AdamW moments per checkpoint; the newest ``keep`` plus the one being written
         state_bytes = sum(t.numel() * t.element_size() for t in objective.state_dict().values())
         try:
@@ -205,254 +163,314 @@ def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[
         problem = broadcast_object_list([problem])[0]
     if problem:
         raise CheckpointError(problem)
-    if main:
-        save_yaml(cfg, run_dir / "config.yaml")
-    set_seed(tc.seed)
-    effective_batch = tc.batch_size * accelerator.num_processes * tc.accum_steps
-    base_lr = tc.lr if tc.lr is not None else scaled_lr(tc.blr, effective_batch)
-    optimizer = build_adamw(objective, base_lr, tc.weight_decay, tc.betas)
-    if isinstance(train_set, ShardDataset):
-        # a stream is split by shards, per process, in the dataset itself: accelerate must not split it again
-        loader = StreamLoader(train_set, tc.batch_size, accelerator.num_processes, tc.num_workers, collate_fn,
-                              device=accelerator.device, pin_memory=torch.cuda.is_available())
-        model, optimizer = accelerator.prepare(objective, optimizer)
-    else:
-        loader = DataLoader(train_set, batch_size=tc.batch_size, shuffle=True, drop_last=True,
-                            num_workers=tc.num_workers, pin_memory=torch.cuda.is_available(), collate_fn=collate_fn,
-                            persistent_workers=False)  # fresh worker seeds per epoch keep resume exact
-        model, optimizer, loader = accelerator.prepare(objective, optimizer, loader)
-    raw = accelerator.unwrap_model(model)
-    if tc.compile != "off":
-        accelerator.print(compile_objective(raw, tc.compile))
 
-    steps_per_epoch = len(loader) // tc.accum_steps
-    total_steps = tc.epochs * steps_per_epoch
-    warmup_steps = int(tc.warmup_epochs * steps_per_epoch)
-    wd_end = tc.weight_decay if tc.weight_decay_end is None else tc.weight_decay_end
 
-    start_epoch, step = 0, 0
-    if resume_from is not None:
-        verify_loadable(resume_from)
-        accelerator.load_state(str(resume_from))
-        meta = read_meta(resume_from)
-        start_epoch, step = meta["epoch"] + 1, meta["step"]
-        accelerator.print(f"Resuming from {resume_from} (epoch {start_epoch}, step {step}).")
-    elif cfg.resume:
-        accelerator.print(f"No complete checkpoint in '{run_dir}'; starting from scratch.")
+class Trainer:
+    """One pretraining run: ``run()`` trains from a fresh start or a checkpoint to the last epoch
+    (or the step a signal stops it at). Each part is one method: set-up (``__init__``,
+    ``_prepare``, ``_resume``), an epoch (``_train_epoch``), a micro-batch (``_micro_step``), an
+    optimizer step's bookkeeping (``_count_step``), the epoch's end (``_end_epoch``)."""
 
-    accelerator.init_trackers("tensorboard", config=_flat(to_dict(cfg)))
-    log_file = open(run_dir / "log.jsonl", "a") if main else None
-    if main:
-        accelerator.print(f"Run directory: {run_dir}  |  {accelerator.num_processes} process(es) on "
-                          f"{accelerator.device}, precision {choice.name} ({choice.reason}), effective batch "
-                          f"{effective_batch}, lr {base_lr:.3g}, {steps_per_epoch} steps/epoch")
+    def __init__(self, cfg, objective, train_set, picture_imgs=None, collate_fn=None, knn_sets=None):
+        self.cfg, self.tc = cfg, cfg.train
+        self.train_set, self.picture_imgs, self.collate_fn, self.knn_sets = train_set, picture_imgs, collate_fn, knn_sets
+        self.run_dir = Path(cfg.out).expanduser()
+        self.resume_from = _check_fresh_run(cfg, train_set)
+        self.choice = choose_precision(self.tc, objective, train_set, collate_fn, self.resume_from)
+        self.accelerator = build_accelerator(
+            mixed_precision=self.choice.precision, gradient_accumulation_steps=self.tc.accum_steps,
+            log_with="tensorboard", project_dir=str(self.run_dir),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+        self.main = self.accelerator.is_main_process
+        _check_disk(self.accelerator, objective, self.tc, self.run_dir)
+        if self.main:
+            save_yaml(cfg, self.run_dir / "config.yaml")
+        set_seed(self.tc.seed)
+        self._prepare(objective)
+        self.log_file = None
 
-    def log(record: dict) -> None:
-        if main:
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
-        accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=step)
+    def _prepare(self, objective) -> None:
+        tc, acc = self.tc, self.accelerator
+        self.effective_batch = tc.batch_size * acc.num_processes * tc.accum_steps
+        self.base_lr = tc.lr if tc.lr is not None else scaled_lr(tc.blr, self.effective_batch)
+        optimizer = build_adamw(objective, self.base_lr, tc.weight_decay, tc.betas)
+        pin = torch.cuda.is_available()
+        if isinstance(self.train_set, ShardDataset):
+            # a stream is split by shards, per process, in the dataset itself: accelerate must not split it again
+            self.loader = StreamLoader(self.train_set, tc.batch_size, acc.num_processes, tc.num_workers,
+                                       self.collate_fn, device=acc.device, pin_memory=pin)
+            self.model, self.optimizer = acc.prepare(objective, optimizer)
+        else:
+            # the loader's own generator: its workers' base seed must not come from (and shift) the
+            # training RNG, or a mid-epoch resume, which builds a new iterator, would not be exact
+            loader = DataLoader(self.train_set, batch_size=tc.batch_size, shuffle=True, drop_last=True,
+                                num_workers=tc.num_workers, pin_memory=pin, collate_fn=self.collate_fn,
+                                persistent_workers=False, generator=torch.Generator().manual_seed(tc.seed))
+            self.model, self.optimizer, self.loader = acc.prepare(objective, optimizer, loader)
+        self.raw = acc.unwrap_model(self.model)
+        if tc.compile != "off":
+            acc.print(compile_objective(self.raw, tc.compile))
+        self.steps_per_epoch = len(self.loader) // tc.accum_steps
+        self.total_steps = tc.epochs * self.steps_per_epoch
+        self.warmup_steps = int(tc.warmup_epochs * self.steps_per_epoch)
+        self.wd_end = tc.weight_decay if tc.weight_decay_end is None else tc.weight_decay_end
 
-    log({"step": step, "precision": choice.name, "precision_reason": choice.reason,
-         **({"precision_timings_s": choice.timings, "precision_choice_s": choice.cost_s} if choice.timings else {})})
-    last_epoch = tc.epochs - 1 if tc.stop_after is None else min(tc.epochs, start_epoch + tc.stop_after) - 1
-    window_finite, bad_streak, bad_step, micro, applied, counts_checked = True, 0, None, 0, 0, False
-    try:
-        for epoch in range(start_epoch, last_epoch + 1):
-            loader.set_epoch(epoch)
-            if hasattr(train_set, "set_epoch"):
-                train_set.set_epoch(epoch)
-            if hasattr(raw, "on_epoch_start"):
-                raw.on_epoch_start(epoch)
-            model.train()
-            epoch_loss, epoch_batches, epoch_skipped = 0.0, 0, 0
-            win_loss, win_n, win_imgs, win_t0 = 0.0, 0, 0, time.perf_counter()
-            epoch_t0 = win_t0
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not main, leave=False,
-                       dynamic_ncols=True)
-            for imgs, labels, skipped in bar:
-                if hasattr(raw, "on_step_start"):
-                    raw.on_step_start(step, total_steps, steps_per_epoch)
-                if hasattr(raw, "on_batch"):
-                    # this micro-batch's rows in the step's global batch, in the order accelerate's
-                    # sampler deals batches: micro-batch-major, then process
-                    b = len(labels)
-                    start = (micro * accelerator.num_processes + accelerator.process_index) * b
-                    raw.on_batch(tc.seed * 2**32 + step, slice(start, start + b), effective_batch)
+    def _resume(self) -> Progress:
+        if self.resume_from is None:
+            if self.cfg.resume:
+                self.accelerator.print(f"No complete checkpoint in '{self.run_dir}'; starting from scratch.")
+            return Progress()
+        verify_loadable(self.resume_from)
+        self.accelerator.load_state(str(self.resume_from))
+        progress = Progress.from_meta(read_meta(self.resume_from))
+        self.accelerator.print(f"Resuming from {self.resume_from} (epoch {progress.epoch}, step {progress.step})."
+                               + (f" It was taken inside epoch {progress.epoch + 1}: its first "
+                                  f"{progress.batches_done} batches are skipped." if progress.batches_done else ""))
+        return progress
+
+    def log(self, record: dict) -> None:
+        if self.main:
+            self.log_file.write(json.dumps(record) + "\n")
+            self.log_file.flush()
+        self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=self.p.step)
+
+    def run(self, stop: Optional[StopRequest] = None) -> Path:
+        stop = stop or StopRequest()
+        self.p = self._resume()
+        acc, tc = self.accelerator, self.tc
+        acc.init_trackers("tensorboard", config=_flat(to_dict(self.cfg)))
+        self.log_file = open(self.run_dir / "log.jsonl", "a") if self.main else None
+        if self.main:
+            acc.print(f"Run directory: {self.run_dir}  |  {acc.num_processes} process(es) on {acc.device}, precision "
+                      f"{self.choice.name} ({self.choice.reason}), effective batch {self.effective_batch}, "
+                      f"lr {self.base_lr:.3g}, {self.steps_per_epoch} steps/epoch")
+        c = self.choice
+        self.log({"step": self.p.step, "precision": c.name, "precision_reason": c.reason,
+                  **({"precision_timings_s": c.timings, "precision_choice_s": c.cost_s} if c.timings else {})})
+        last_epoch = tc.epochs - 1 if tc.stop_after is None else min(tc.epochs, self.p.epoch + tc.stop_after) - 1
+        try:
+            while self.p.epoch <= last_epoch:
+                signum = stop.agreed(acc)
+                if signum is None:
+                    signum = self._train_epoch(stop)
+                if signum is not None and self.p.batches_done < len(self.loader):
+                    raise self._stopped(signum)
+                self._end_epoch(self.p.epoch == last_epoch or signum is not None)
+                if signum is not None:
+                    raise self._stopped(signum)
+                self.p = Progress(epoch=self.p.epoch + 1, step=self.p.step, applied=self.p.applied,
+                                  bad_streak=self.p.bad_streak, counts_checked=self.p.counts_checked)
+        finally:
+            if self.log_file is not None:
+                self.log_file.close()
+            acc.end_training()
+        return self.run_dir
+
+    def _epoch_batches(self):
+        """This epoch's batches, past the ones a mid-epoch checkpoint already trained."""
+        epoch, skip = self.p.epoch, self.p.batches_done
+        self.loader.set_epoch(epoch)
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(epoch)
+        if not skip:
+            return self.loader
+        if isinstance(self.loader, StreamLoader):
+            return self.loader.skipping(skip)
+        # skips indices in the sampler: the skipped images are not even loaded
+        batches = self.accelerator.skip_first_batches(self.loader, skip)
+        batches.set_epoch(epoch)
+        return batches
+
+    def _train_epoch(self, stop: StopRequest) -> Optional[int]:
+        """Train the rest of epoch ``self.p.epoch``; -> the signal that stopped it at a step, or None."""
+        tc, p = self.tc, self.p
+        if hasattr(self.raw, "on_epoch_start") and not p.batches_done:
+            self.raw.on_epoch_start(p.epoch)
+        self.model.train()
+        p.window_t0 = self.epoch_t0 = time.perf_counter()
+        self.epoch_batches0 = p.epoch_tally.batches  # a resumed epoch's speed counts only its own batches
+        batches = self._epoch_batches()
+        self.bar = tqdm(batches, desc=f"epoch {p.epoch + 1}/{tc.epochs}", disable=not self.main, leave=False,
+                        dynamic_ncols=True, initial=p.batches_done, total=len(self.loader))
+        micro = 0
+        try:
+            for imgs, labels, skipped in self.bar:
+                loss_val, bad_step, out, lr, wd = self._micro_step(imgs, labels, micro)
                 micro = (micro + 1) % tc.accum_steps
-                lr = cosine_schedule(step, total_steps, base_lr, tc.min_lr, warmup_steps)
-                wd = cosine_schedule(step, total_steps, tc.weight_decay, wd_end)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                    group["weight_decay"] = wd if group.get("apply_wd", True) else 0.0
-                with accelerator.accumulate(model):
-                    out = model(imgs)
-                    loss = out["loss"]
-                    accelerator.backward(loss)
-                    # one small all-reduce: every process sees the same value, so all skip (or stop) together
-                    loss_val = accelerator.reduce(loss.detach().float(), reduction="mean").item()
-                    window_finite = window_finite and math.isfinite(loss_val)
-                    bad_step = None
-                    if accelerator.sync_gradients:
-                        grad_norm = _clip_or_measure(accelerator, model, tc)
-                        # with fp16 the grad scaler skips overflowing steps itself and lowers its scale
-                        grads_finite = accelerator.scaler is not None or bool(torch.isfinite(grad_norm))
-                        if not window_finite or not grads_finite:
-                            bad_step = "loss" if not window_finite else "gradients"
-                            optimizer.zero_grad(set_to_none=True)  # the step is not applied
-                        elif hasattr(raw, "before_optimizer_step"):
-                            raw.before_optimizer_step(epoch)
-                    if bad_step is None:
-                        optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                n_imgs = len(labels) * accelerator.num_processes
-                if math.isfinite(loss_val):
-                    epoch_loss += loss_val
-                    epoch_batches += 1
-                    win_loss += loss_val
-                    win_n += 1
-                epoch_skipped += int(skipped.sum())
-                win_imgs += n_imgs
-                if not accelerator.sync_gradients:
+                p.batches_done += 1
+                n_imgs = len(labels) * self.accelerator.num_processes
+                p.epoch_tally.add(loss_val, n_imgs, int(skipped.sum()))
+                p.window.add(loss_val, n_imgs, 0)
+                if not self.accelerator.sync_gradients:
                     continue
-                window_finite = True
-                step += 1
-                if bad_step is not None:
-                    bad_streak += 1
-                    msg = (f"step {step} skipped: non-finite {bad_step} ({bad_streak} in a row, "
-                           f"stop after {tc.max_bad_steps})")
-                    log({"step": step, "epoch": epoch + 1, "skipped_step": bad_step, "warnings": [msg]})
-                    if main:
-                        bar.write(f"warning: {msg}")
-                    if bad_streak >= tc.max_bad_steps:
-                        last = latest_checkpoint(run_dir)
-                        raise TrainingDiverged(
-                            f"The {bad_step} were not finite for {bad_streak} steps in a row, up to step {step} "
-                            f"(epoch {epoch + 1}); the last good checkpoint ({last or 'none yet'}) is intact. "
-                            "Likely causes: a learning rate too high (lower train.blr, or set train.clip_grad) or "
-                            "fp16 overflow (use train.precision bf16 or no); then --resume.")
-                    continue
-                bad_streak, applied = 0, applied + 1
-                if hasattr(raw, "after_step"):
-                    raw.after_step(step, total_steps)
-                if step % tc.log_every == 0:
-                    dt = time.perf_counter() - win_t0
-                    extras = {k: accelerator.reduce(v.detach().float(), reduction="mean").item()
-                              for k, v in out.items() if k != "loss"}
-                    record = {"step": step, "epoch": epoch + 1, "loss": win_loss / win_n if win_n else math.nan, "lr": lr,
-                              "weight_decay": wd, "images_per_s": win_imgs / dt, **extras}
-                    warnings = raw.check_health(record) if hasattr(raw, "check_health") else []
-                    if warnings:
-                        record["warnings"] = warnings
-                        if main:
-                            for w in warnings:
-                                bar.write(f"warning (step {step}): {w}")
-                    log(record)
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
-                    win_loss, win_n, win_imgs, win_t0 = 0.0, 0, 0, time.perf_counter()
-            bar.close()
-            bad_per_shard = None
-            if isinstance(loader, StreamLoader):
-                bad_per_shard = bad_sample_report(sum(gather_object([loader.bad_samples]), Counter()))
-                epoch_skipped += sum(n for kinds in bad_per_shard.values() for n in kinds.values())
-                if not counts_checked:
-                    counts_checked = _check_shard_counts(accelerator, loader, train_set, log, epoch)
-            else:
-                epoch_skipped = int(accelerator.reduce(torch.tensor(epoch_skipped, device=accelerator.device), "sum"))
-            dt = time.perf_counter() - epoch_t0
-            record = {"epoch": epoch + 1, "step": step, "epoch_loss": epoch_loss / max(1, epoch_batches),
-                      "images_per_s": epoch_batches * tc.batch_size * accelerator.num_processes / dt,
-                      "skipped_images": epoch_skipped, "epoch_time_s": dt}
-            if bad_per_shard:
-                record["bad_samples"] = bad_per_shard
-            log(record)
-            accelerator.print(f"epoch {epoch + 1}/{tc.epochs}  loss {record['epoch_loss']:.4f}  "
-                              f"{record['images_per_s']:.0f} img/s" +
-                              (f"  skipped {epoch_skipped} unreadable images" if epoch_skipped else "") +
-                              (f" in {len(bad_per_shard)} shard(s), counts per shard in log.jsonl" if bad_per_shard else ""))
-            # a folder replaces an unreadable draw (counted once); a stream drops its bad samples
-            tried = epoch_batches * tc.batch_size * accelerator.num_processes + (epoch_skipped if bad_per_shard else 0)
-            if epoch_skipped > tc.max_unreadable * tried:
-                raise DataError(_too_many_unreadable(train_set, epoch_skipped, tried, tc.max_unreadable, bad_per_shard))
-            is_last = epoch == last_epoch
-            if tc.knn_every and knn_sets is not None and ((epoch + 1) % tc.knn_every == 0 or is_last):
-                if main:
-                    record = _online_knn(accelerator, raw, knn_sets, tc)
-                    log({"epoch": epoch + 1, "step": step, **record})
-                    accelerator.print(f"epoch {epoch + 1}/{tc.epochs}  online k-NN (k={tc.knn_k}) top-1 "
-                                      f"{record['knn_top1']:.2f}")
-                accelerator.wait_for_everyone()
-            if applied == 0:  # nothing learned: neither checkpoint nor export an untrained backbone
+                self._count_step(bad_step, out, lr, wd)
+                signum = stop.agreed(self.accelerator)
+                if signum is not None:
+                    return signum
+        finally:
+            self.bar.close()
+        return None
+
+    def _micro_step(self, imgs, labels, micro: int):
+        """Forward and backward of one micro-batch, and the optimizer step when it ends an
+        accumulation. -> (loss, 'loss' | 'gradients' | None for a step not applied, outputs, lr, wd)."""
+        tc, acc, raw, p = self.tc, self.accelerator, self.raw, self.p
+        if hasattr(raw, "on_step_start"):
+            raw.on_step_start(p.step, self.total_steps, self.steps_per_epoch)
+        if hasattr(raw, "on_batch"):
+            # this micro-batch's rows in the step's global batch, in the order accelerate's
+            # sampler deals batches: micro-batch-major, then process
+            b = len(labels)
+            start = (micro * acc.num_processes + acc.process_index) * b
+            raw.on_batch(tc.seed * 2**32 + p.step, slice(start, start + b), self.effective_batch)
+        lr = cosine_schedule(p.step, self.total_steps, self.base_lr, tc.min_lr, self.warmup_steps)
+        wd = cosine_schedule(p.step, self.total_steps, tc.weight_decay, self.wd_end)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+            group["weight_decay"] = wd if group.get("apply_wd", True) else 0.0
+        if micro == 0:
+            self.window_finite = True
+        bad_step = None
+        with acc.accumulate(self.model):
+            out = self.model(imgs)
+            acc.backward(out["loss"])
+            # one small all-reduce: every process sees the same value, so all skip (or stop) together
+            loss_val = acc.reduce(out["loss"].detach().float(), reduction="mean").item()
+            self.window_finite = self.window_finite and math.isfinite(loss_val)
+            if acc.sync_gradients:
+                grad_norm = _clip_or_measure(acc, self.model, tc)
+                # with fp16 the grad scaler skips overflowing steps itself and lowers its scale
+                grads_finite = acc.scaler is not None or bool(torch.isfinite(grad_norm))
+                if not self.window_finite or not grads_finite:
+                    bad_step = "loss" if not self.window_finite else "gradients"
+                    self.optimizer.zero_grad(set_to_none=True)  # the step is not applied
+                elif hasattr(raw, "before_optimizer_step"):
+                    raw.before_optimizer_step(p.epoch)
+            if bad_step is None:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss_val, bad_step, out, lr, wd
+
+    def _count_step(self, bad_step: Optional[str], out: dict, lr: float, wd: float) -> None:
+        """After an optimizer step: the skip streak (and the stop past ``max_bad_steps``), the EMA
+        hook, and every ``log_every`` steps a log record with the objective's health checks."""
+        tc, p, acc = self.tc, self.p, self.accelerator
+        p.step += 1
+        if bad_step is not None:
+            p.bad_streak += 1
+            msg = f"step {p.step} skipped: non-finite {bad_step} ({p.bad_streak} in a row, stop after {tc.max_bad_steps})"
+            self.log({"step": p.step, "epoch": p.epoch + 1, "skipped_step": bad_step, "warnings": [msg]})
+            if self.main:
+                self.bar.write(f"warning: {msg}")
+            if p.bad_streak >= tc.max_bad_steps:
                 raise TrainingDiverged(
-                    f"Every step of the run so far ({step} up to epoch {epoch + 1}) was skipped for a non-finite "
-                    "loss or gradients, so nothing was learned; check the objective's settings (e.g. a mask ratio "
-                    "that masks nothing) and train.blr, then start again.")
-            if (epoch + 1) % tc.save_every == 0 or is_last:
-                save_checkpoint(accelerator, run_dir, epoch, step, keep=tc.keep_checkpoints)
-                _export(accelerator, model, raw, cfg, run_dir)
-            if main and picture_imgs is not None and hasattr(raw, "pictures") and \
-                    ((epoch + 1) % tc.picture_every == 0 or is_last):
-                _pictures(accelerator, raw, picture_imgs, run_dir / f"pictures_epoch{epoch + 1:04d}.png")
-    finally:
-        if log_file is not None:
-            log_file.close()
-        accelerator.end_training()
-    return run_dir
+                    f"The {bad_step} were not finite for {p.bad_streak} steps in a row, up to step {p.step} "
+                    f"(epoch {p.epoch + 1}); the last good checkpoint ({latest_checkpoint(self.run_dir) or 'none yet'}) "
+                    "is intact. Likely causes: a learning rate too high (lower train.blr, or set train.clip_grad) or "
+                    "fp16 overflow (use train.precision bf16 or no); then --resume.")
+            return
+        p.bad_streak, p.applied = 0, p.applied + 1
+        if hasattr(self.raw, "after_step"):
+            self.raw.after_step(p.step, self.total_steps)
+        if p.step % tc.log_every:
+            return
+        w = p.window
+        extras = {k: acc.reduce(v.detach().float(), reduction="mean").item() for k, v in out.items() if k != "loss"}
+        record = {"step": p.step, "epoch": p.epoch + 1, "loss": w.loss / w.batches if w.batches else math.nan,
+                  "lr": lr, "weight_decay": wd, "images_per_s": w.images / (time.perf_counter() - p.window_t0),
+                  **extras}
+        warnings = self.raw.check_health(record) if hasattr(self.raw, "check_health") else []
+        if warnings:
+            record["warnings"] = warnings
+            if self.main:
+                for warning in warnings:
+                    self.bar.write(f"warning (step {p.step}): {warning}")
+        self.log(record)
+        self.bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
+        p.window, p.window_t0 = Tally(), time.perf_counter()
+
+    def _epoch_skipped(self) -> tuple[int, Optional[dict]]:
+        """-> (unreadable draws this epoch on all processes, per-shard bad samples for a stream or None)."""
+        acc = self.accelerator
+        if not isinstance(self.loader, StreamLoader):
+            local = torch.tensor(self.p.epoch_tally.skipped, device=acc.device)
+            return int(acc.reduce(local, "sum")), None
+        bad_per_shard = bad_sample_report(sum(gather_object([self.loader.bad_samples]), Counter()))
+        skipped = self.p.epoch_tally.skipped + sum(n for kinds in bad_per_shard.values() for n in kinds.values())
+        if not self.p.counts_checked:
+            self.p.counts_checked = check_shard_counts(acc, self.loader, self.train_set, self.log, self.p.epoch)
+        return skipped, bad_per_shard
+
+    def _end_epoch(self, is_last: bool) -> None:
+        """The epoch's record and checks, then (as due) the online k-NN, a checkpoint and export, pictures."""
+        tc, acc, p = self.tc, self.accelerator, self.p
+        epoch, t = p.epoch, p.epoch_tally
+        skipped, bad_per_shard = self._epoch_skipped()
+        dt = time.perf_counter() - self.epoch_t0
+        record = {"epoch": epoch + 1, "step": p.step, "epoch_loss": t.loss / max(1, t.batches),
+                  "images_per_s": (t.batches - self.epoch_batches0) * tc.batch_size * acc.num_processes / dt,
+                  "skipped_images": skipped, "epoch_time_s": dt}
+        if bad_per_shard:
+            record["bad_samples"] = bad_per_shard
+        self.log(record)
+        acc.print(f"epoch {epoch + 1}/{tc.epochs}  loss {record['epoch_loss']:.4f}  {record['images_per_s']:.0f} img/s"
+                  + (f"  skipped {skipped} unreadable images" if skipped else "")
+                  + (f" in {len(bad_per_shard)} shard(s), counts per shard in log.jsonl" if bad_per_shard else ""))
+        # a folder replaces an unreadable draw (counted once); a stream drops its bad samples
+        tried = t.batches * tc.batch_size * acc.num_processes + (skipped if bad_per_shard else 0)
+        if skipped > tc.max_unreadable * tried:
+            raise DataError(too_many_unreadable(self.train_set, skipped, tried, tc.max_unreadable, bad_per_shard))
+        if tc.knn_every and self.knn_sets is not None and ((epoch + 1) % tc.knn_every == 0 or is_last):
+            if self.main:
+                knn = online_knn(acc, self.raw, self.knn_sets, tc)
+                self.log({"epoch": epoch + 1, "step": p.step, **knn})
+                acc.print(f"epoch {epoch + 1}/{tc.epochs}  online k-NN (k={tc.knn_k}) top-1 {knn['knn_top1']:.2f}")
+            acc.wait_for_everyone()
+        self._check_learned()
+        if (epoch + 1) % tc.save_every == 0 or is_last:
+            save_checkpoint(acc, self.run_dir, epoch, p.step, keep=tc.keep_checkpoints)
+            export(acc, self.model, self.raw, self.cfg, self.run_dir)
+        if self.main and self.picture_imgs is not None and hasattr(self.raw, "pictures") and \
+                ((epoch + 1) % tc.picture_every == 0 or is_last):
+            save_pictures(acc, self.raw, self.picture_imgs, self.run_dir / f"pictures_epoch{epoch + 1:04d}.png")
+
+    def _check_learned(self) -> None:
+        if self.p.applied == 0:  # nothing learned: neither checkpoint nor export an untrained backbone
+            raise TrainingDiverged(
+                f"Every step of the run so far ({self.p.step} up to epoch {self.p.epoch + 1}) was skipped for a "
+                "non-finite loss or gradients, so nothing was learned; check the objective's settings (e.g. a mask "
+                "ratio that masks nothing) and train.blr, then start again.")
+
+    def _stopped(self, signum: int) -> RunStopped:
+        """A checkpoint at this step (mid-epoch, unless the epoch just ended and saved one), the
+        line that says so, then the exception that ends the run. Every process leaves together:
+        a launcher tears down the others as soon as one exits non-zero."""
+        p, acc, name = self.p, self.accelerator, signal.Signals(signum).name
+        if p.step == 0:
+            return RunStopped(f"Stopped by {name} before the first step; nothing was trained.", signum, None)
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None or read_meta(ckpt)["step"] != p.step:
+            self._check_learned()
+            progress = dataclasses.asdict(p)
+            ckpt = save_checkpoint(acc, self.run_dir, p.epoch, p.step, keep=self.tc.keep_checkpoints, progress=progress)
+            export(acc, self.model, self.raw, self.cfg, self.run_dir)
+        where = f"epoch {p.epoch + 1}, batch {p.batches_done} of {len(self.loader)}"
+        stopped = RunStopped(f"Stopped by {name} at step {p.step} ({where}); checkpoint {ckpt} written: --resume "
+                             "continues from it.", signum, ckpt)
+        acc.print(str(stopped))
+        stopped.announced = True
+        acc.wait_for_everyone()
+        return stopped
 
 
-def _check_shard_counts(accelerator, loader: StreamLoader, train_set, log, epoch: int) -> bool:
-    """Compare the shards read whole this epoch (all processes) with the index's counts; warn once
-    with the shard names and the true counts. -> True once any shard has been read whole."""
-    reads = {}
-    for part in gather_object([loader.shard_reads]):
-        reads.update(part)
-    wrong = wrong_counts(getattr(train_set, "claimed", {}), reads)
-    if wrong:
-        shown = ", ".join(f"{name}: {claim} in the index, {n} read" for name, (claim, n) in list(wrong.items())[:3])
-        msg = (f"the shard index's sample counts are wrong for {len(wrong)} of the {len(reads)} shards read whole "
-               f"({shown}); the epoch's length comes from the index, so it re-reads or skips data: write the index "
-               "again with `python -m sslvit.data.shards`.")
-        log({"epoch": epoch + 1, "shard_counts_wrong": {k: list(v) for k, v in wrong.items()}, "warnings": [msg]})
-        accelerator.print(f"warning: {msg}")
-    return bool(reads)
+def pretrain(cfg, objective: torch.nn.Module, train_set, picture_imgs: Optional[torch.Tensor] = None,
+             collate_fn=None, knn_sets: Optional[tuple] = None, stop: Optional[StopRequest] = None) -> Path:
+    """Run (or resume) pretraining of ``objective`` on ``train_set``; returns the run directory.
 
-
-def _too_many_unreadable(train_set, skipped: int, tried: int, share: float, bad_per_shard) -> str:
-    if bad_per_shard:
-        where = "in shards " + ", ".join(list(bad_per_shard)[:3]) + " (counts per shard in log.jsonl)"
-    else:
-        first = train_set.unreadable(3) if hasattr(train_set, "unreadable") else []
-        where = "e.g. " + ", ".join(f"'{f}'" for f in first) if first else "see the warnings above"
-    return (f"{skipped} of the {tried} images read this epoch ({skipped / tried:.0%}) could not be decoded, more than "
-            f"train.max_unreadable {share:.0%} allows: {where}; fix or remove them, or raise train.max_unreadable.")
-
-
-def _online_knn(accelerator, raw, knn_sets, tc: TrainConfig) -> dict:
-    """k-NN top-1/top-5 of the backbone that is exported (DINO: the teacher) on held-out labelled
-    data, with the probe's own extraction and search; no copy of the model is made."""
-    backbone = _exported(raw)
-    was_training = backbone.training
-    # a DataLoader draws its base seed from the global RNG: fork it so the training stream
-    # (and so resume) does not depend on whether the monitor is on
-    with torch.random.fork_rng(devices=[]), accelerator.autocast():
-        kw = dict(pool=tc.knn_pool, batch_size=256, device=accelerator.device)
-        ftr, ytr = extract_features(backbone, knn_sets[0], desc="online k-NN: train", **kw)
-        fva, yva = extract_features(backbone, knn_sets[1], desc="online k-NN: val", **kw)
-    backbone.train(was_training)
-    res = knn_classify(ftr.numpy(), ytr.numpy(), fva.numpy(), yva.numpy(), ks=(tc.knn_k,))
-    (r,) = res.values()
-    return {"knn_top1": r["top1"], "knn_top5": r["top5"]}
-
-
-def _pictures(accelerator, raw, imgs: torch.Tensor, path: Path) -> None:
-    was_training = raw.training
-    raw.eval()
-    # pictures draw their own masks: a forked RNG keeps the training stream (and so resume) unchanged
-    cuda = accelerator.device.type == "cuda"
-    with torch.random.fork_rng(devices=[accelerator.device] if cuda else []), accelerator.autocast():
-        columns = raw.pictures(imgs.to(accelerator.device))
-    raw.train(was_training)
-    normalized = None
-    if isinstance(columns, tuple):
-        columns, normalized = columns
-    save_columns(columns, path, normalized)
+    ``cfg`` is an entry-point config with ``out``, ``resume``, ``model`` and ``train`` fields;
+    ``train_set`` yields ``(image, label, skipped)`` (``collate_fn`` batches them, default
+    stacking); ``picture_imgs`` (B, C, H, W) is the fixed batch the picture grids are made from;
+    ``knn_sets`` = (database, queries), labelled datasets for the online k-NN (``train.knn_every``);
+    ``stop``: the signal handlers' flag (``StopRequest``), checked at every optimizer step.
+    """
+    return Trainer(cfg, objective, train_set, picture_imgs, collate_fn, knn_sets).run(stop)

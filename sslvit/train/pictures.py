@@ -1,13 +1,13 @@
 """Picture grids written by runs."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from torchvision.utils import make_grid, save_image
 
 from sslvit.data.transforms import denormalize
+from sslvit.files import atomic_path
 
 
 def save_columns(columns: dict[str, torch.Tensor], path: Path, normalized: dict[str, bool] | None = None) -> None:
@@ -21,6 +21,5 @@ def save_columns(columns: dict[str, torch.Tensor], path: Path, normalized: dict[
     B = cols[0].shape[0]
     tiles = torch.stack(cols, dim=1).reshape(B * len(cols), *cols[0].shape[1:])  # row-major: sample, column
     grid = make_grid(tiles, nrow=len(cols), padding=2, pad_value=1.0)
-    tmp = path.with_name(f".tmp_{path.name}")
-    save_image(grid, str(tmp), format="png")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_image(grid, str(tmp), format="png")

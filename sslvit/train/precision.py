@@ -25,7 +25,7 @@ from typing import Callable, Optional
 
 import torch
 
-from sslvit.train.checkpoint import write_json_atomic
+from sslvit.files import write_json_atomic
 from sslvit.train.devices import cpu_model, has_accelerator
 
 PRECISIONS = ("auto", "fp32", "no", "bf16", "fp16")

@@ -1,0 +1,89 @@
+"""What a run leaves beside its checkpoints, and its checks at an epoch's end: the exported
+backbone, picture grids, the online k-NN, and the data-health messages (shard counts, unreadable
+images)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from accelerate.utils import DistributedType, gather_object
+
+from sslvit.data.stream_loader import StreamLoader, wrong_counts
+from sslvit.eval.features import extract_features
+from sslvit.eval.knn import knn_classify
+from sslvit.models.export import export_backbone
+from sslvit.train.pictures import save_columns
+
+
+def exported(model) -> torch.nn.Module:
+    return model.exported_backbone() if hasattr(model, "exported_backbone") else model.backbone
+
+
+def export(accelerator, model, raw, cfg, run_dir: Path) -> None:
+    """Export the backbone; called on every process, because FSDP gathers the full weights
+    from all of them (elsewhere the main process writes what it holds)."""
+    backbone, state = exported(raw), None
+    if accelerator.distributed_type == DistributedType.FSDP:
+        full = accelerator.get_state_dict(model)
+        prefix = next(name for name, m in raw.named_modules() if m is backbone) + "."
+        state = {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
+    if accelerator.is_main_process:
+        export_backbone(backbone, cfg.model, run_dir, state=state)
+
+
+def check_shard_counts(accelerator, loader: StreamLoader, train_set, log, epoch: int) -> bool:
+    """Compare the shards read whole this epoch (all processes) with the index's counts; warn once
+    with the shard names and the true counts. -> True once any shard has been read whole."""
+    reads = {}
+    for part in gather_object([loader.shard_reads]):
+        reads.update(part)
+    wrong = wrong_counts(getattr(train_set, "claimed", {}), reads)
+    if wrong:
+        shown = ", ".join(f"{name}: {claim} in the index, {n} read" for name, (claim, n) in list(wrong.items())[:3])
+        msg = (f"the shard index's sample counts are wrong for {len(wrong)} of the {len(reads)} shards read whole "
+               f"({shown}); the epoch's length comes from the index, so it re-reads or skips data: write the index "
+               "again with `python -m sslvit.data.shards`.")
+        log({"epoch": epoch + 1, "shard_counts_wrong": {k: list(v) for k, v in wrong.items()}, "warnings": [msg]})
+        accelerator.print(f"warning: {msg}")
+    return bool(reads)
+
+
+def too_many_unreadable(train_set, skipped: int, tried: int, share: float, bad_per_shard) -> str:
+    if bad_per_shard:
+        where = "in shards " + ", ".join(list(bad_per_shard)[:3]) + " (counts per shard in log.jsonl)"
+    else:
+        first = train_set.unreadable(3) if hasattr(train_set, "unreadable") else []
+        where = "e.g. " + ", ".join(f"'{f}'" for f in first) if first else "see the warnings above"
+    return (f"{skipped} of the {tried} images read this epoch ({skipped / tried:.0%}) could not be decoded, more than "
+            f"train.max_unreadable {share:.0%} allows: {where}; fix or remove them, or raise train.max_unreadable.")
+
+
+def online_knn(accelerator, raw, knn_sets, tc) -> dict:
+    """k-NN top-1/top-5 of the backbone that is exported (DINO: the teacher) on held-out labelled
+    data, with the probe's own extraction and search; no copy of the model is made."""
+    backbone = exported(raw)
+    was_training = backbone.training
+    # a DataLoader draws its base seed from the global RNG: fork it so the training stream
+    # (and so resume) does not depend on whether the monitor is on
+    with torch.random.fork_rng(devices=[]), accelerator.autocast():
+        kw = dict(pool=tc.knn_pool, batch_size=256, device=accelerator.device)
+        ftr, ytr = extract_features(backbone, knn_sets[0], desc="online k-NN: train", **kw)
+        fva, yva = extract_features(backbone, knn_sets[1], desc="online k-NN: val", **kw)
+    backbone.train(was_training)
+    res = knn_classify(ftr.numpy(), ytr.numpy(), fva.numpy(), yva.numpy(), ks=(tc.knn_k,))
+    (r,) = res.values()
+    return {"knn_top1": r["top1"], "knn_top5": r["top5"]}
+
+
+def save_pictures(accelerator, raw, imgs: torch.Tensor, path: Path) -> None:
+    was_training = raw.training
+    raw.eval()
+    # pictures draw their own masks: a forked RNG keeps the training stream (and so resume) unchanged
+    cuda = accelerator.device.type == "cuda"
+    with torch.random.fork_rng(devices=[accelerator.device] if cuda else []), accelerator.autocast():
+        columns = raw.pictures(imgs.to(accelerator.device))
+    raw.train(was_training)
+    normalized = None
+    if isinstance(columns, tuple):
+        columns, normalized = columns
+    save_columns(columns, path, normalized)
