@@ -38,7 +38,7 @@ from sslvit.masking import block_masking
 from sslvit.models.vit import BackboneConfig, build_backbone
 from sslvit.objectives.beit import BEiT, BEiTConfig
 from sslvit.tokenizers.pixel import PixelTokenizer
-from sslvit.train.cpu_allocator import keep_freed_memory
+from sslvit.runtime.cpu_allocator import keep_freed_memory
 from sslvit.train.optim import build_adamw
 
 N, D, DEPTH = 196, 384, 12

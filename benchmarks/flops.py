@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from sslvit.train.devices import cpu_isa, cpu_model
+from sslvit.runtime.devices import cpu_isa, cpu_model
 from sslvit.train.precision import resolve_precision, torch_native_bf16
 
 

@@ -57,7 +57,7 @@ from flops import (StepWorkers, block_macs, default_precision, matmul_peak, peak
 from sslvit.models.vit import BackboneConfig, build_backbone
 from sslvit.objectives.mae import MAE, MAEConfig
 from sslvit.train.compiled import compile_objective
-from sslvit.train.cpu_allocator import keep_freed_memory
+from sslvit.runtime.cpu_allocator import keep_freed_memory
 from sslvit.train.optim import build_adamw
 
 try:

@@ -2,7 +2,7 @@
 
 With no arguments it pretrains a ViT-Ti/4 on the embedded digits; ``--data DIR`` trains on
 your own folder of images with the MAE reference defaults. ``--help`` lists every key."""
-from sslvit.objectives.mae import MAERunConfig
+from sslvit.recipes.mae import MAERunConfig
 from sslvit.train.entry import main
 
 if __name__ == "__main__":

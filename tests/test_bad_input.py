@@ -67,7 +67,7 @@ def test_a_run_whose_every_step_is_skipped_is_an_error_not_done_and_exports_noth
     """A loss that is NaN at every step (as mask ratio 0 gave: 0 / 0 masked patches) within fewer
     steps than train.max_bad_steps: the run used to print Done and export an untrained backbone."""
     import sslvit.objectives.mae as mae
-    from sslvit.objectives.mae import MAERunConfig
+    from sslvit.recipes.mae import MAERunConfig
     from sslvit.train.entry import run_pretraining
     from sslvit.train.loop import TrainingDiverged
     from tests.test_end_to_end import TINY
@@ -90,7 +90,7 @@ def test_pretraining_never_reads_the_images_the_probes_score(tmp_path):
     """A folder with train/ and val/: pretraining used to scan the root (44 images, val included)."""
     from sslvit.config import build_config
     from sslvit.data.dataset import build_dataset
-    from sslvit.objectives.mae import MAERunConfig
+    from sslvit.recipes.mae import MAERunConfig
     from sslvit.train.entry import training_set
     from tests.test_end_to_end import TINY
 
@@ -115,7 +115,7 @@ def test_a_second_run_on_the_same_out_is_refused_and_a_dead_runs_lock_is_not_sta
     import subprocess
     import sys
 
-    from sslvit.objectives.mae import MAERunConfig
+    from sslvit.recipes.mae import MAERunConfig
     from sslvit.train.entry import run_pretraining
     from tests.test_end_to_end import TINY
 
@@ -174,7 +174,7 @@ def test_attention_with_no_images_is_one_sentence(tiny_backbone):
 
 def test_a_truncated_checkpoint_is_named_and_the_one_before_resumes(tmp_path, image_folder, fresh_accelerate, capsys):
     """A truncated model.safetensors used to end --resume with SafetensorError: incomplete metadata."""
-    from sslvit.objectives.mae import MAERunConfig
+    from sslvit.recipes.mae import MAERunConfig
     from sslvit.train.checkpoint import CheckpointError
     from sslvit.train.entry import run_pretraining
     from tests.test_end_to_end import TINY
@@ -338,7 +338,7 @@ def test_many_unreadable_images_stop_the_run_naming_files_and_share_few_do_not(t
     import warnings
 
     from sslvit.data.folder import DataError
-    from sslvit.objectives.mae import MAERunConfig
+    from sslvit.recipes.mae import MAERunConfig
     from sslvit.train.entry import run_pretraining
     from tests.test_end_to_end import TINY
 
@@ -381,7 +381,7 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_run_folder(tmp_p
                                                                           monkeypatch):
     """An error after set-up used to leave config.yaml, log.jsonl and tensorboard/ in a folder with no checkpoint."""
     import sslvit.objectives.mae as mae
-    from sslvit.objectives.mae import MAERunConfig
+    from sslvit.recipes.mae import MAERunConfig
     from sslvit.train.entry import run_pretraining
     from tests.test_end_to_end import TINY
 
@@ -404,7 +404,7 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_run_folder(tmp_p
 
 def test_a_diverged_run_keeps_its_log_and_is_marked_failed(tmp_path, image_folder, fresh_accelerate, monkeypatch):
     import sslvit.objectives.mae as mae
-    from sslvit.objectives.mae import MAERunConfig
+    from sslvit.recipes.mae import MAERunConfig
     from sslvit.train.entry import run_pretraining
     from sslvit.train.loop import TrainingDiverged
     from tests.test_end_to_end import TINY

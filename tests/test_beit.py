@@ -12,9 +12,11 @@ from sslvit.config import ConfigError
 from sslvit.eval.knn_probe import KNNProbeConfig, run_knn_probe
 from sslvit.eval.linear_probe import LinearProbeConfig, run_linear_probe
 from sslvit.models import BackboneConfig, HMLPStem, build_backbone
-from sslvit.objectives.beit import BEiT, BEiTConfig, BEiTRunConfig, BlockMaskCollate
+from sslvit.data.collates import BlockMaskCollate
+from sslvit.objectives.beit import BEiT, BEiTConfig
+from sslvit.recipes.beit import BEiTRunConfig
 from sslvit.tokenizers import PixelTokenizer, load_tokenizer
-from sslvit.tokenizers import fit as tokenizer_fit
+from sslvit.recipes import run_tokenizer as tokenizer_fit
 from sslvit.train.entry import run_pretraining
 
 
@@ -162,3 +164,23 @@ def test_resume_reuses_the_runs_tokenizer_and_reaches_the_same_weights(tmp_path,
         np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=0, atol=1e-6, err_msg=k)
     with pytest.raises(FileExistsError, match="--resume"):  # never overwrite a run's tokenizer
         _run(tmp_path / "resumed", image_folder)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_run_stopped_mid_epoch_resumes_to_the_same_weights(workers, tmp_path, image_folder, fresh_accelerate):
+    """BEiT's masks are drawn in the collate (in the workers); keyed by the batch's place in the
+    epoch, the batches after a mid-epoch resume get the masks an unbroken run gives them."""
+    from sslvit.train.stop_signals import RunStopped
+    from tests.test_shards import _StopAtCall
+
+    extra = ["--train.num_workers", str(workers)]
+    straight = _run(tmp_path / "straight", image_folder, extra)
+    fresh_accelerate()
+    with pytest.raises(RunStopped, match=r"step 5 \(epoch 2, batch 2 of 3\)"):  # checks: 1, 2-4, 5, 6, 7 = step 5
+        run_pretraining(BEiTRunConfig, "beit", argv=[*TINY, "--data", str(image_folder), "--out",
+                                                     str(tmp_path / "resumed"), *extra], stop=_StopAtCall(7))
+    fresh_accelerate()
+    _run(tmp_path / "resumed", image_folder, [*extra, "--resume"])
+    a = load_file(str(straight / "backbone.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "backbone.safetensors"))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) == 0.0

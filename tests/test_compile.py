@@ -4,7 +4,7 @@ and an unknown backend is one sentence."""
 import pytest
 import torch
 
-from sslvit.objectives.mae import MAERunConfig
+from sslvit.recipes.mae import MAERunConfig
 from sslvit.train.entry import run_pretraining
 from tests.test_equivalence import RTOL, _args, _losses, folder160  # noqa: F401  (fixture)
 

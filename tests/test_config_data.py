@@ -5,7 +5,7 @@ from sslvit.config import ConfigError, build_config
 from sslvit.data.dataset import build_dataset
 from sslvit.data.folder import DataError
 from sslvit.data.transforms import eval_transform
-from sslvit.objectives.mae import MAERunConfig
+from sslvit.recipes.mae import MAERunConfig
 from sslvit.train.entry import load_presets
 
 

@@ -2,8 +2,8 @@
 import pytest
 
 from sslvit.config import ConfigError
-from sslvit.objectives.dino import DINORunConfig
-from sslvit.objectives.mae import MAERunConfig
+from sslvit.recipes.dino import DINORunConfig
+from sslvit.recipes.mae import MAERunConfig
 from sslvit.train.entry import run_pretraining
 from tests.test_dino_run import TINY as DINO_TINY
 from tests.test_end_to_end import TINY

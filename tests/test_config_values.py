@@ -3,8 +3,8 @@
 import pytest
 
 from sslvit.config import ConfigError, build_config
-from sslvit.objectives.dino import DINORunConfig
-from sslvit.objectives.mae import MAERunConfig
+from sslvit.recipes.dino import DINORunConfig
+from sslvit.recipes.mae import MAERunConfig
 
 
 def _get(cfg, dotted):

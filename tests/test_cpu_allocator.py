@@ -12,7 +12,7 @@ import pytest
 # free blocks have merged, which takes a few rounds because torch asks for aligned blocks)
 SCRIPT = """
 import json, resource, sys
-from sslvit.train.cpu_allocator import keep_freed_memory
+from sslvit.runtime.cpu_allocator import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "on" else False
 import torch
 for _ in range(20):

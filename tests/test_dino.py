@@ -9,7 +9,7 @@ from sslvit.models import BackboneConfig, build_backbone
 from sslvit.objectives.dino import (DINO, CollapseGuard, DINOConfig, DINOHead, DINOLoss, teacher_momentum,
                                     teacher_temperature)
 from sslvit.train.optim import build_adamw, clip_grad_per_param_
-from sslvit.train.schedules import cosine_schedule
+from sslvit.runtime.schedules import cosine_schedule
 
 SMALL = DINOConfig(out_dim=64, hidden_dim=32, bottleneck_dim=16)
 

@@ -7,7 +7,8 @@ from safetensors.torch import load_file
 
 from sslvit.eval.attention_probe import AttentionConfig, run_attention
 from sslvit.eval.knn_probe import KNNProbeConfig, run_knn_probe
-from sslvit.objectives.dino import DINO, DINORunConfig
+from sslvit.objectives.dino import DINO
+from sslvit.recipes.dino import DINORunConfig
 from sslvit.train.checkpoint import latest_checkpoint
 from sslvit.train.entry import run_pretraining
 from sslvit.train.loop import TrainingDiverged

@@ -7,7 +7,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from sslvit.objectives.mae import MAERunConfig
+from sslvit.recipes.mae import MAERunConfig
 from sslvit.train.entry import run_pretraining
 
 TINY = ["--train.precision", "fp32", "--model.size", "tiny", "--model.depth", "2", "--model.patch_size", "4", "--model.img_size", "16",

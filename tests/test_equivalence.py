@@ -25,8 +25,8 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file
 
-from sslvit.objectives.dino import DINORunConfig
-from sslvit.objectives.mae import MAERunConfig
+from sslvit.recipes.dino import DINORunConfig
+from sslvit.recipes.mae import MAERunConfig
 from sslvit.train.entry import run_pretraining
 from sslvit.train.precision import cpu_has_native_bf16
 

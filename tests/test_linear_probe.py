@@ -5,7 +5,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sslvit.eval.linear_heads import LARS, grid_accuracy, train_head_grid
-from sslvit.train.schedules import cosine_schedule
+from sslvit.runtime.schedules import cosine_schedule
 
 
 def _data(n=96, dim=12, classes=4, seed=0):
@@ -83,7 +83,7 @@ def test_probe_caches_features_by_checkpoint_recipe_and_data(tmp_path, image_fol
 
     from sslvit.eval import linear_probe
     from sslvit.eval.linear_probe import LinearProbeConfig, run_linear_probe
-    from sslvit.objectives.mae import MAERunConfig
+    from sslvit.recipes.mae import MAERunConfig
     from sslvit.train.entry import run_pretraining
 
     run = run_pretraining(MAERunConfig, "mae", argv=[*TINY_MAE, "--data", str(image_folder),

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import sslvit.train.precision as precision
-from sslvit.objectives.dino import DINORunConfig
-from sslvit.objectives.mae import MAERunConfig
+from sslvit.recipes.dino import DINORunConfig
+from sslvit.recipes.mae import MAERunConfig
 from sslvit.train.checkpoint import latest_checkpoint, read_meta
 from sslvit.train.entry import run_pretraining
 from sslvit.train.precision import resolve_precision, time_step_precisions

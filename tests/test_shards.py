@@ -451,7 +451,7 @@ def test_a_shard_run_stopped_mid_epoch_resumes_to_the_same_weights(split_folder,
     it goes on with exactly the batches an unbroken epoch would give (workers and shuffle buffer on)."""
     from safetensors.torch import load_file
 
-    from sslvit.objectives.mae import MAERunConfig
+    from sslvit.recipes.mae import MAERunConfig
     from sslvit.train.checkpoint import latest_checkpoint, read_meta
     from sslvit.train.entry import run_pretraining
     from sslvit.train.stop_signals import RunStopped

@@ -5,7 +5,7 @@ import pytest
 from sslvit.models import BackboneConfig, build_backbone
 from sslvit.objectives.mae import MAE, MAEConfig
 from sslvit.train.optim import param_groups
-from sslvit.train.schedules import cosine_schedule, scaled_lr
+from sslvit.runtime.schedules import cosine_schedule, scaled_lr
 
 
 def test_cosine_schedule_warmup_and_endpoints():

@@ -17,7 +17,7 @@ from sslvit.eval.attention import attention_columns
 from sslvit.models.export import load_backbone, resolve_backbone_path, run_data_of
 from sslvit.models.vit import check_img_size
 from sslvit.files import existing
-from sslvit.train.pictures import save_columns
+from sslvit.pictures import save_columns
 
 
 @dataclass

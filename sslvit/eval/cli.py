@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from sslvit.config import build_config
-from sslvit.train.entry import USER_ERRORS
+from sslvit.runtime.errors import USER_ERRORS
 
 
 def main(config_cls, run, fmt) -> None:

@@ -30,8 +30,8 @@ from sslvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from sslvit.models.export import load_backbone, read_backbone_config, resolve_backbone_path, run_data_of
 from sslvit.models.vit import SSLViT, check_img_size
 from sslvit.files import existing, save_safetensors_atomic, write_json_atomic
-from sslvit.train.devices import build_accelerator
-from sslvit.train.schedules import cosine_schedule, scaled_lr
+from sslvit.runtime.devices import build_accelerator
+from sslvit.runtime.schedules import cosine_schedule, scaled_lr
 
 
 @dataclass

@@ -16,7 +16,7 @@ from sslvit.eval.retrieval import neighbours_picture, retrieval_metrics
 from sslvit.models.export import load_backbone, resolve_backbone_path, run_data_of
 from sslvit.models.vit import build_backbone
 from sslvit.files import existing, write_json_atomic
-from sslvit.train.devices import build_accelerator
+from sslvit.runtime.devices import build_accelerator
 
 
 @dataclass

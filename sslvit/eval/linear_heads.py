@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sslvit.train.schedules import cosine_schedule
+from sslvit.runtime.schedules import cosine_schedule
 
 
 class LinearHeadGrid(nn.Module):

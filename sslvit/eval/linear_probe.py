@@ -19,7 +19,7 @@ from sslvit.eval.features import extract_features, finish_probe
 from sslvit.eval.linear_heads import grid_accuracy, train_head_grid
 from sslvit.models.export import load_backbone, resolve_backbone_path, run_data_of
 from sslvit.files import existing, write_json_atomic
-from sslvit.train.devices import build_accelerator
+from sslvit.runtime.devices import build_accelerator
 
 # DINOv2's linear-probe grid
 DEFAULT_LRS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1)

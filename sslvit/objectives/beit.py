@@ -8,22 +8,17 @@ BEiT's DALL-E dVAE is a download), computed per batch under no_grad inside the f
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import default_collate
 
 from sslvit.config import ConfigError
-from sslvit.data.transforms import mae_train_transform
 from sslvit.masking import block_masking
-from sslvit.models.vit import BackboneConfig, SSLViT, build_backbone
+from sslvit.models.vit import SSLViT
 from sslvit.tokenizers.base import Tokenizer
-from sslvit.tokenizers.fit import TokenizerConfig, run_tokenizer
-from sslvit.train.train_config import TrainConfig
 
 BEIT_GRID_PATCHES = 196  # BEiT's min_block 16 is for a 14 x 14 grid
 
@@ -49,19 +44,6 @@ def beit_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor
     """logits (M, V) and token ids (M,) of the M masked patches -> (mean cross-entropy, accuracy)."""
     logits = logits.float()
     return F.cross_entropy(logits, targets), (logits.argmax(-1) == targets).float().mean()
-
-
-class BlockMaskCollate:
-    """Batches ``(image, label, skipped)`` samples and draws a block mask per image:
-    -> ((imgs (B, C, H, W), mask (B, N) bool), labels, skipped). In DataLoader workers the masks
-    come from the worker's seeded torch RNG, so runs and resumes reproduce them."""
-
-    def __init__(self, **mask_args):
-        self.mask_args = mask_args
-
-    def __call__(self, samples):
-        imgs, labels, skipped = default_collate(samples)
-        return (imgs, block_masking(len(imgs), **self.mask_args)), labels, skipped
 
 
 class BEiT(nn.Module):
@@ -128,34 +110,3 @@ class BEiT(nn.Module):
         columns = {"original": imgs, "block mask": imgs * (1 - m), "tokens": self.tokenizer.draw(ids, imgs),
                    "predicted tokens": self.tokenizer.draw(predicted, imgs)}
         return columns, {"tokens": False, "predicted tokens": False}
-
-
-@dataclass
-class BEiTRunConfig:
-    """``pretrain/beit.py``: the reference defaults (ViT-B/16, 224 px, LayerScale 0.1, 800 epochs,
-    lr 1.5e-3 at batch 2048 = blr 1.875e-4, AdamW betas (0.9, 0.98), grad clip 3.0, drop path 0.1).
-    With ``data: digits`` the ``sslvit/presets/beit.yaml`` preset replaces them first."""
-
-    data: str = "digits"
-    out: str = "runs/beit"
-    resume: bool = False
-    model: BackboneConfig = field(default_factory=lambda: BackboneConfig(
-        size="base", init_values=0.1, drop_path_rate=0.1))
-    beit: BEiTConfig = field(default_factory=BEiTConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        epochs=800, blr=1.875e-4, min_lr=1e-5, warmup_epochs=10, weight_decay=0.05, betas=(0.9, 0.98),
-        clip_grad=3.0))
-
-    def build_objective(self) -> BEiT:
-        self.model.validate()
-        tokenizer = run_tokenizer(self.tokenizer, self.data, self.model.img_size, self.model.patch_size,
-                                  Path(self.out).expanduser(), self.resume)
-        return BEiT(build_backbone(self.model), tokenizer, self.beit)
-
-    def train_transform(self):
-        return mae_train_transform(self.model.img_size)
-
-    def collate_fn(self):
-        grid = (self.model.img_size // self.model.patch_size,) * 2
-        return BlockMaskCollate(**self.beit.mask_args(grid))

@@ -6,10 +6,9 @@ over K prototypes with a cross-entropy over every (teacher view, other student v
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -18,11 +17,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.utils import ModelEmaV3
 
-from sslvit.data.multicrop import MultiCropConfig, MultiCropTransform, multicrop_collate
 from sslvit.eval.attention import attention_columns
-from sslvit.models.vit import BackboneConfig, SSLViT, build_backbone
-from sslvit.train.train_config import TrainConfig
-from sslvit.train.schedules import cosine_schedule
+from sslvit.models.vit import SSLViT
+from sslvit.runtime.schedules import cosine_schedule
 
 
 @dataclass
@@ -246,41 +243,3 @@ class DINO(nn.Module):
     def pictures(self, imgs: torch.Tensor):
         """The teacher's last-block cls attention per head over ``imgs`` (B, C, H, W)."""
         return attention_columns(self.exported_backbone(), imgs)
-
-
-@dataclass
-class DINORunConfig:
-    """``pretrain/dino.py``: the reference defaults (ViT-S/16, 224 px global and 8 x 96 px local
-    crops, K = 65536, 100 epochs, blr 5e-4). With ``data: digits`` the ``sslvit/presets/dino.yaml``
-    preset replaces them first."""
-
-    data: str = "digits"
-    out: str = "runs/dino"
-    resume: bool = False
-    model: BackboneConfig = field(default_factory=lambda: BackboneConfig(
-        size="small", pos_embed="learned", drop_path_rate=0.1, dynamic_img_size=True))
-    dino: DINOConfig = field(default_factory=DINOConfig)
-    crops: MultiCropConfig = field(default_factory=MultiCropConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        epochs=100, blr=5e-4, min_lr=1e-6, warmup_epochs=10, weight_decay=0.04, weight_decay_end=0.4,
-        betas=(0.9, 0.999), clip_grad=3.0, clip_mode="per_param", log_every=10))
-
-    def validate(self) -> None:
-        self.model.validate()
-        self.train.validate()
-        self.crops.validate(self.model.img_size, self.model.patch_size)
-        if self.crops.local_number and not self.model.dynamic_img_size:
-            raise ValueError("DINO's local crops need model.dynamic_img_size true (the position embedding is "
-                             "interpolated to their grid); set it, or crops.local_number 0.")
-
-    def build_objective(self) -> DINO:
-        self.validate()
-        student = build_backbone(self.model)
-        teacher = build_backbone(dataclasses.replace(self.model, drop_path_rate=0.0))
-        return DINO(student, teacher, self.dino)
-
-    def train_transform(self):
-        return MultiCropTransform(self.model.img_size, self.crops)
-
-    def collate_fn(self):
-        return multicrop_collate

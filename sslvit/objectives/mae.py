@@ -6,16 +6,14 @@ a light decoder fills the masked places with a shared mask token and regresses t
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block
 
-from sslvit.data.transforms import mae_train_transform
 from sslvit.masking import global_batch_rows, random_masking
-from sslvit.models.vit import BackboneConfig, SSLViT, build_backbone, sincos_pos_embed
-from sslvit.train.train_config import TrainConfig
+from sslvit.models.vit import SSLViT, sincos_pos_embed
 
 
 @dataclass
@@ -149,27 +147,3 @@ def _xavier_linear(m: nn.Module) -> None:
         nn.init.xavier_uniform_(m.weight)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
-
-
-@dataclass
-class MAERunConfig:
-    """``pretrain/mae.py``: the reference defaults (ViT-B/16, 224 px, 800 epochs, blr 1.5e-4).
-    With ``data: digits`` the ``sslvit/presets/mae.yaml`` preset replaces them first."""
-
-    data: str = "digits"  # 'digits' (embedded) or a folder of images
-    out: str = "runs/mae"
-    resume: bool = False
-    model: BackboneConfig = field(default_factory=lambda: BackboneConfig(size="base", pos_embed="sincos"))
-    mae: MAEConfig = field(default_factory=MAEConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def validate(self) -> None:
-        self.model.validate()
-        self.train.validate()
-        self.mae.validate((self.model.img_size // self.model.patch_size) ** 2)
-
-    def build_objective(self) -> MAE:
-        return MAE(build_backbone(self.model), self.mae)
-
-    def train_transform(self):
-        return mae_train_transform(self.model.img_size)

@@ -9,7 +9,7 @@ from typing import Optional
 
 from sslvit.config import build_config
 from sslvit.tokenizers.fit import TokenizerFitConfig, fit_tokenizer
-from sslvit.train.entry import USER_ERRORS
+from sslvit.runtime.errors import USER_ERRORS
 
 
 @dataclass

@@ -1,24 +1,21 @@
-"""Fitting a tokenizer on a sample of the training data, and the tokenizer of a BEiT run."""
+"""Fitting a tokenizer on a sample of the training data (a BEiT run's own: ``sslvit.recipes.run_tokenizer``)."""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
-from accelerate import PartialState
 from torch.utils.data import DataLoader, Subset
 
 from sslvit.config import ConfigError
 from sslvit.data.dataset import build_dataset
 from sslvit.data.transforms import mae_train_transform
-from sslvit.tokenizers.base import FAISS_MIN_POINTS_PER_CODE, Tokenizer, load_tokenizer
+from sslvit.tokenizers.base import FAISS_MIN_POINTS_PER_CODE, Tokenizer
 from sslvit.tokenizers.features import FeatureTokenizer
 from sslvit.tokenizers.pixel import PixelTokenizer
 from sslvit.tokenizers.usage import codebook_usage, collapse_warnings, format_usage
-from sslvit.train.checkpoint import latest_checkpoint
 
 RUN_TOKENIZER = "tokenizer.safetensors"
 
@@ -94,33 +91,3 @@ def fit_tokenizer(cfg: TokenizerFitConfig, data: str, img_size: int, patch_size:
     for w in collapse_warnings(usage):
         log(f"warning: {w}")
     return tok.cpu(), usage
-
-
-def run_tokenizer(cfg: TokenizerConfig, data: str, img_size: int, patch_size: int, run_dir: Path,
-                  resume: bool) -> Tokenizer:
-    """The tokenizer of a BEiT run, always kept as ``run_dir/tokenizer.safetensors``: on resume the
-    one saved there; else ``cfg.path`` if given, or one fitted now on the training data (on the main
-    process; the others wait and load it), then saved into the run."""
-    saved = run_dir / RUN_TOKENIZER
-    state = PartialState()
-    if resume and saved.is_file():
-        state.print(f"Reusing the run's tokenizer {saved}.")
-        return load_tokenizer(saved)
-    has_ckpt = latest_checkpoint(run_dir) is not None
-    if has_ckpt and resume:
-        raise FileNotFoundError(f"The run '{run_dir}' has checkpoints but no {RUN_TOKENIZER}, so its targets cannot "
-                                "be rebuilt; put the tokenizer it was trained with there.")
-    if has_ckpt:  # checked here too: the loop refuses the run, but only after this would overwrite the tokenizer
-        raise FileExistsError(f"Run directory '{run_dir}' already holds checkpoints; pass --resume to continue "
-                              "that run, or --out a new directory.")
-    with state.main_process_first():
-        if not state.is_main_process:
-            return load_tokenizer(saved)
-        if cfg.path:
-            tok = load_tokenizer(cfg.path)
-        else:
-            print(f"No tokenizer.path given: fitting a {cfg.kind} tokenizer (vocab {cfg.vocab}) on "
-                  f"{cfg.fit_images} images of the training data; it is saved as {saved}.")
-            tok, _ = fit_tokenizer(cfg, data, img_size, patch_size)
-        tok.save(saved)
-    return tok

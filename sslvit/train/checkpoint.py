@@ -14,15 +14,12 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import torch
 from accelerate.utils import load as accelerate_load
 from safetensors import safe_open
 
+from sslvit.runtime.errors import CheckpointError
+
 CKPT_DIR = "checkpoints"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written; the message names the one that is still the latest."""
 
 
 def check_writable(run_dir: Path, need_bytes: int) -> None:

@@ -19,13 +19,12 @@ from sslvit.data.dataset import build_dataset, first_items
 from sslvit.data.folder import DataError
 from sslvit.data.shard_reader import build_shard_dataset, is_shard_spec
 from sslvit.data.transforms import eval_transform
-from sslvit.train.checkpoint import CheckpointError, latest_checkpoint
-from sslvit.train.loop import TrainingDiverged, pretrain
+from sslvit.train.checkpoint import latest_checkpoint
+from sslvit.runtime.errors import USER_ERRORS, TrainingDiverged
+from sslvit.train.loop import pretrain
 from sslvit.train.run_lock import run_dir_lock
 from sslvit.train.stop_signals import RunStopped, StopRequest, follow_launcher
 
-USER_ERRORS = (ConfigError, DataError, FileNotFoundError, FileExistsError, PermissionError, ValueError,
-               TrainingDiverged, CheckpointError)
 NUM_PICTURES = 8
 
 

@@ -43,22 +43,19 @@ from sslvit.config import save_yaml, to_dict
 from sslvit.data.folder import DataError
 from sslvit.data.shard_reader import ShardDataset
 from sslvit.data.stream_loader import StreamLoader, bad_sample_report
-from sslvit.train.checkpoint import (CheckpointError, check_writable, latest_checkpoint, read_meta, resumable_checkpoint,
+from sslvit.train.checkpoint import (check_writable, latest_checkpoint, read_meta, resumable_checkpoint,
                                      save_checkpoint, verify_loadable)
 from sslvit.train.compiled import compile_objective
-from sslvit.train.devices import build_accelerator, process_state
+from sslvit.runtime.devices import build_accelerator, process_state
 from sslvit.train.optim import build_adamw, clip_grad_per_param_
 from sslvit.train.precision import PrecisionChoice, measure_step, resolve_precision
 from sslvit.train.run_outputs import (check_shard_counts, export, online_knn, save_pictures, too_many_unreadable)
-from sslvit.train.schedules import cosine_schedule, scaled_lr
+from sslvit.runtime.errors import CheckpointError, TrainingDiverged
+from sslvit.runtime.schedules import cosine_schedule, scaled_lr
 from sslvit.train.stop_signals import RunStopped, StopRequest
 from sslvit.train.train_config import TrainConfig
 
 __all__ = ["TrainConfig", "TrainingDiverged", "RunStopped", "pretrain"]
-
-
-class TrainingDiverged(RuntimeError):
-    pass
 
 
 @dataclass
@@ -269,6 +266,10 @@ class Trainer:
     def _epoch_batches(self):
         """This epoch's batches, past the ones a mid-epoch checkpoint already trained."""
         epoch, skip = self.p.epoch, self.p.batches_done
+        if hasattr(self.collate_fn, "set_position"):  # draws keyed by the batch's place in the epoch
+            # a sampler skips batches before they are collated; a stream re-reads and collates them
+            first = 0 if isinstance(self.loader, StreamLoader) else skip
+            self.collate_fn.set_position(epoch, first, self.accelerator.process_index)
         self.loader.set_epoch(epoch)
         if hasattr(self.train_set, "set_epoch"):
             self.train_set.set_epoch(epoch)

@@ -26,7 +26,7 @@ from typing import Callable, Optional
 import torch
 
 from sslvit.files import write_json_atomic
-from sslvit.train.devices import cpu_model, has_accelerator
+from sslvit.runtime.devices import cpu_model, has_accelerator
 
 PRECISIONS = ("auto", "fp32", "no", "bf16", "fp16")
 BF16_MARGIN = 0.9  # bf16 is chosen only when its step takes < 90% of fp32's: fp32 is the more exact

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from accelerate.utils import broadcast_object_list
 
-from sslvit.train.devices import process_state
+from sslvit.runtime.devices import process_state
 
 try:
     import fcntl

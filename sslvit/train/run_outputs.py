@@ -12,7 +12,7 @@ from sslvit.data.stream_loader import StreamLoader, wrong_counts
 from sslvit.eval.features import extract_features
 from sslvit.eval.knn import knn_classify
 from sslvit.models.export import export_backbone
-from sslvit.train.pictures import save_columns
+from sslvit.pictures import save_columns
 
 
 def exported(model) -> torch.nn.Module:

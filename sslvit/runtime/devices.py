@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, PartialState
 
-from sslvit.train.cpu_allocator import keep_freed_memory
+from sslvit.runtime.cpu_allocator import keep_freed_memory
 
 
 def cpu_model() -> str:

@@ -1,0 +1,48 @@
+"""The DINO run: its keys (``pretrain/dino.py --help``), multi-crop transform and collate, and objective."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from sslvit.data.multicrop import MultiCropConfig, MultiCropTransform, multicrop_collate
+from sslvit.models.vit import BackboneConfig, build_backbone
+from sslvit.objectives.dino import DINO, DINOConfig
+from sslvit.train.train_config import TrainConfig
+
+
+@dataclass
+class DINORunConfig:
+    """``pretrain/dino.py``: the reference defaults (ViT-S/16, 224 px global and 8 x 96 px local
+    crops, K = 65536, 100 epochs, blr 5e-4). With ``data: digits`` the ``sslvit/presets/dino.yaml``
+    preset replaces them first."""
+
+    data: str = "digits"
+    out: str = "runs/dino"
+    resume: bool = False
+    model: BackboneConfig = field(default_factory=lambda: BackboneConfig(
+        size="small", pos_embed="learned", drop_path_rate=0.1, dynamic_img_size=True))
+    dino: DINOConfig = field(default_factory=DINOConfig)
+    crops: MultiCropConfig = field(default_factory=MultiCropConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        epochs=100, blr=5e-4, min_lr=1e-6, warmup_epochs=10, weight_decay=0.04, weight_decay_end=0.4,
+        betas=(0.9, 0.999), clip_grad=3.0, clip_mode="per_param", log_every=10))
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.train.validate()
+        self.crops.validate(self.model.img_size, self.model.patch_size)
+        if self.crops.local_number and not self.model.dynamic_img_size:
+            raise ValueError("DINO's local crops need model.dynamic_img_size true (the position embedding is "
+                             "interpolated to their grid); set it, or crops.local_number 0.")
+
+    def build_objective(self) -> DINO:
+        self.validate()
+        student = build_backbone(self.model)
+        teacher = build_backbone(dataclasses.replace(self.model, drop_path_rate=0.0))
+        return DINO(student, teacher, self.dino)
+
+    def train_transform(self):
+        return MultiCropTransform(self.model.img_size, self.crops)
+
+    def collate_fn(self):
+        return multicrop_collate

@@ -1,0 +1,18 @@
+"""The errors a user can cause, which every command ends as one sentence on stderr and exit
+code 2 (``USER_ERRORS``), and the two the training run raises itself."""
+from __future__ import annotations
+
+from sslvit.config import ConfigError
+from sslvit.data.folder import DataError
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read; the message names the one that is still the latest."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The losses or gradients stayed non-finite, or no step was ever applied."""
+
+
+USER_ERRORS = (ConfigError, DataError, FileNotFoundError, FileExistsError, PermissionError, ValueError,
+               TrainingDiverged, CheckpointError)
