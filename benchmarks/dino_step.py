@@ -8,10 +8,10 @@ backward, per-parameter gradient clipping (max norm 3), optimizer step, zero_gra
 update. The configurations are timed round-robin (--warmup steps, then --steps timed steps each,
 median reported) so machine noise hits each equally.
 
-  sslvit:  ``DINO`` driven exactly as ``sslvit.train.loop.pretrain`` drives it (on_step_start, lr/wd
+  sslvit:  ``DINO`` driven exactly as ``sslvit.train.loop.pretrain`` drives it (before_micro_batch, lr/wd
            into the param groups, forward on [globals (2B), locals (6B)], backward, clip_grad_per_param_,
-           before_optimizer_step(epoch=1), fused AdamW from build_adamw, zero_grad, loss.item(),
-           after_step); in fp32, and under bf16 autocast where the CPU has native bf16 (then lightly
+           before_optimizer_step (epoch 1), fused AdamW from build_adamw, zero_grad, loss.item(),
+           after_optimizer_step); in fp32, and under bf16 autocast where the CPU has native bf16 (then lightly
            too, as Lightning's bf16-mixed runs it). sslvit's default is what ``train.precision
            auto`` picks from this run's own timings.
   lightly: lightly's DINO example loop (examples/pytorch/dino.py): update_momentum at the start of
@@ -60,6 +60,7 @@ from timm.layers import DropPath
 from flops import (block_macs, default_precision, matmul_peak, peak_fractions, print_machine, stem_macs,
                    time_round_robin)  # benchmarks/flops.py
 from sslvit.models.vit import BackboneConfig, build_backbone
+from sslvit.objectives.base import StepInfo
 from sslvit.objectives.dino import DINO, DINOConfig
 from sslvit.train.optim import build_adamw, clip_grad_per_param_
 
@@ -96,19 +97,21 @@ def sslvit_step(stem: str, K: int, lr: float, groups: list[torch.Tensor], bf16: 
     state = {"step": 0}
 
     def step() -> float:  # the body of sslvit.train.loop.pretrain's inner loop, one process
-        dino.on_step_start(state["step"], TOTAL, PER_EPOCH)
+        info = StepInfo(step=state["step"], micro=0, epoch=1, total_steps=TOTAL, steps_per_epoch=PER_EPOCH,
+                        key=state["step"], rows=slice(0, len(groups[0]) // 2), global_size=len(groups[0]) // 2)
+        dino.before_micro_batch(info)
         for group in opt.param_groups:
             group["lr"], group["weight_decay"] = lr, WD if group.get("apply_wd", True) else 0.0
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = dino(groups)
         out["loss"].backward()
         clip_grad_per_param_(dino.parameters(), CLIP)
-        dino.before_optimizer_step(epoch=1)  # epoch 1: past freeze_last_layer, the last layer trains
+        dino.before_optimizer_step(info)  # epoch 1: past freeze_last_layer, the last layer trains
         opt.step()
         opt.zero_grad(set_to_none=True)
         loss = out["loss"].item()
+        dino.after_optimizer_step(info)
         state["step"] += 1
-        dino.after_step(state["step"], TOTAL)
         return loss
     return step
 

@@ -88,13 +88,17 @@ def test_masked_pixels_cannot_reach_the_encoder(stem):
     imgs, mask = torch.randn(2, 3, 16, 16), _mask(2)
     pixel_mask = mask.view(2, 1, 4, 1, 4, 1).expand(2, 3, 4, 4, 4, 4).reshape(2, 3, 16, 16)
     other = imgs + 5 * torch.randn_like(imgs) * pixel_mask  # new pixels in every masked patch
-    emb, emb2 = model.masked_embeddings(imgs, mask), model.masked_embeddings(other, mask)
+    def tokens(x):  # the encoder's input: stem outputs (mask token where masked) + positions
+        return backbone.encode(x, mask=mask, mask_token=model.mask_token, depth=0, norm=False)[:, 1:]
+
+    emb, emb2 = tokens(imgs), tokens(other)
     assert torch.equal(emb[~mask], emb2[~mask])  # visible stem outputs untouched
-    assert torch.equal(emb[mask], model.mask_token[0, 0].expand(int(mask.sum()), -1))
+    pos = backbone.pos_embed[:, 1:].expand(2, -1, -1)
+    assert torch.equal(emb[mask], model.mask_token[0, 0] + pos[mask])
     model.eval()
     assert torch.equal(model.encode(imgs, mask), model.encode(other, mask))
     visible = imgs + 5 * torch.randn_like(imgs) * ~pixel_mask
-    assert not torch.equal(model.masked_embeddings(visible, mask)[~mask], emb[~mask])
+    assert not torch.equal(tokens(visible)[~mask], emb[~mask])
 
 
 def test_grid_aware_masking_defaults_and_beit_optimizer_defaults():

@@ -96,7 +96,7 @@ def test_ema_update_is_m_teacher_plus_one_minus_m_student_and_teacher_has_no_gra
     out = dino(_crops())
     out["loss"].backward()
     assert all(p.grad is None and not p.requires_grad for p in dino.teacher.parameters())
-    dino.after_step(step=1, total_steps=10)
+    dino.after_optimizer_step(_info(step=0, total_steps=10))
     m = teacher_momentum(0, 10, 0.996)
     assert m == pytest.approx(0.996)
     for n, p in dino.teacher.module.named_parameters():
@@ -142,12 +142,19 @@ def test_head_shapes_and_norm_last_layer_freezes_the_gain():
     assert kinds == ["Linear", "BatchNorm1d", "GELU", "Linear", "BatchNorm1d", "GELU", "Linear"]
 
 
+def _info(**fields):
+    from sslvit.objectives.base import StepInfo
+
+    base = dict(step=0, micro=0, epoch=0, total_steps=10, steps_per_epoch=10, key=0, rows=slice(0, 1), global_size=1)
+    return StepInfo(**{**base, **fields})
+
+
 def _one_step(dino, epoch):
     opt = build_adamw(dino, 1e-2, 0.04)
     last = {n: p.clone() for n, p in dino.student.head.last_layer.named_parameters()}
     other = dino.student.backbone.blocks[0].attn.qkv.weight.clone()
     dino(_crops())["loss"].backward()
-    dino.before_optimizer_step(epoch)
+    dino.before_optimizer_step(_info(epoch=epoch))
     opt.step()
     changed = {n: not torch.equal(p, last[n]) for n, p in dino.student.head.last_layer.named_parameters()}
     return changed, not torch.equal(other, dino.student.backbone.blocks[0].attn.qkv.weight)

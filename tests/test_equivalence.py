@@ -131,9 +131,11 @@ def _key_masks_by_local_rows(monkeypatch) -> None:
     (0..b-1), as a per-process draw would be, instead of its rows in the step's global batch."""
     import sslvit.objectives.mae as mae
 
-    keyed = mae.MAE.on_batch
-    monkeypatch.setattr(mae.MAE, "on_batch",
-                        lambda self, key, rows, size: keyed(self, key, slice(0, rows.stop - rows.start), size))
+    import dataclasses
+
+    keyed = mae.MAE.before_micro_batch
+    monkeypatch.setattr(mae.MAE, "before_micro_batch", lambda self, info: keyed(
+        self, dataclasses.replace(info, rows=slice(0, info.rows.stop - info.rows.start))))
 
 
 def test_the_check_has_teeth_a_different_split_of_the_masks_shows(folder160, tmp_path, fresh_accelerate,

@@ -83,3 +83,39 @@ def test_dynamic_img_size_backbone_runs_other_grids():
     assert model.forward_features(torch.randn(2, 3, 16, 24)).shape == (2, 1 + 2 * 3, 192)
     ids = torch.arange(3).expand(2, -1)
     assert model.forward_visible(torch.randn(2, 3, 16, 24), ids).shape == (2, 4, 192)
+
+
+def test_encode_full_and_masked_match_timms_own_forward():
+    """encode() with no mask is timm's forward_features; with a mask, the masked patches' stem
+    outputs are the mask token (written out here as timm's steps with the tokens swapped in)."""
+    model = build_backbone(BackboneConfig(size="tiny", patch_size=8, img_size=32, depth=2)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model.encode(x), model.forward_features(x), rtol=1e-5, atol=1e-5)
+    mask = torch.rand(2, 16) < 0.5
+    token = torch.randn(1, 1, 192)
+    stem = torch.where(mask[..., None], token.expand(2, 16, -1), model.patch_embed(x))
+    ref = model.norm(model.blocks(model._pos_embed(stem)))
+    torch.testing.assert_close(model.encode(x, mask=mask, mask_token=token), ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="not both"):
+        model.encode(x, keep=torch.zeros(2, 1, dtype=torch.long), mask=mask, mask_token=token)
+
+
+@pytest.mark.parametrize("mode", ["keep", "mask", "full"])
+def test_grad_checkpointing_recomputes_the_blocks_and_changes_no_gradient(mode):
+    """model.grad_checkpointing: each block runs again in backward (so its activations were not
+    kept), and the gradients equal those without it."""
+    grads, calls = [], []
+    for on in (False, True):
+        torch.manual_seed(0)
+        model = build_backbone(BackboneConfig(size="tiny", patch_size=8, img_size=32, depth=2, grad_checkpointing=on))
+        count = [0]
+        model.blocks[0].register_forward_pre_hook(lambda *a: count.__setitem__(0, count[0] + 1))  # recompute may stop early
+        x = torch.randn(2, 3, 32, 32)
+        kw = {"keep": torch.stack([torch.randperm(16)[:5] for _ in range(2)])} if mode == "keep" else \
+            {"mask": torch.rand(2, 16) < 0.5, "mask_token": torch.zeros(1, 1, 192)} if mode == "mask" else {}
+        model.encode(x, **kw).square().mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        calls.append(count[0])
+    assert calls == [1, 2]
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-5, atol=1e-6, msg=n)

@@ -23,11 +23,7 @@ def cls_attention(backbone: SSLViT, imgs: torch.Tensor) -> torch.Tensor:
     p = backbone.patch_size
     if H % p or W % p:
         raise ValueError(f"Image size {H}x{W} is not a multiple of the patch size {p}; crop it first.")
-    x = backbone.patch_embed(imgs)
-    x = backbone._pos_embed(x)
-    x = backbone.norm_pre(backbone.patch_drop(x))
-    for blk in backbone.blocks[:-1]:
-        x = blk(x)
+    x = backbone.encode(imgs, depth=len(backbone.blocks) - 1, norm=False)  # the input of the last block
     last = backbone.blocks[-1]
     if isinstance(last, Block):
         pairs = [(last.norm1, last.attn)]

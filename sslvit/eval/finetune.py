@@ -24,6 +24,7 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from sslvit.data.dataset import build_dataset
+from sslvit.data.loaders import training_loader
 from sslvit.data.shard_reader import ShardDataset
 from sslvit.data.stream_loader import StreamLoader
 from sslvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
@@ -198,9 +199,8 @@ def evaluate(model, loader, accelerator) -> tuple[float, float]:
     return 100 * correct1 / total, 100 * correct5 / total
 
 
-def run_finetune(cfg: FinetuneConfig) -> dict:
-    cfg.validate()
-    weights = resolve_backbone_path(cfg.ckpt)
+def _labelled_sets(cfg: FinetuneConfig, weights: Path):
+    """-> (data, train set with the fine-tuning augmentation, val set, number of classes)."""
     data = cfg.data or run_data_of(weights)
     bcfg = read_backbone_config(weights)
     size = check_img_size(bcfg.img_size if cfg.img_size is None else cfg.img_size, bcfg.patch_size)
@@ -212,6 +212,13 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
                          "images sit in one sub-folder per class (optionally under train/ and val/).")
     num_classes = len(train_set.classes) if isinstance(train_set, ShardDataset) else \
         int(max(max(train_set.labels), max(val_set.labels))) + 1
+    return data, train_set, val_set, num_classes
+
+
+def run_finetune(cfg: FinetuneConfig) -> dict:
+    cfg.validate()
+    weights = resolve_backbone_path(cfg.ckpt)
+    data, train_set, val_set, num_classes = _labelled_sets(cfg, weights)
     accelerator = build_accelerator()
     torch.manual_seed(cfg.seed)
     model, sizes = build_classifier(weights, num_classes, cfg)
@@ -226,14 +233,12 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     val_loader = DataLoader(val_set, batch_size=256, num_workers=cfg.num_workers)
     if isinstance(train_set, ShardDataset):  # the pretraining loop's stream: shuffled, equal steps per process
         train_set.shuffle, train_set.seed = True, cfg.seed
-        train_loader = StreamLoader(train_set, cfg.batch_size, accelerator.num_processes, cfg.num_workers,
-                                    device=accelerator.device)
-        model, optimizer, val_loader = accelerator.prepare(model, optimizer, val_loader)
-    else:
-        gen = torch.Generator().manual_seed(cfg.seed)
-        train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                                  num_workers=cfg.num_workers, generator=gen)
+    train_loader, by_accelerate = training_loader(train_set, cfg.batch_size, accelerator.num_processes,
+                                                  cfg.num_workers, cfg.seed, device=accelerator.device)
+    if by_accelerate:
         model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    else:
+        model, optimizer, val_loader = accelerator.prepare(model, optimizer, val_loader)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     steps_per_epoch = len(train_loader)
     total_steps, warmup = cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)

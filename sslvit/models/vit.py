@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 from timm.layers import PatchEmbed, resample_abs_pos_embed
 from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
+from timm.models import checkpoint_seq
 from timm.models.vision_transformer import Block, ParallelThingsBlock, VisionTransformer
 
 from sslvit.models.hmlp_stem import HMLPStem, hmlp_kernels
@@ -37,6 +38,7 @@ class BackboneConfig:
     init_values: Optional[float] = None  # LayerScale init; None disables it
     drop_path_rate: float = 0.0
     dynamic_img_size: bool = False  # interpolate position embeddings for other grids (DINO local crops)
+    grad_checkpointing: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
 
     def validate(self) -> None:
         if self.size not in VIT_SIZES:
@@ -107,7 +109,7 @@ def sincos_pos_embed(grid_size, dim: int, num_prefix_tokens: int = 1) -> torch.T
 
 
 class SSLViT(VisionTransformer):
-    """timm ViT plus ``forward_visible`` (the encoder over a subset of patches) and ``patchify``."""
+    """timm ViT plus ``encode`` (the masked encoder: visible patches only, or mask tokens) and ``patchify``."""
 
     def __init__(self, *args, fixed_pos_embed: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
@@ -146,27 +148,52 @@ class SSLViT(VisionTransformer):
         return resample_abs_pos_embed(self.pos_embed, new_size=list(grid), old_size=self.patch_embed.grid_size,
                                       num_prefix_tokens=self.num_prefix_tokens)
 
-    def forward_visible(self, imgs: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
-        """Encode only the patches ``ids_keep`` (B, K) of ``imgs`` (B, C, H, W) -> (B, 1 + K, D).
+    def encode(self, imgs: torch.Tensor, keep: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None,
+               mask_token: Optional[torch.Tensor] = None, depth: Optional[int] = None,
+               norm: bool = True) -> torch.Tensor:
+        """The one masked-encoder entry every objective and the attention maps use.
 
-        Stem, position embedding and blocks all run on the K visible patches; the result
-        equals the full forward restricted to those patches plus the cls token, with the
-        masked patches absent from attention (MAE's encoder).
-        """
-        B = imgs.shape[0]
-        p = self.patch_size
-        grid = (imgs.shape[2] // p, imgs.shape[3] // p)
-        patches = self.patchify(imgs)
-        idx = ids_keep[:, :, None, None, None].expand(-1, -1, *patches.shape[2:])
-        x = self.embed_patches(torch.gather(patches, 1, idx))
-        pos = self.grid_pos_embed(grid)
+        imgs (B, C, H, W) ->
+          keep (B, K) patch indices: only those patches are embedded and encoded, the rest are
+              absent from attention (MAE's encoder) -> (B, 1 + K, D);
+          mask (B, N) bool with mask_token (1, 1, D): the masked patches' stem outputs are replaced
+              by the token (BEiT, iBOT); the hMLP stem embeds each patch alone, so no masked pixel
+              reaches the encoder -> (B, 1 + N, D);
+          neither: the whole image (B, 1 + N, D).
+        ``depth`` runs only the first blocks; ``norm`` False skips the final norm. The blocks run
+        under timm's gradient checkpointing when ``set_grad_checkpointing()`` turned it on."""
+        if keep is not None and mask is not None:
+            raise ValueError("encode takes keep (visible patches) or mask (mask-token patches), not both.")
+        if (mask is None) != (mask_token is None):
+            raise ValueError("encode's mask and mask_token come together.")
+        B, p = imgs.shape[0], self.patch_size
+        pos = self.grid_pos_embed((imgs.shape[2] // p, imgs.shape[3] // p))
         pos_patch = pos[:, self.num_prefix_tokens:].expand(B, -1, -1)
-        x = x + torch.gather(pos_patch, 1, ids_keep[:, :, None].expand(-1, -1, x.shape[-1]))
+        if keep is not None:
+            patches = self.patchify(imgs)
+            x = self.embed_patches(torch.gather(patches, 1, keep[:, :, None, None, None].expand(-1, -1, *patches.shape[2:])))
+            x = x + torch.gather(pos_patch, 1, keep[:, :, None].expand(-1, -1, x.shape[-1]))
+        else:
+            x = self.embed_patches(self.patchify(imgs))
+            if mask is not None:
+                w = mask.unsqueeze(-1).type_as(x)
+                x = x * (1 - w) + mask_token.to(x.dtype) * w
+            x = x + pos_patch
         cls = (self.cls_token + pos[:, :1]).expand(B, -1, -1)
-        x = self.pos_drop(torch.cat([cls, x], dim=1))
-        x = self.norm_pre(x)
-        x = self.blocks(x)
-        return self.norm(x)
+        x = self.norm_pre(self.pos_drop(torch.cat([cls, x], dim=1)))
+        x = self.run_blocks(x, depth)
+        return self.norm(x) if norm else x
+
+    def run_blocks(self, x: torch.Tensor, depth: Optional[int] = None) -> torch.Tensor:
+        """(B, T, D) through the first ``depth`` blocks (all by default), checkpointed as timm does."""
+        blocks = self.blocks if depth is None else self.blocks[:depth]
+        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            return checkpoint_seq(blocks, x)
+        return blocks(x)
+
+    def forward_visible(self, imgs: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+        """MAE's encoder: ``encode(imgs, keep=ids_keep)`` -> (B, 1 + K, D)."""
+        return self.encode(imgs, keep=ids_keep)
 
     def features(self, imgs: torch.Tensor, pool: str = "cls", n_last_blocks: int = 4) -> torch.Tensor:
         """(B, C, H, W) -> (B, F), the frozen-feature recipes of the probes:
@@ -196,4 +223,6 @@ def build_backbone(cfg: BackboneConfig) -> SSLViT:
     spec = timm_spec(cfg)
     spec.pop("model_name")
     spec.pop("pretrained")
-    return SSLViT(fixed_pos_embed=cfg.pos_embed == "sincos", **spec)
+    backbone = SSLViT(fixed_pos_embed=cfg.pos_embed == "sincos", **spec)
+    backbone.set_grad_checkpointing(cfg.grad_checkpointing)
+    return backbone

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from sslvit.config import ConfigError
 from sslvit.masking import block_masking
 from sslvit.models.vit import SSLViT
+from sslvit.objectives.base import Objective
 from sslvit.tokenizers.base import Tokenizer
 
 BEIT_GRID_PATCHES = 196  # BEiT's min_block 16 is for a 14 x 14 grid
@@ -46,7 +47,7 @@ def beit_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor
     return F.cross_entropy(logits, targets), (logits.argmax(-1) == targets).float().mean()
 
 
-class BEiT(nn.Module):
+class BEiT(Objective):
     """Objective: ``forward((imgs (B, C, H, W), mask (B, N) bool))`` -> dict(loss, mlm_acc);
     given bare ``imgs`` it draws the block masks itself."""
 
@@ -66,21 +67,9 @@ class BEiT(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"backbone.cls_token", "backbone.pos_embed", "mask_token"}
 
-    def masked_embeddings(self, imgs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W), (B, N) -> stem outputs (B, N, D) with the masked ones replaced by the mask
-        token. The hMLP stem embeds each patch on its own, so masked pixels reach nothing."""
-        x = self.backbone.embed_patches(self.backbone.patchify(imgs))
-        w = mask.unsqueeze(-1).type_as(x)
-        return x * (1 - w) + self.mask_token.to(x.dtype) * w
-
     def encode(self, imgs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The encoder over the whole sequence, masked patches as mask tokens -> (B, 1 + N, D)."""
-        bb = self.backbone
-        x = self.masked_embeddings(imgs, mask)
-        pos = bb.grid_pos_embed((imgs.shape[2] // bb.patch_size, imgs.shape[3] // bb.patch_size))
-        cls = (bb.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
-        x = bb.pos_drop(torch.cat([cls, x + pos[:, bb.num_prefix_tokens:]], dim=1))
-        return bb.norm(bb.blocks(bb.norm_pre(x)))
+        return self.backbone.encode(imgs, mask=mask, mask_token=self.mask_token)
 
     def draw_masks(self, batch_size: int, device) -> torch.Tensor:
         return block_masking(batch_size, **self.mask_args).to(device)

@@ -19,6 +19,7 @@ from timm.utils import ModelEmaV3
 
 from sslvit.eval.attention import attention_columns
 from sslvit.models.vit import SSLViT
+from sslvit.objectives.base import Objective, StepInfo
 from sslvit.runtime.schedules import cosine_schedule
 
 
@@ -180,7 +181,7 @@ class CollapseGuard:
                 "raise dino.freeze_last_layer.")
 
 
-class DINO(nn.Module):
+class DINO(Objective):
     """Objective: ``forward(groups)`` with groups = [globals (2B, C, G, G), locals (nB, C, L, L)]."""
 
     def __init__(self, student: SSLViT, teacher: SSLViT, cfg: DINOConfig):
@@ -197,7 +198,6 @@ class DINO(nn.Module):
         self.teacher.requires_grad_(False)
         self.loss = DINOLoss(cfg.out_dim, cfg.student_temp, cfg.center_momentum)
         self.guard = CollapseGuard(cfg.out_dim, cfg.collapse_window, cfg.collapse_low, cfg.collapse_high)
-        self.window_step = -1  # the optimizer step whose teacher outputs the center window holds
         # a tensor, so a compiled forward reads its value instead of recompiling at every new one
         self.register_buffer("teacher_temp", torch.tensor(teacher_temperature(0, 1, cfg)), persistent=False)
 
@@ -218,21 +218,20 @@ class DINO(nn.Module):
         return {"loss": loss, "teacher_entropy": entropy.detach(), "kl": (loss - entropy).detach(),
                 "teacher_temp": self.teacher_temp.detach().clone()}
 
-    def on_step_start(self, step: int, total_steps: int, steps_per_epoch: int) -> None:
-        self.teacher_temp.fill_(teacher_temperature(step, steps_per_epoch, self.cfg))
-        if step != self.window_step:  # a new optimizer step: drop what a skipped one left behind
+    def before_micro_batch(self, info: StepInfo) -> None:
+        self.teacher_temp.fill_(teacher_temperature(info.step, info.steps_per_epoch, self.cfg))
+        if info.micro == 0:  # a new optimizer step's window: drop what a skipped step left behind
             self.loss.reset_window()
-            self.window_step = step
 
-    def before_optimizer_step(self, epoch: int) -> None:
-        if epoch < self.cfg.freeze_last_layer:
+    def before_optimizer_step(self, info: StepInfo) -> None:
+        if info.epoch < self.cfg.freeze_last_layer:
             for p in self.student.head.last_layer.parameters():
                 p.grad = None  # AdamW skips a parameter without a gradient: no update, no decay
 
     @torch.no_grad()
-    def after_step(self, step: int, total_steps: int) -> None:
+    def after_optimizer_step(self, info: StepInfo) -> None:
         self.loss.update_center()
-        self.teacher.decay = teacher_momentum(step - 1, total_steps, self.cfg.momentum_teacher)
+        self.teacher.decay = teacher_momentum(info.step, info.total_steps, self.cfg.momentum_teacher)
         self.teacher.update(self.student)
 
     def check_health(self, record: dict) -> list[str]:

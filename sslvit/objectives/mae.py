@@ -14,6 +14,7 @@ from timm.models.vision_transformer import Block
 
 from sslvit.masking import global_batch_rows, random_masking
 from sslvit.models.vit import SSLViT, sincos_pos_embed
+from sslvit.objectives.base import Objective, StepInfo
 
 
 @dataclass
@@ -72,7 +73,7 @@ class MAEDecoder(nn.Module):
         return self.decoder_pred(x[:, 1:])
 
 
-class MAE(nn.Module):
+class MAE(Objective):
     """Objective: ``forward(imgs (B, C, H, W))`` -> dict(loss, ...)."""
 
     def __init__(self, backbone: SSLViT, cfg: MAEConfig):
@@ -88,10 +89,10 @@ class MAE(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"backbone.cls_token", "backbone.pos_embed", "decoder.mask_token", "decoder.decoder_pos_embed"}
 
-    batch_key = None  # (seed key, this micro-batch's rows, global batch size), set by the loop
+    batch_key = None  # (seed key, this micro-batch's rows, global batch size), set before each forward
 
-    def on_batch(self, key: int, rows: slice, global_size: int) -> None:
-        self.batch_key = (key, rows, global_size)
+    def before_micro_batch(self, info: StepInfo) -> None:
+        self.batch_key = (info.key, info.rows, info.global_size)
 
     @torch.compiler.disable  # the batch key changes every step: compiled, it would recompile every step
     def _mask_noise(self, num_patches: int, device) -> torch.Tensor | None:
@@ -107,7 +108,7 @@ class MAE(nn.Module):
         B, N = patches.shape[:2]
         noise = self._mask_noise(N, imgs.device)
         ids_keep, mask, ids_restore = random_masking(B, N, self.cfg.mask_ratio, device=imgs.device, noise=noise)
-        latent = self.backbone.forward_visible(imgs, ids_keep)
+        latent = self.backbone.encode(imgs, keep=ids_keep)
         pred = self.decoder(latent, ids_restore)
         return pred, patches.flatten(2), mask
 

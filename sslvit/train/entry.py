@@ -28,11 +28,13 @@ from sslvit.train.stop_signals import RunStopped, StopRequest, follow_launcher
 NUM_PICTURES = 8
 
 
-def load_presets(name: str) -> dict:
-    return load_text_yaml(resources.files("sslvit.presets").joinpath(f"{name}.yaml").read_text())
+def load_presets(name: str | None) -> dict:
+    """``sslvit/presets/NAME.yaml`` (keys per embedded data set), or nothing: a preset is optional."""
+    file = resources.files("sslvit.presets").joinpath(f"{name}.yaml") if name else None
+    return load_text_yaml(file.read_text()) if file is not None and file.is_file() else {}
 
 
-def run_config(config_cls, preset: str, argv=None):
+def run_config(config_cls, preset: str | None = None, argv=None):
     """The run's config. A fresh run: defaults <- preset <- --config <- command line. ``--resume``
     continues the run as it was configured: its own ``config.yaml`` <- --config <- command line
     (keys given are explicit changes; ``check_same_run`` refuses those of the architecture)."""
@@ -50,7 +52,7 @@ def run_config(config_cls, preset: str, argv=None):
     return build_config(config_cls, argv, base=saved)
 
 
-def run_pretraining(config_cls, preset: str, argv=None, stop: StopRequest | None = None) -> Path:
+def run_pretraining(config_cls, preset: str | None = None, argv=None, stop: StopRequest | None = None) -> Path:
     cfg = run_config(config_cls, preset, argv)
     if hasattr(cfg, "validate"):
         cfg.validate()
@@ -94,6 +96,7 @@ def removed_if_it_fails(run_dir: Path):
 
 
 RESUMABLE_CHANGES = ("train", "data", "out", "resume")  # sections a resumed run may change
+RESUMABLE_KEYS = {("model", "grad_checkpointing")}  # and keys that change memory, not the model
 
 
 def check_same_run(cfg) -> None:
@@ -106,7 +109,7 @@ def check_same_run(cfg) -> None:
     now = plain_dict(cfg)
     diffs = [f"{section}.{k}: {v!r} in the checkpoint, {now[section].get(k)!r} now"
              for section, values in saved.items() if section not in RESUMABLE_CHANGES and isinstance(values, dict)
-             for k, v in values.items() if now.get(section, {}).get(k) != v]
+             for k, v in values.items() if now.get(section, {}).get(k) != v and (section, k) not in RESUMABLE_KEYS]
     if diffs:
         raise ConfigError(f"The checkpoint in '{saved_file.parent}' is of another setup ({'; '.join(diffs[:3])}); "
                           "resume with the keys it was trained with, or pass a new --out.")
@@ -139,7 +142,7 @@ def knn_sets(cfg) -> tuple | None:
     return database, build_dataset(cfg.data, "val", size, transform=eval_transform(size))
 
 
-def main(config_cls, preset: str) -> None:
+def main(config_cls, preset: str | None = None) -> None:
     """Entry point: errors a user can cause end as one sentence on stderr and exit code 2; SIGTERM
     and SIGINT stop at the next step with a checkpoint, one line, and exit code 128 + signal."""
     follow_launcher()

@@ -1,26 +1,9 @@
-"""The one training loop, shared by every objective.
+"""The one training loop, shared by every objective (``sslvit.objectives.base.Objective``: its
+``forward`` and hooks are the whole seam).
 
-An objective is an ``nn.Module`` with
-  - ``forward(imgs) -> dict`` holding a scalar ``loss`` and any other scalar tensors to log
-    (``imgs`` is whatever the data loader yields: a (B, C, H, W) batch, or DINO's list of
-    crops grouped by resolution);
-  - ``backbone`` (or ``exported_backbone()``): the ``SSLViT`` that is exported;
-  - optional hooks, each called on every process:
-      ``no_weight_decay() -> set[str]``;
-      ``on_epoch_start(epoch)``;
-      ``on_step_start(step, total_steps, steps_per_epoch)`` before every forward (schedules
-        that the forward reads, e.g. DINO's teacher temperature);
-      ``on_batch(key, rows, global_size)`` before every forward: a seed for the optimizer step
-        and the rows this micro-batch holds in the step's global batch, so random draws keyed
-        by them (MAE's masks) do not depend on how the batch is split over processes;
-      ``before_optimizer_step(epoch)`` after backward and clipping (e.g. dropping gradients);
-      ``after_step(step, total_steps)`` after every optimizer step (e.g. an EMA teacher);
-      ``check_health(record) -> list[str]`` on every logged record (warnings to show);
-      ``pictures(imgs) -> dict`` (columns of a picture grid; or ``(columns, normalized)``
-        where ``normalized[name]`` False marks a column already in [0, 1]).
-The loop owns devices, processes, precision and gradient accumulation (accelerate), the
-AdamW optimizer, the per-iteration schedules, logging, checkpoints (at epoch ends, and at the
-step a SIGTERM or SIGINT stops the run: see ``stop_signals``) and export.
+The loop owns devices, processes, precision and gradient accumulation (accelerate), the AdamW
+optimizer, the per-iteration schedules, logging, checkpoints (at epoch ends, and at the step a
+SIGTERM or SIGINT stops the run: see ``stop_signals``) and export.
 """
 from __future__ import annotations
 
@@ -36,13 +19,13 @@ from typing import Optional
 
 import torch
 from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, gather_object, set_seed
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sslvit.config import save_yaml, to_dict
 from sslvit.data.folder import DataError
-from sslvit.data.shard_reader import ShardDataset
+from sslvit.data.loaders import training_loader
 from sslvit.data.stream_loader import StreamLoader, bad_sample_report
+from sslvit.objectives.base import Objective, StepInfo
 from sslvit.train.checkpoint import (check_writable, latest_checkpoint, read_meta, resumable_checkpoint,
                                      save_checkpoint, verify_loadable)
 from sslvit.train.compiled import compile_objective
@@ -172,6 +155,9 @@ class Trainer:
         self.cfg, self.tc = cfg, cfg.train
         self.train_set, self.picture_imgs, self.collate_fn, self.knn_sets = train_set, picture_imgs, collate_fn, knn_sets
         self.run_dir = Path(cfg.out).expanduser()
+        if not isinstance(objective, Objective):
+            raise TypeError(f"{type(objective).__name__} is not an sslvit.objectives.base.Objective; subclass it "
+                            "(its hooks default to doing nothing).")
         self.resume_from = _check_fresh_run(cfg, train_set)
         self.choice = choose_precision(self.tc, objective, train_set, collate_fn, self.resume_from)
         self.accelerator = build_accelerator(
@@ -191,19 +177,13 @@ class Trainer:
         self.effective_batch = tc.batch_size * acc.num_processes * tc.accum_steps
         self.base_lr = tc.lr if tc.lr is not None else scaled_lr(tc.blr, self.effective_batch)
         optimizer = build_adamw(objective, self.base_lr, tc.weight_decay, tc.betas)
-        pin = torch.cuda.is_available()
-        if isinstance(self.train_set, ShardDataset):
-            # a stream is split by shards, per process, in the dataset itself: accelerate must not split it again
-            self.loader = StreamLoader(self.train_set, tc.batch_size, acc.num_processes, tc.num_workers,
-                                       self.collate_fn, device=acc.device, pin_memory=pin)
-            self.model, self.optimizer = acc.prepare(objective, optimizer)
-        else:
-            # the loader's own generator: its workers' base seed must not come from (and shift) the
-            # training RNG, or a mid-epoch resume, which builds a new iterator, would not be exact
-            loader = DataLoader(self.train_set, batch_size=tc.batch_size, shuffle=True, drop_last=True,
-                                num_workers=tc.num_workers, pin_memory=pin, collate_fn=self.collate_fn,
-                                persistent_workers=False, generator=torch.Generator().manual_seed(tc.seed))
+        loader, by_accelerate = training_loader(self.train_set, tc.batch_size, acc.num_processes, tc.num_workers,
+                                                tc.seed, self.collate_fn, device=acc.device)
+        if by_accelerate:
             self.model, self.optimizer, self.loader = acc.prepare(objective, optimizer, loader)
+        else:
+            self.model, self.optimizer = acc.prepare(objective, optimizer)
+            self.loader = loader
         self.raw = acc.unwrap_model(self.model)
         if tc.compile != "off":
             acc.print(compile_objective(self.raw, tc.compile))
@@ -285,7 +265,7 @@ class Trainer:
     def _train_epoch(self, stop: StopRequest) -> Optional[int]:
         """Train the rest of epoch ``self.p.epoch``; -> the signal that stopped it at a step, or None."""
         tc, p = self.tc, self.p
-        if hasattr(self.raw, "on_epoch_start") and not p.batches_done:
+        if not p.batches_done:
             self.raw.on_epoch_start(p.epoch)
         self.model.train()
         p.window_t0 = self.epoch_t0 = time.perf_counter()
@@ -296,7 +276,7 @@ class Trainer:
         micro = 0
         try:
             for imgs, labels, skipped in self.bar:
-                loss_val, bad_step, out, lr, wd = self._micro_step(imgs, labels, micro)
+                loss_val, bad_step, out, info, lr, wd = self._micro_step(imgs, labels, micro)
                 micro = (micro + 1) % tc.accum_steps
                 p.batches_done += 1
                 n_imgs = len(labels) * self.accelerator.num_processes
@@ -304,7 +284,7 @@ class Trainer:
                 p.window.add(loss_val, n_imgs, 0)
                 if not self.accelerator.sync_gradients:
                     continue
-                self._count_step(bad_step, out, lr, wd)
+                self._count_step(bad_step, out, info, lr, wd)
                 signum = stop.agreed(self.accelerator)
                 if signum is not None:
                     return signum
@@ -314,16 +294,17 @@ class Trainer:
 
     def _micro_step(self, imgs, labels, micro: int):
         """Forward and backward of one micro-batch, and the optimizer step when it ends an
-        accumulation. -> (loss, 'loss' | 'gradients' | None for a step not applied, outputs, lr, wd)."""
+        accumulation. -> (loss, 'loss' | 'gradients' | None for a step not applied, outputs, the
+        step's StepInfo, lr, wd)."""
         tc, acc, raw, p = self.tc, self.accelerator, self.raw, self.p
-        if hasattr(raw, "on_step_start"):
-            raw.on_step_start(p.step, self.total_steps, self.steps_per_epoch)
-        if hasattr(raw, "on_batch"):
-            # this micro-batch's rows in the step's global batch, in the order accelerate's
-            # sampler deals batches: micro-batch-major, then process
-            b = len(labels)
-            start = (micro * acc.num_processes + acc.process_index) * b
-            raw.on_batch(tc.seed * 2**32 + p.step, slice(start, start + b), self.effective_batch)
+        # this micro-batch's rows in the step's global batch, in the order accelerate's sampler
+        # deals batches: micro-batch-major, then process
+        b = len(labels)
+        start = (micro * acc.num_processes + acc.process_index) * b
+        info = StepInfo(step=p.step, micro=micro, epoch=p.epoch, total_steps=self.total_steps,
+                        steps_per_epoch=self.steps_per_epoch, key=tc.seed * 2**32 + p.step,
+                        rows=slice(start, start + b), global_size=self.effective_batch)
+        raw.before_micro_batch(info)
         lr = cosine_schedule(p.step, self.total_steps, self.base_lr, tc.min_lr, self.warmup_steps)
         wd = cosine_schedule(p.step, self.total_steps, tc.weight_decay, self.wd_end)
         for group in self.optimizer.param_groups:
@@ -345,14 +326,14 @@ class Trainer:
                 if not self.window_finite or not grads_finite:
                     bad_step = "loss" if not self.window_finite else "gradients"
                     self.optimizer.zero_grad(set_to_none=True)  # the step is not applied
-                elif hasattr(raw, "before_optimizer_step"):
-                    raw.before_optimizer_step(p.epoch)
+                else:
+                    raw.before_optimizer_step(info)
             if bad_step is None:
                 self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        return loss_val, bad_step, out, lr, wd
+        return loss_val, bad_step, out, info, lr, wd
 
-    def _count_step(self, bad_step: Optional[str], out: dict, lr: float, wd: float) -> None:
+    def _count_step(self, bad_step: Optional[str], out: dict, info: StepInfo, lr: float, wd: float) -> None:
         """After an optimizer step: the skip streak (and the stop past ``max_bad_steps``), the EMA
         hook, and every ``log_every`` steps a log record with the objective's health checks."""
         tc, p, acc = self.tc, self.p, self.accelerator
@@ -371,8 +352,7 @@ class Trainer:
                     "fp16 overflow (use train.precision bf16 or no); then --resume.")
             return
         p.bad_streak, p.applied = 0, p.applied + 1
-        if hasattr(self.raw, "after_step"):
-            self.raw.after_step(p.step, self.total_steps)
+        self.raw.after_optimizer_step(info)
         if p.step % tc.log_every:
             return
         w = p.window
@@ -380,7 +360,7 @@ class Trainer:
         record = {"step": p.step, "epoch": p.epoch + 1, "loss": w.loss / w.batches if w.batches else math.nan,
                   "lr": lr, "weight_decay": wd, "images_per_s": w.images / (time.perf_counter() - p.window_t0),
                   **extras}
-        warnings = self.raw.check_health(record) if hasattr(self.raw, "check_health") else []
+        warnings = self.raw.check_health(record)
         if warnings:
             record["warnings"] = warnings
             if self.main:
@@ -431,7 +411,7 @@ class Trainer:
         if (epoch + 1) % tc.save_every == 0 or is_last:
             save_checkpoint(acc, self.run_dir, epoch, p.step, keep=tc.keep_checkpoints)
             export(acc, self.model, self.raw, self.cfg, self.run_dir)
-        if self.main and self.picture_imgs is not None and hasattr(self.raw, "pictures") and \
+        if self.main and self.picture_imgs is not None and \
                 ((epoch + 1) % tc.picture_every == 0 or is_last):
             save_pictures(acc, self.raw, self.picture_imgs, self.run_dir / f"pictures_epoch{epoch + 1:04d}.png")
 

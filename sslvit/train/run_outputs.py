@@ -16,7 +16,7 @@ from sslvit.pictures import save_columns
 
 
 def exported(model) -> torch.nn.Module:
-    return model.exported_backbone() if hasattr(model, "exported_backbone") else model.backbone
+    return model.exported_backbone()
 
 
 def export(accelerator, model, raw, cfg, run_dir: Path) -> None:
@@ -83,6 +83,8 @@ def save_pictures(accelerator, raw, imgs: torch.Tensor, path: Path) -> None:
     with torch.random.fork_rng(devices=[accelerator.device] if cuda else []), accelerator.autocast():
         columns = raw.pictures(imgs.to(accelerator.device))
     raw.train(was_training)
+    if columns is None:  # the objective draws no pictures
+        return
     normalized = None
     if isinstance(columns, tuple):
         columns, normalized = columns
