@@ -135,3 +135,26 @@ def block_masking(batch_size: int, grid: tuple[int, int], num_masked: int, min_b
     masks = [_block_mask(uniform, rng, (H, W), num_masked, min_block, max_block, min_aspect, attempts)
              for _ in range(batch_size)]
     return torch.from_numpy(np.stack(masks).reshape(batch_size, H * W))
+
+
+def keyed_crop_masks(key: Optional[int], rows: slice, views: int, grid: tuple[int, int], ratio: float,
+                     ratio_var: float, probability: float, min_block: float, min_aspect: float) -> torch.Tensor:
+    """iBOT's masks for ``views`` global crops of the images at ``rows`` of the step's global batch
+    -> (views * B, H*W) bool, view-major (view 0 of every image, then view 1), True = masked.
+
+    Each crop is masked with probability ``probability``, then block-wise (``block_masking``) at a
+    ratio drawn from U(ratio - var, ratio + var). Crop (row r, view v) draws from (key, r, v), so a
+    crop gets its mask whichever process and micro-batch hold its image; ``key`` None: torch's RNG."""
+    n, b = grid[0] * grid[1], rows.stop - rows.start
+    masks = torch.zeros(views * b, n, dtype=torch.bool)
+    seed = None if key is not None else int(torch.randint(2**62, ()))
+    for v in range(views):
+        for i in range(b):
+            rng = np.random.default_rng([key, rows.start + i, v] if key is not None else [seed, i, v])
+            if rng.random() >= probability:
+                continue
+            count = int(n * rng.uniform(ratio - ratio_var, ratio + ratio_var))
+            if count > 0:
+                masks[v * b + i] = torch.as_tensor(block_masking(1, grid, count, min_block=min(min_block, count),
+                                                                 min_aspect=min_aspect, generator=rng))[0]
+    return masks

@@ -230,3 +230,27 @@ def test_cls_attention_equals_timms_own_attention_weights():
         backbone.forward_features(x)
     ref = seen["w"][:, :, 0, 1:].reshape(2, attn.num_heads, 6, 6)  # cls row, patch columns
     torch.testing.assert_close(cls_attention(backbone, x), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_koleo_is_minus_the_mean_log_nearest_neighbour_distance_and_safe_at_batch_1():
+    from sslvit.objectives.dino import koleo_loss
+
+    x = torch.randn(7, 5, dtype=torch.float64)
+    u = x / x.norm(dim=1, keepdim=True)
+    d = torch.cdist(u, u) + torch.diag(torch.full((7,), float("inf"), dtype=torch.float64))
+    reference = float(-torch.log(d.min(dim=1).values + 1e-8).mean())  # written from the definition
+    assert abs(float(koleo_loss(x.float())) - reference) < 1e-5
+    one = torch.randn(1, 5, requires_grad=True)
+    loss = koleo_loss(one)
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and torch.isfinite(one.grad).all()
+
+
+def test_koleo_weight_0_leaves_dino_as_it_was_and_a_weight_adds_it():
+    crops = _crops()
+    torch.manual_seed(0)
+    plain = _dino()(crops)
+    torch.manual_seed(0)
+    with_koleo = _dino(dataclasses.replace(SMALL, koleo_weight=0.1))(crops)
+    assert "koleo" not in plain and float(with_koleo["koleo"]) > 0
+    torch.testing.assert_close(with_koleo["loss"] - 0.1 * with_koleo["koleo"], plain["loss"], rtol=0, atol=1e-6)

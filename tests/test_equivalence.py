@@ -1,5 +1,5 @@
 """Multi-process equivalence: 2 real gloo processes x B/2, and 1 process x (2 accumulated x B/2),
-train exactly like 1 process x B (same seed, same data order) for MAE and DINO.
+train exactly like 1 process x B (same seed, same data order) for MAE, DINO and iBOT.
 
 One exception, bounded: the key bias (the middle third of each ``attn.qkv.bias``). Adding a
 constant to every key shifts all of a query's logits alike, which softmax ignores: its gradient
@@ -8,8 +8,8 @@ steps of size lr. It cannot change any output; the test bounds it by 20 steps x 
 
 What makes it hold: accelerate's seedable sampler deals the same permutation in the same
 global order; each sample's augmentation is keyed by (seed, epoch, sample index) and MAE's mask by
-its row in the step's global batch, not by the process that draws it; DINO's center is
-all-reduced; gradients are averaged. What it needs switched off: drop path (it draws from the
+its row in the step's global batch, not by the process that draws it (iBOT's crop masks by the
+image's row and the view); DINO's and iBOT's centers are all-reduced; gradients are averaged. What it needs switched off: drop path (it draws from the
 process's RNG) and BatchNorm in the DINO head (batch statistics are per process): with either,
 the runs are equal in distribution only.
 """
@@ -26,6 +26,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from sslvit.recipes.dino import DINORunConfig
+from sslvit.recipes.ibot import IBOTRunConfig
 from sslvit.recipes.mae import MAERunConfig
 from sslvit.train.entry import run_pretraining
 from sslvit.train.precision import cpu_has_native_bf16
@@ -44,7 +45,12 @@ OBJECTIVES = {
     "dino": (DINORunConfig, "pretrain/dino.py", ["--crops.local_number", "2", "--crops.local_size", "8",
                                                  "--dino.out_dim", "128", "--dino.hidden_dim", "64",
                                                  "--dino.bottleneck_dim", "32", "--dino.use_bn_in_head", "false"]),
+    "ibot": (IBOTRunConfig, "pretrain/ibot.py", ["--crops.local_number", "2", "--crops.local_size", "8",
+                                                 "--dino.out_dim", "128", "--dino.hidden_dim", "64",
+                                                 "--dino.bottleneck_dim", "32", "--dino.use_bn_in_head", "false",
+                                                 "--ibot.shared_head", "false", "--ibot.patch_out_dim", "96"]),
 }
+PORTS = {"mae": 29540, "dino": 29541, "ibot": 29545}
 
 
 @pytest.fixture(scope="module")
@@ -112,13 +118,13 @@ def run_two_processes(name: str, data: Path, out: Path, batch: int, port: int, e
     assert "2 process(es)" in proc.stdout  # really two processes, not two independent copies
 
 
-@pytest.mark.parametrize("name", ["mae", "dino"])
+@pytest.mark.parametrize("name", ["mae", "dino", "ibot"])
 def test_two_processes_and_accumulation_train_like_one_process(name, folder160, tmp_path, fresh_accelerate):
     cls = OBJECTIVES[name][0]
     one = run_pretraining(cls, name, argv=_args(name, folder160, tmp_path / "one", 16))
     fresh_accelerate()
     accum = run_pretraining(cls, name, argv=_args(name, folder160, tmp_path / "accum", 8, accum=2))
-    run_two_processes(name, folder160, tmp_path / "two", 8, port=29540 + (name == "dino"))
+    run_two_processes(name, folder160, tmp_path / "two", 8, port=PORTS[name])
     for other in (accum, tmp_path / "two"):
         loss_rel, weight_rel, key_bias = compare(one, other)
         assert loss_rel < RTOL, (other.name, loss_rel)

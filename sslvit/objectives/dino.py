@@ -38,6 +38,7 @@ class DINOConfig:
     warmup_teacher_temp: float = 0.04
     warmup_teacher_temp_epochs: float = 0.0  # linear per-step warmup from warmup_teacher_temp
     center_momentum: float = 0.9
+    koleo_weight: float = 0.0  # DINOv2's KoLeo regulariser on the student's global cls features (0.1 in DINOv2)
     collapse_window: int = 10  # logged steps in a row before the collapse guard warns
     collapse_low: float = 0.05  # teacher entropy / log K below this: collapsed to few prototypes
     collapse_high: float = 0.95  # ... above this: uniform (centering won over sharpening)
@@ -87,6 +88,21 @@ class DINOHead(nn.Module):
         return self.last_layer(x)
 
 
+def koleo_loss(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """KoLeo (Sablayrolles et al. 2019, as DINOv2 uses it): x (B, D) -> -mean_i log(d_i + eps), d_i
+    the distance from l2-normalised x_i to its nearest other row. Spreads the features over the
+    sphere. A batch of one has no neighbour: 0 (DINOv2 gives NaN there, dinov2 #314)."""
+    if x.shape[0] < 2:
+        return x.sum() * 0.0
+    x = F.normalize(x.float(), dim=-1, eps=eps)
+    with torch.no_grad():
+        dots = x @ x.t()
+        dots.fill_diagonal_(-2.0)  # below any cosine: a row is never its own neighbour
+        nearest = dots.argmax(dim=1)
+    distances = (x - x[nearest]).norm(dim=-1)
+    return -torch.log(distances + eps).mean()
+
+
 class HeadedViT(nn.Module):
     """Backbone + DINO head. ``forward(groups)``: list of (n_r * B, C, s_r, s_r) -> (sum n_r * B, K)."""
 
@@ -95,10 +111,11 @@ class HeadedViT(nn.Module):
         self.backbone = backbone
         self.head = head
 
-    def forward(self, groups: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, groups: list[torch.Tensor], with_features: bool = False):
+        """-> head outputs (sum n_r * B, K); with ``with_features`` also the cls features (sum n_r * B, D)."""
         # one backbone pass per resolution (the local crops' grid interpolates the position table)
         cls = torch.cat([self.backbone.forward_features(x)[:, 0] for x in groups])
-        return self.head(cls)
+        return (self.head(cls), cls) if with_features else self.head(cls)
 
 
 class DINOLoss(nn.Module):
@@ -187,10 +204,8 @@ class DINO(Objective):
     def __init__(self, student: SSLViT, teacher: SSLViT, cfg: DINOConfig):
         super().__init__()
         self.cfg = cfg
-        head_kw = dict(hidden_dim=cfg.hidden_dim, bottleneck_dim=cfg.bottleneck_dim, nlayers=cfg.head_layers,
-                       norm_last_layer=cfg.norm_last_layer, use_bn=cfg.use_bn_in_head)
-        self.student = HeadedViT(student, DINOHead(student.embed_dim, cfg.out_dim, **head_kw))
-        teacher = HeadedViT(teacher, DINOHead(teacher.embed_dim, cfg.out_dim, **head_kw))
+        self.student = self.with_heads(student)
+        teacher = self.with_heads(teacher)
         teacher.load_state_dict(self.student.state_dict())  # the teacher starts as the student
         # ModelEmaV3 copies it once. As in DINO, the teacher is in train mode when the student is (a
         # BatchNorm head normalises with batch statistics in both); it is built without drop path.
@@ -200,6 +215,15 @@ class DINO(Objective):
         self.guard = CollapseGuard(cfg.out_dim, cfg.collapse_window, cfg.collapse_low, cfg.collapse_high)
         # a tensor, so a compiled forward reads its value instead of recompiling at every new one
         self.register_buffer("teacher_temp", torch.tensor(teacher_temperature(0, 1, cfg)), persistent=False)
+
+    def head(self, in_dim: int, out_dim: int) -> DINOHead:
+        c = self.cfg
+        return DINOHead(in_dim, out_dim, hidden_dim=c.hidden_dim, bottleneck_dim=c.bottleneck_dim,
+                        nlayers=c.head_layers, norm_last_layer=c.norm_last_layer, use_bn=c.use_bn_in_head)
+
+    def with_heads(self, backbone: SSLViT) -> "HeadedViT":
+        """The backbone with its projection head(s); built alike for student and teacher."""
+        return HeadedViT(backbone, self.head(backbone.embed_dim, self.cfg.out_dim))
 
     @property
     def backbone(self) -> SSLViT:
@@ -212,11 +236,19 @@ class DINO(Objective):
         n_views = sum(g.shape[0] for g in groups) // (groups[0].shape[0] // 2)
         with torch.no_grad():
             teacher_out = self.teacher.module(groups[:1])  # the global crops only
-        student_out = self.student(groups)
+        student_out, features = self.student(groups, with_features=True)
         loss, entropy = self.loss(student_out, teacher_out, n_views, self.teacher_temp)
         # KL(teacher || student) averaged over the pairs = cross-entropy - teacher entropy
-        return {"loss": loss, "teacher_entropy": entropy.detach(), "kl": (loss - entropy).detach(),
-                "teacher_temp": self.teacher_temp.detach().clone()}
+        out = {"loss": loss, "teacher_entropy": entropy.detach(), "kl": (loss - entropy).detach(),
+               "teacher_temp": self.teacher_temp.detach().clone()}
+        return self.add_koleo(out, features[:groups[0].shape[0]])
+
+    def add_koleo(self, out: dict, global_features: torch.Tensor) -> dict:
+        """``out`` with ``koleo_weight`` x KoLeo of each global view's cls features added to the loss."""
+        if not self.cfg.koleo_weight:
+            return out
+        koleo = sum(koleo_loss(view) for view in global_features.chunk(2))  # per view, summed (DINOv2)
+        return {**out, "loss": out["loss"] + self.cfg.koleo_weight * koleo, "koleo": koleo.detach()}
 
     def before_micro_batch(self, info: StepInfo) -> None:
         self.teacher_temp.fill_(teacher_temperature(info.step, info.steps_per_epoch, self.cfg))
