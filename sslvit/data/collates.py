@@ -3,6 +3,8 @@ batch sits in the epoch, so a run resumed mid-epoch draws what an unbroken one d
 masks; DINO's ``multicrop_collate`` draws nothing, iBOT draws its masks by the global rows)."""
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 from torch.utils.data import default_collate, get_worker_info
@@ -46,3 +48,23 @@ class BlockMaskCollate(PositionKeyed):
         imgs, labels, skipped = default_collate(samples)
         mask = block_masking(len(imgs), generator=self.batch_rng(), **self.mask_args)
         return (imgs, torch.as_tensor(mask)), labels, skipped
+
+
+class CompositeCollate:
+    """[({name: sample}, label, skipped)] -> ({name: that part's batch}, labels, skipped), each part's
+    batch made by its own collate (default stacking where it has none)."""
+
+    def __init__(self, collates: dict[str, Callable | None]):
+        self.collates = {name: c or default_collate for name, c in collates.items()}
+
+    def __call__(self, samples):
+        batch, labels, skipped = {}, None, None
+        for name, collate in self.collates.items():
+            part, labels, skipped = collate([(s[0][name], s[1], s[2]) for s in samples])
+            batch[name] = part
+        return batch, labels, skipped
+
+    def set_position(self, epoch: int, first_batch: int, rank: int) -> None:
+        for c in self.collates.values():
+            if hasattr(c, "set_position"):
+                c.set_position(epoch, first_batch, rank)

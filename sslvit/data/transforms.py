@@ -1,6 +1,8 @@
 """Image transforms (torchvision.transforms.v2)."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torchvision.transforms import v2
 
@@ -35,3 +37,13 @@ def denormalize(x: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
     return (x * std + mean).clamp(0, 1)
+
+
+class CompositeTransform:
+    """One image -> {name: each part's transform of it}."""
+
+    def __init__(self, transforms: dict[str, Callable]):
+        self.transforms = transforms
+
+    def __call__(self, img):
+        return {name: t(img) for name, t in self.transforms.items()}

@@ -1,0 +1,8 @@
+"""MAE + DINO in one step: ``accelerate launch pretrain/mae_dino.py [--weights.mae W] [--weights.dino W] ...``.
+
+With no arguments it pretrains a ViT-Ti/4 on the embedded digits with both presets' keys."""
+from sslvit.recipes.mae_dino import MAEDINORunConfig
+from sslvit.train.entry import main
+
+if __name__ == "__main__":
+    main(MAEDINORunConfig, preset="mae_dino")
