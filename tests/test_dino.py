@@ -254,3 +254,33 @@ def test_koleo_weight_0_leaves_dino_as_it_was_and_a_weight_adds_it():
     with_koleo = _dino(dataclasses.replace(SMALL, koleo_weight=0.1))(crops)
     assert "koleo" not in plain and float(with_koleo["koleo"]) > 0
     torch.testing.assert_close(with_koleo["loss"] - 0.1 * with_koleo["koleo"], plain["loss"], rtol=0, atol=1e-6)
+
+
+def test_sinkhorn_knopp_matches_the_alternating_normalisation_and_balances_the_prototypes():
+    from sslvit.objectives.dino import sinkhorn_knopp
+
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(12, 8, generator=g) * 0.5  # logits of a weight-normed head on unit features: |t| ~ 1
+    # reference, float64, written from SwAV / DINOv2: P = exp(t / temp) normalised to total mass 1,
+    # then 3 times: each prototype's (column's) mass to 1 / K, each sample's (row's) to 1 / M; times M
+    p = torch.exp(t.double() / 0.07)
+    p /= p.sum()
+    for _ in range(3):
+        p /= p.sum(0, keepdim=True) * 8
+        p /= p.sum(1, keepdim=True) * 12
+    p *= 12
+    q = sinkhorn_knopp(t, 0.07)
+    torch.testing.assert_close(q.double(), p, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(q.sum(1), torch.ones(12), rtol=0, atol=1e-5)  # each row a distribution
+    softmax_spread = torch.softmax(t / 0.07, -1).sum(0).std()
+    assert q.sum(0).std() < softmax_spread  # the prototypes' mass more even than softmax leaves it (3 iterations)
+
+
+def test_dino_with_sinkhorn_centring_trains_without_the_ema_centre():
+    torch.manual_seed(0)
+    dino = _dino(dataclasses.replace(SMALL, centering="sinkhorn"))
+    out = dino(_crops())
+    assert torch.isfinite(out["loss"]) and float(out["loss"]) > 0
+    out["loss"].backward()
+    with pytest.raises(ValueError, match="dino.centering 'ema' is unknown"):
+        _dino(dataclasses.replace(SMALL, centering="ema"))

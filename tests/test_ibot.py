@@ -151,3 +151,21 @@ def test_defaults_are_ibots_vit_s_recipe_and_digits_gets_its_preset(tmp_path):
     assert (demo.model.size, demo.model.img_size, demo.dino.out_dim, demo.out) == ("tiny", 16, 1024, "runs/ibot-digits")
     with pytest.raises(ValueError, match="ibot.mask_ratio 0.9"):
         build_config(IBOTRunConfig, ["--ibot.mask_ratio", "0.9"]).validate()
+
+
+def test_ibot_and_mae_train_with_register_tokens_and_the_probes_read_them(tmp_path, image_folder, fresh_accelerate):
+    from sslvit.eval.knn_probe import KNNProbeConfig, run_knn_probe
+    from sslvit.models.export import load_backbone
+    from sslvit.objectives.mae import MAE, MAEConfig
+
+    run = _run(tmp_path / "reg", image_folder, ["--model.reg_tokens", "2", "--train.epochs", "1"])
+    backbone, cfg = load_backbone(run)
+    assert cfg.reg_tokens == 2 and backbone.reg_token.shape == (1, 2, 192)
+    knn = run_knn_probe(KNNProbeConfig(ckpt=str(run), ks=(5,), baselines=False, picture_queries=0))
+    assert np.isfinite(knn["results"]["pretrained"][5]["top1"])
+    mae = MAE(build_backbone(BackboneConfig(size="tiny", depth=1, patch_size=4, img_size=16, reg_tokens=2)),
+              MAEConfig(decoder_dim=32, decoder_depth=1, decoder_heads=2))
+    out = mae(torch.randn(2, 3, 16, 16))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and mae.backbone.reg_token.grad.abs().sum() > 0
+    assert "backbone.reg_token" in mae.no_weight_decay()

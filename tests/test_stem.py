@@ -119,3 +119,28 @@ def test_grad_checkpointing_recomputes_the_blocks_and_changes_no_gradient(mode):
     assert calls == [1, 2]
     for n in grads[0]:
         torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize("mode", ["keep", "mask", "full"])
+def test_register_tokens_sit_after_cls_with_their_own_positions_and_export_to_timm(mode):
+    """model.reg_tokens R: encode's output is (B, 1 + R + tokens, D), the registers' rows are
+    timm's own, and timm builds the same model from the exported spec and weights."""
+    import timm
+
+    from sslvit.models.vit import timm_spec
+
+    cfg = BackboneConfig(size="tiny", patch_size=8, img_size=32, depth=2, reg_tokens=4, pos_embed="learned")
+    model = build_backbone(cfg).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert model.num_prefix_tokens == 5 and model.pos_embed.shape[1] == 16 + 5
+    if mode == "full":
+        torch.testing.assert_close(model.encode(x), model.forward_features(x), rtol=1e-5, atol=1e-5)
+    elif mode == "keep":
+        assert model.encode(x, keep=torch.zeros(2, 3, dtype=torch.long)).shape == (2, 5 + 3, 192)
+    else:
+        out = model.encode(x, mask=torch.rand(2, 16) < 0.5, mask_token=torch.zeros(1, 1, 192))
+        assert out.shape == (2, 5 + 16, 192)
+    spec = timm_spec(cfg)
+    theirs = timm.create_model(**spec).eval()
+    theirs.load_state_dict(model.state_dict(), strict=True)
+    torch.testing.assert_close(theirs.forward_features(x), model.encode(x), rtol=1e-5, atol=1e-5)

@@ -153,12 +153,14 @@ def build_optimizer(model: Classifier, cfg: FinetuneConfig, lr: float) -> torch.
     return torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups], lr=lr, fused=True)
 
 
-def interpolate_pos_embed(state: dict, grid: tuple[int, int], old_grid: tuple[int, int]) -> dict:
-    """The checkpoint's position table resampled (bicubic) to a new patch grid."""
+def interpolate_pos_embed(state: dict, grid: tuple[int, int], old_grid: tuple[int, int],
+                          num_prefix_tokens: int = 1) -> dict:
+    """The checkpoint's position table resampled (bicubic) to a new patch grid (the cls and
+    register rows kept as they are)."""
     if tuple(grid) != tuple(old_grid):
         state = dict(state)
         state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], new_size=list(grid),
-                                                    old_size=list(old_grid), num_prefix_tokens=1)
+                                                    old_size=list(old_grid), num_prefix_tokens=num_prefix_tokens)
     return state
 
 
@@ -168,7 +170,8 @@ def build_classifier(weights: Path, num_classes: int, cfg: FinetuneConfig) -> tu
     size = check_img_size(bcfg.img_size if cfg.img_size is None else cfg.img_size, bcfg.patch_size)
     backbone, _ = load_backbone(weights, img_size=size, pos_embed="learned", drop_path_rate=cfg.drop_path_rate,
                                 state_hook=lambda s: interpolate_pos_embed(
-                                    s, (size // bcfg.patch_size,) * 2, (bcfg.img_size // bcfg.patch_size,) * 2))
+                                    s, (size // bcfg.patch_size,) * 2, (bcfg.img_size // bcfg.patch_size,) * 2,
+                                    1 + bcfg.reg_tokens))
     model = Classifier(backbone, num_classes, cfg.pool)
     if cfg.mode == "attention":
         for name, p in model.named_parameters():

@@ -38,6 +38,7 @@ class BackboneConfig:
     init_values: Optional[float] = None  # LayerScale init; None disables it
     drop_path_rate: float = 0.0
     dynamic_img_size: bool = False  # interpolate position embeddings for other grids (DINO local crops)
+    reg_tokens: int = 0  # register tokens after cls (Darcet et al. 2023; timm's reg_tokens), with position embeddings
     grad_checkpointing: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
 
     def validate(self) -> None:
@@ -57,6 +58,8 @@ class BackboneConfig:
                              f"{self.patch_size}; pick sizes that divide.")
         if self.parallel < 1:
             raise ValueError(f"model.parallel must be >= 1 (got {self.parallel}).")
+        if self.reg_tokens < 0:
+            raise ValueError(f"model.reg_tokens must be >= 0 (got {self.reg_tokens}).")
 
 
 def check_img_size(size: int, patch_size: int, key: str = "--img_size") -> int:
@@ -84,6 +87,7 @@ def timm_spec(cfg: BackboneConfig) -> dict:
         init_values=cfg.init_values,
         drop_path_rate=cfg.drop_path_rate,
         dynamic_img_size=cfg.dynamic_img_size,
+        reg_tokens=cfg.reg_tokens,
         embed_layer=HMLPStem if cfg.stem == "hmlp" else PatchEmbed,
         block_fn=Block,
     )
@@ -113,11 +117,12 @@ class SSLViT(VisionTransformer):
 
     def __init__(self, *args, fixed_pos_embed: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.reg_token is not None or self.no_embed_class or not self.has_class_token:
-            raise ValueError("SSLViT expects one class token that carries a position embedding.")
+        if self.no_embed_class or not self.has_class_token:
+            raise ValueError("SSLViT expects a class token (and registers, if any) that carry position embeddings.")
         if fixed_pos_embed:
             with torch.no_grad():
-                self.pos_embed.copy_(sincos_pos_embed(self.patch_embed.grid_size, self.embed_dim))
+                self.pos_embed.copy_(sincos_pos_embed(self.patch_embed.grid_size, self.embed_dim,
+                                                      self.num_prefix_tokens))
             self.pos_embed.requires_grad_(False)
 
     @property
@@ -179,8 +184,9 @@ class SSLViT(VisionTransformer):
                 w = mask.unsqueeze(-1).type_as(x)
                 x = x * (1 - w) + mask_token.to(x.dtype) * w
             x = x + pos_patch
-        cls = (self.cls_token + pos[:, :1]).expand(B, -1, -1)
-        x = self.norm_pre(self.pos_drop(torch.cat([cls, x], dim=1)))
+        prefix = self.cls_token if self.reg_token is None else torch.cat([self.cls_token, self.reg_token], dim=1)
+        prefix = (prefix + pos[:, :self.num_prefix_tokens]).expand(B, -1, -1)
+        x = self.norm_pre(self.pos_drop(torch.cat([prefix, x], dim=1)))
         x = self.run_blocks(x, depth)
         return self.norm(x) if norm else x
 

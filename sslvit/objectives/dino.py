@@ -38,6 +38,7 @@ class DINOConfig:
     warmup_teacher_temp: float = 0.04
     warmup_teacher_temp_epochs: float = 0.0  # linear per-step warmup from warmup_teacher_temp
     center_momentum: float = 0.9
+    centering: str = "center"  # center (DINO's EMA centre) | sinkhorn (DINOv2's Sinkhorn-Knopp, 3 iterations)
     koleo_weight: float = 0.0  # DINOv2's KoLeo regulariser on the student's global cls features (0.1 in DINOv2)
     collapse_window: int = 10  # logged steps in a row before the collapse guard warns
     collapse_low: float = 0.05  # teacher entropy / log K below this: collapsed to few prototypes
@@ -118,6 +119,36 @@ class HeadedViT(nn.Module):
         return (self.head(cls), cls) if with_features else self.head(cls)
 
 
+SINKHORN_ITERATIONS = 3  # DINOv2's
+
+
+@torch.no_grad()
+def sinkhorn_knopp(teacher_out: torch.Tensor, temp, iterations: int = SINKHORN_ITERATIONS) -> torch.Tensor:
+    """DINOv2's teacher centring (Caron et al. 2020's SwAV transport): teacher_out (M, K) logits ->
+    (M, K) probabilities whose rows sum to 1 and whose columns (prototypes) share the mass equally,
+    over the rows of every process. exp(t / temp) normalised to mass 1, then ``iterations`` times:
+    each prototype's mass to 1 / K, each row's to 1 / M_all; times M_all."""
+    distributed = dist.is_available() and dist.is_initialized()
+    t = teacher_out.float()
+    top = t.max()
+    if distributed:  # one shift for every process: it cancels in the normalisation, and exp cannot overflow
+        dist.all_reduce(top, op=dist.ReduceOp.MAX)
+    q = torch.exp((t - top) / temp).t()  # (K, M)
+    rows = torch.tensor(float(q.shape[1]), device=q.device)
+    total = q.sum()
+    if distributed:
+        dist.all_reduce(total)
+        dist.all_reduce(rows)
+    q /= total
+    for _ in range(iterations):
+        per_prototype = q.sum(dim=1, keepdim=True)
+        if distributed:
+            dist.all_reduce(per_prototype)
+        q /= per_prototype * q.shape[0]
+        q /= q.sum(dim=0, keepdim=True) * rows
+    return (q * rows).t()
+
+
 class DINOLoss(nn.Module):
     """Cross-entropy between teacher and student views, skipping same-view pairs; owns the center.
 
@@ -125,9 +156,12 @@ class DINOLoss(nn.Module):
     batch (every micro-batch of an accumulation window, every process): ``forward`` only adds
     to the window's sum and ``update_center()`` applies it. Accumulating 2 x B/2 then equals B."""
 
-    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
+                 centering: str = "center"):
         super().__init__()
-        self.student_temp = student_temp
+        if centering not in ("center", "sinkhorn"):
+            raise ValueError(f"dino.centering '{centering}' is unknown; use center (DINO) or sinkhorn (DINOv2).")
+        self.student_temp, self.centering = student_temp, centering
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
         self.register_buffer("window_sum", torch.zeros(1, out_dim), persistent=False)
@@ -138,7 +172,10 @@ class DINOLoss(nn.Module):
         """student_out (n_views * B, K), teacher_out (2 * B, K), both view-major.
         Returns (loss, mean teacher entropy in nats); adds the teacher outputs to the center's window."""
         student = F.log_softmax(student_out.float() / self.student_temp, dim=-1).chunk(n_views)
-        teacher_p = F.softmax((teacher_out.float() - self.center) / teacher_temp, dim=-1)
+        if self.centering == "sinkhorn":  # batch-wise: it replaces the EMA centre
+            teacher_p = sinkhorn_knopp(teacher_out, teacher_temp)
+        else:
+            teacher_p = F.softmax((teacher_out.float() - self.center) / teacher_temp, dim=-1)
         total, n_terms = 0.0, 0
         for iq, q in enumerate(teacher_p.chunk(2)):
             for v in range(n_views):
@@ -211,7 +248,7 @@ class DINO(Objective):
         # BatchNorm head normalises with batch statistics in both); it is built without drop path.
         self.teacher = ModelEmaV3(teacher, decay=cfg.momentum_teacher, exclude_buffers=True)
         self.teacher.requires_grad_(False)
-        self.loss = DINOLoss(cfg.out_dim, cfg.student_temp, cfg.center_momentum)
+        self.loss = DINOLoss(cfg.out_dim, cfg.student_temp, cfg.center_momentum, cfg.centering)
         self.guard = CollapseGuard(cfg.out_dim, cfg.collapse_window, cfg.collapse_low, cfg.collapse_high)
         # a tensor, so a compiled forward reads its value instead of recompiling at every new one
         self.register_buffer("teacher_temp", torch.tensor(teacher_temperature(0, 1, cfg)), persistent=False)

@@ -48,29 +48,32 @@ def mae_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_
 
 
 class MAEDecoder(nn.Module):
-    """Latent (B, 1 + K, D) + ids_restore (B, N) -> pixel predictions (B, N, P*P*C)."""
+    """Latent (B, P + K, D): P prefix tokens (cls, registers) then K visible patches, + ids_restore
+    (B, N) -> pixel predictions (B, N, P*P*C)."""
 
     def __init__(self, embed_dim: int, grid_size, patch_dim: int, dim: int = 512, depth: int = 8,
-                 heads: int = 16, mlp_ratio: float = 4.0):
+                 heads: int = 16, mlp_ratio: float = 4.0, num_prefix_tokens: int = 1):
         super().__init__()
         num_patches = grid_size[0] * grid_size[1]
+        self.num_prefix_tokens = num_prefix_tokens  # cls, and the backbone's registers
         self.decoder_embed = nn.Linear(embed_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.decoder_pos_embed = nn.Parameter(sincos_pos_embed(grid_size, dim), requires_grad=False)
+        self.decoder_pos_embed = nn.Parameter(sincos_pos_embed(grid_size, dim, num_prefix_tokens), requires_grad=False)
         self.decoder_blocks = nn.Sequential(*[Block(dim, heads, mlp_ratio, qkv_bias=True) for _ in range(depth)])
         self.decoder_norm = nn.LayerNorm(dim, eps=1e-6)
         self.decoder_pred = nn.Linear(dim, patch_dim)
-        assert self.decoder_pos_embed.shape[1] == num_patches + 1
+        assert self.decoder_pos_embed.shape[1] == num_patches + num_prefix_tokens
 
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         x = self.decoder_embed(latent)
         B, N = ids_restore.shape
-        mask_tokens = self.mask_token.expand(B, N + 1 - x.shape[1], -1)
-        x_ = torch.cat([x[:, 1:], mask_tokens], dim=1)  # [visible, masked] in shuffled order
+        P = self.num_prefix_tokens
+        mask_tokens = self.mask_token.expand(B, N + P - x.shape[1], -1)
+        x_ = torch.cat([x[:, P:], mask_tokens], dim=1)  # [visible, masked] in shuffled order
         x_ = torch.gather(x_, 1, ids_restore[:, :, None].expand(-1, -1, x.shape[-1]))  # unshuffle
-        x = torch.cat([x[:, :1], x_], dim=1) + self.decoder_pos_embed
+        x = torch.cat([x[:, :P], x_], dim=1) + self.decoder_pos_embed
         x = self.decoder_norm(self.decoder_blocks(x))
-        return self.decoder_pred(x[:, 1:])
+        return self.decoder_pred(x[:, P:])
 
 
 class MAE(Objective):
@@ -83,11 +86,13 @@ class MAE(Objective):
         p = backbone.patch_size
         self.decoder = MAEDecoder(backbone.embed_dim, backbone.patch_embed.grid_size,
                                   patch_dim=p * p * backbone.in_chans, dim=cfg.decoder_dim,
-                                  depth=cfg.decoder_depth, heads=cfg.decoder_heads)
+                                  depth=cfg.decoder_depth, heads=cfg.decoder_heads,
+                                  num_prefix_tokens=backbone.num_prefix_tokens)
         self.apply(_xavier_linear)  # MAE initialises every Linear with xavier_uniform
 
     def no_weight_decay(self) -> set[str]:
-        return {"backbone.cls_token", "backbone.pos_embed", "decoder.mask_token", "decoder.decoder_pos_embed"}
+        names = {"backbone.cls_token", "backbone.pos_embed", "decoder.mask_token", "decoder.decoder_pos_embed"}
+        return names | ({"backbone.reg_token"} if self.backbone.reg_token is not None else set())
 
     batch_key = None  # (seed key, this micro-batch's rows, global batch size), set before each forward
 
