@@ -119,6 +119,19 @@ class HeadedViT(nn.Module):
         return (self.head(cls), cls) if with_features else self.head(cls)
 
 
+@torch.no_grad()
+def ema_to_window_mean(center: torch.Tensor, window_sum: torch.Tensor, window_count: torch.Tensor,
+                       momentum: float) -> None:
+    """center <- m * center + (1 - m) * window_sum / window_count, both summed over all processes
+    first (one CPU process has no group, and needs none); nothing when the window is empty."""
+    total, count = window_sum.clone(), window_count.clone()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(total)
+        dist.all_reduce(count)
+    if count > 0:
+        center.mul_(momentum).add_(total / count, alpha=1 - momentum)
+
+
 SINKHORN_ITERATIONS = 3  # DINOv2's
 
 
@@ -193,12 +206,7 @@ class DINOLoss(nn.Module):
     def update_center(self) -> None:
         """center <- m * center + (1 - m) * mean teacher output of the window (over all processes, if
         several); then a new window starts."""
-        batch_sum, count = self.window_sum.clone(), self.window_count.clone()
-        if dist.is_available() and dist.is_initialized():  # one CPU process has no group, and needs none
-            dist.all_reduce(batch_sum)
-            dist.all_reduce(count)
-        if count > 0:
-            self.center.mul_(self.center_momentum).add_(batch_sum / count, alpha=1 - self.center_momentum)
+        ema_to_window_mean(self.center, self.window_sum, self.window_count, self.center_momentum)
         self.reset_window()
 
     def reset_window(self) -> None:

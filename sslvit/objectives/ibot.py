@@ -14,14 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
 from sslvit.masking import keyed_crop_masks
 from sslvit.models.vit import SSLViT
 from sslvit.objectives.base import StepInfo
-from sslvit.objectives.dino import DINO, DINOConfig, HeadedViT
+from sslvit.objectives.dino import DINO, DINOConfig, HeadedViT, ema_to_window_mean
 
 
 @dataclass
@@ -80,12 +79,7 @@ class PatchCenter(nn.Module):
 
     @torch.no_grad()
     def update(self) -> None:
-        total, count = self.window_sum.clone(), self.window_count.clone()
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(total)
-            dist.all_reduce(count)
-        if count > 0:
-            self.center.mul_(self.momentum).add_(total / count, alpha=1 - self.momentum)
+        ema_to_window_mean(self.center, self.window_sum, self.window_count, self.momentum)
         self.reset()
 
     def reset(self) -> None:

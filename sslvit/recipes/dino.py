@@ -10,6 +10,17 @@ from sslvit.objectives.dino import DINO, DINOConfig
 from sslvit.train.train_config import TrainConfig
 
 
+def dino_backbone() -> BackboneConfig:
+    """DINO's ViT-S/16: learned position embeddings (interpolated for the local crops), drop path 0.1."""
+    return BackboneConfig(size="small", pos_embed="learned", drop_path_rate=0.1, dynamic_img_size=True)
+
+
+def dino_train() -> TrainConfig:
+    """DINO's optimisation: blr 5e-4, cosine weight decay 0.04 -> 0.4, per-parameter clipping at 3."""
+    return TrainConfig(epochs=100, blr=5e-4, min_lr=1e-6, warmup_epochs=10, weight_decay=0.04, weight_decay_end=0.4,
+                       betas=(0.9, 0.999), clip_grad=3.0, clip_mode="per_param", log_every=10)
+
+
 @dataclass
 class DINORunConfig:
     """``pretrain/dino.py``: the reference defaults (ViT-S/16, 224 px global and 8 x 96 px local
@@ -19,13 +30,10 @@ class DINORunConfig:
     data: str = "digits"
     out: str = "runs/dino"
     resume: bool = False
-    model: BackboneConfig = field(default_factory=lambda: BackboneConfig(
-        size="small", pos_embed="learned", drop_path_rate=0.1, dynamic_img_size=True))
+    model: BackboneConfig = field(default_factory=dino_backbone)
     dino: DINOConfig = field(default_factory=DINOConfig)
     crops: MultiCropConfig = field(default_factory=MultiCropConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        epochs=100, blr=5e-4, min_lr=1e-6, warmup_epochs=10, weight_decay=0.04, weight_decay_end=0.4,
-        betas=(0.9, 0.999), clip_grad=3.0, clip_mode="per_param", log_every=10))
+    train: TrainConfig = field(default_factory=dino_train)
 
     def validate(self) -> None:
         self.model.validate()

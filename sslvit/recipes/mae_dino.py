@@ -12,6 +12,7 @@ from sslvit.models.vit import BackboneConfig, build_backbone
 from sslvit.objectives.composite import Composite
 from sslvit.objectives.dino import DINO, DINOConfig
 from sslvit.objectives.mae import MAE, MAEConfig
+from sslvit.recipes.dino import dino_backbone, dino_train
 from sslvit.train.train_config import TrainConfig
 
 
@@ -31,16 +32,13 @@ class MAEDINORunConfig:
     data: str = "digits"
     out: str = "runs/mae_dino"
     resume: bool = False
-    model: BackboneConfig = field(default_factory=lambda: BackboneConfig(
-        size="small", pos_embed="learned", drop_path_rate=0.1, dynamic_img_size=True))
+    model: BackboneConfig = field(default_factory=dino_backbone)
     weights: PartWeights = field(default_factory=PartWeights)
     export: str = "auto"  # auto (dino when it is a part) | mae | dino
     mae: MAEConfig = field(default_factory=MAEConfig)
     dino: DINOConfig = field(default_factory=DINOConfig)
     crops: MultiCropConfig = field(default_factory=MultiCropConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        epochs=100, blr=5e-4, min_lr=1e-6, warmup_epochs=10, weight_decay=0.04, weight_decay_end=0.4,
-        betas=(0.9, 0.999), clip_grad=3.0, clip_mode="per_param", log_every=10))
+    train: TrainConfig = field(default_factory=dino_train)
 
     def parts(self) -> list[str]:
         return [name for name in ("mae", "dino") if getattr(self.weights, name) > 0]
