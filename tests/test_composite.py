@@ -73,6 +73,16 @@ def test_mae_and_dino_train_one_backbone_in_one_step_and_resume_mid_epoch(tmp_pa
                                                                   "--resume"])
     a, b = load_file(str(straight / "backbone.safetensors")), load_file(str(resumed / "backbone.safetensors"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) == 0.0
+    import timm
+
+    from sslvit.eval.knn_probe import KNNProbeConfig, run_knn_probe
+    from sslvit.models.hmlp_stem import HMLPStem
+
+    spec = json.loads((straight / "backbone.json").read_text())["timm"]
+    kw = {k: v for k, v in spec.items() if k not in ("model_name", "pretrained", "embed_layer", "block_fn")}
+    timm.create_model(spec["model_name"], pretrained=False, embed_layer=HMLPStem, **kw).load_state_dict(a, strict=True)
+    knn = run_knn_probe(KNNProbeConfig(ckpt=str(straight), ks=(5,), baselines=False, picture_queries=0))
+    assert 0 <= knn["results"]["pretrained"][5]["top1"] <= 100
 
 
 def test_the_parts_share_one_backbone_and_its_no_decay_names():

@@ -20,8 +20,9 @@ TINY = ["--train.precision", "fp32", "--model.size", "tiny", "--model.depth", "2
         "--train.log_every", "1", "--train.save_every", "1", "--train.picture_every", "2"]
 
 
-def _run(out, data, extra=()):
-    return run_pretraining(DINORunConfig, "dino", argv=[*TINY, "--data", str(data), "--out", str(out), *extra])
+def _run(out, data, extra=(), stop=None):
+    return run_pretraining(DINORunConfig, "dino", argv=[*TINY, "--data", str(data), "--out", str(out), *extra],
+                           stop=stop)
 
 
 def test_dino_run_writes_checkpoint_teacher_backbone_attention_and_is_probed(tmp_path, image_folder,
@@ -66,3 +67,30 @@ def test_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint(tm
         _run(tmp_path / "run", image_folder, ["--train.max_bad_steps", "2"])
     assert latest_checkpoint(tmp_path / "run").name == "epoch_0001"
     assert load_file(str(latest_checkpoint(tmp_path / "run") / "model.safetensors"))
+
+
+def test_dinov2_options_train_resume_mid_epoch_exactly_export_to_timm_and_are_probed(tmp_path, image_folder,
+                                                                                     fresh_accelerate):
+    """KoLeo, Sinkhorn-Knopp centring and register tokens together, through the whole path."""
+    import timm
+
+    from sslvit.models.hmlp_stem import HMLPStem
+    from sslvit.train.stop_signals import RunStopped
+    from tests.test_shards import _StopAtCall
+
+    extra = ["--dino.koleo_weight", "0.1", "--dino.centering", "sinkhorn", "--model.reg_tokens", "2"]
+    straight = _run(tmp_path / "straight", image_folder, extra)
+    steps = [json.loads(x) for x in (straight / "log.jsonl").read_text().splitlines() if '"koleo"' in x]
+    assert len(steps) == 6 and all(torch.isfinite(torch.tensor(r["loss"])) for r in steps)
+    fresh_accelerate()
+    with pytest.raises(RunStopped):
+        _run(tmp_path / "resumed", image_folder, extra, stop=_StopAtCall(6))
+    fresh_accelerate()
+    resumed = _run(tmp_path / "resumed", image_folder, [*extra, "--resume"])
+    a, b = load_file(str(straight / "backbone.safetensors")), load_file(str(resumed / "backbone.safetensors"))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) == 0.0
+    spec = json.loads((straight / "backbone.json").read_text())["timm"]
+    kw = {k: v for k, v in spec.items() if k not in ("model_name", "pretrained", "embed_layer", "block_fn")}
+    timm.create_model(spec["model_name"], pretrained=False, embed_layer=HMLPStem, **kw).load_state_dict(a, strict=True)
+    knn = run_knn_probe(KNNProbeConfig(ckpt=str(straight), ks=(5,), baselines=False, picture_queries=0))
+    assert 0 <= knn["results"]["pretrained"][5]["top1"] <= 100
