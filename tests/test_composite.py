@@ -12,6 +12,7 @@ from sslvit.objectives.composite import Composite
 from sslvit.recipes.mae import MAERunConfig
 from sslvit.recipes.mae_dino import MAEDINORunConfig
 from sslvit.train.entry import run_pretraining
+from tests.run_checks import assert_same_backbone, assert_timm_loads_and_is_probed
 from tests.test_end_to_end import TINY
 
 
@@ -71,18 +72,8 @@ def test_mae_and_dino_train_one_backbone_in_one_step_and_resume_mid_epoch(tmp_pa
     fresh_accelerate()
     resumed = run_pretraining(MAEDINORunConfig, "mae_dino", argv=[*argv, "--out", str(tmp_path / "resumed"),
                                                                   "--resume"])
-    a, b = load_file(str(straight / "backbone.safetensors")), load_file(str(resumed / "backbone.safetensors"))
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) == 0.0
-    import timm
-
-    from sslvit.eval.knn_probe import KNNProbeConfig, run_knn_probe
-    from sslvit.models.hmlp_stem import HMLPStem
-
-    spec = json.loads((straight / "backbone.json").read_text())["timm"]
-    kw = {k: v for k, v in spec.items() if k not in ("model_name", "pretrained", "embed_layer", "block_fn")}
-    timm.create_model(spec["model_name"], pretrained=False, embed_layer=HMLPStem, **kw).load_state_dict(a, strict=True)
-    knn = run_knn_probe(KNNProbeConfig(ckpt=str(straight), ks=(5,), baselines=False, picture_queries=0))
-    assert 0 <= knn["results"]["pretrained"][5]["top1"] <= 100
+    assert_same_backbone(straight, resumed)
+    assert_timm_loads_and_is_probed(straight)
 
 
 def test_the_parts_share_one_backbone_and_its_no_decay_names():

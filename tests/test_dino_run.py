@@ -72,10 +72,8 @@ def test_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint(tm
 def test_dinov2_options_train_resume_mid_epoch_exactly_export_to_timm_and_are_probed(tmp_path, image_folder,
                                                                                      fresh_accelerate):
     """KoLeo, Sinkhorn-Knopp centring and register tokens together, through the whole path."""
-    import timm
-
-    from sslvit.models.hmlp_stem import HMLPStem
     from sslvit.train.stop_signals import RunStopped
+    from tests.run_checks import assert_same_backbone, assert_timm_loads_and_is_probed
     from tests.test_shards import _StopAtCall
 
     extra = ["--dino.koleo_weight", "0.1", "--dino.centering", "sinkhorn", "--model.reg_tokens", "2"]
@@ -87,10 +85,5 @@ def test_dinov2_options_train_resume_mid_epoch_exactly_export_to_timm_and_are_pr
         _run(tmp_path / "resumed", image_folder, extra, stop=_StopAtCall(6))
     fresh_accelerate()
     resumed = _run(tmp_path / "resumed", image_folder, [*extra, "--resume"])
-    a, b = load_file(str(straight / "backbone.safetensors")), load_file(str(resumed / "backbone.safetensors"))
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) == 0.0
-    spec = json.loads((straight / "backbone.json").read_text())["timm"]
-    kw = {k: v for k, v in spec.items() if k not in ("model_name", "pretrained", "embed_layer", "block_fn")}
-    timm.create_model(spec["model_name"], pretrained=False, embed_layer=HMLPStem, **kw).load_state_dict(a, strict=True)
-    knn = run_knn_probe(KNNProbeConfig(ckpt=str(straight), ks=(5,), baselines=False, picture_queries=0))
-    assert 0 <= knn["results"]["pretrained"][5]["top1"] <= 100
+    assert_same_backbone(straight, resumed)
+    assert_timm_loads_and_is_probed(straight)

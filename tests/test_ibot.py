@@ -4,12 +4,9 @@ import json
 
 import numpy as np
 import pytest
-import timm
 import torch
-from safetensors.torch import load_file
 
 from sslvit.masking import keyed_crop_masks
-from sslvit.models.hmlp_stem import HMLPStem
 from sslvit.models.vit import BackboneConfig, build_backbone
 from sslvit.objectives.base import StepInfo
 from sslvit.objectives.dino import DINOConfig
@@ -110,8 +107,8 @@ def _run(out, data, extra=(), stop=None):
 @pytest.mark.parametrize("shared", ["true", "false"])
 def test_ibot_trains_resumes_mid_epoch_exactly_exports_to_timm_and_is_probed(shared, tmp_path, image_folder,
                                                                            fresh_accelerate):
-    from sslvit.eval.knn_probe import KNNProbeConfig, run_knn_probe
     from sslvit.train.stop_signals import RunStopped
+    from tests.run_checks import assert_same_backbone, assert_timm_loads_and_is_probed
     from tests.test_shards import _StopAtCall
 
     extra = ["--ibot.shared_head", shared]
@@ -124,15 +121,8 @@ def test_ibot_trains_resumes_mid_epoch_exactly_exports_to_timm_and_is_probed(sha
         _run(tmp_path / "resumed", image_folder, extra, stop=_StopAtCall(6))
     fresh_accelerate()
     resumed = _run(tmp_path / "resumed", image_folder, [*extra, "--resume"])
-    a, b = load_file(str(straight / "backbone.safetensors")), load_file(str(resumed / "backbone.safetensors"))
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) == 0.0
-    spec = json.loads((straight / "backbone.json").read_text())["timm"]
-    model = timm.create_model(spec["model_name"], pretrained=False, num_classes=0, embed_layer=HMLPStem,
-                              **{k: v for k, v in spec.items() if k not in ("model_name", "pretrained", "num_classes",
-                                                                            "embed_layer", "block_fn")})
-    model.load_state_dict(a, strict=True)
-    knn = run_knn_probe(KNNProbeConfig(ckpt=str(straight), ks=(5,), baselines=False, picture_queries=0))
-    assert np.isfinite(knn["results"]["pretrained"][5]["top1"])
+    assert_same_backbone(straight, resumed)
+    assert_timm_loads_and_is_probed(straight)
 
 
 def test_defaults_are_ibots_vit_s_recipe_and_digits_gets_its_preset(tmp_path):
