@@ -137,6 +137,14 @@ def block_masking(batch_size: int, grid: tuple[int, int], num_masked: int, min_b
     return torch.from_numpy(np.stack(masks).reshape(batch_size, H * W))
 
 
+REFERENCE_GRID_PATCHES = 196  # BEiT's and iBOT's smallest block (16 patches) is for a 14 x 14 grid
+
+
+def scaled_min_block(min_block: float, num_patches: int) -> float:
+    """A smallest block given at the reference 14 x 14 grid, scaled to a grid of ``num_patches`` (>= 1)."""
+    return max(1.0, min_block * num_patches / REFERENCE_GRID_PATCHES)
+
+
 def keyed_crop_masks(key: Optional[int], rows: slice, views: int, grid: tuple[int, int], ratio: float,
                      ratio_var: float, probability: float, min_block: float, min_aspect: float) -> torch.Tensor:
     """iBOT's masks for ``views`` global crops of the images at ``rows`` of the step's global batch

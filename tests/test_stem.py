@@ -46,7 +46,7 @@ def test_stem_on_visible_patches_equals_all_then_gather(stem):
                                rtol=1e-5, atol=1e-5)
 
 
-def test_forward_visible_matches_reference_encoder():
+def test_encode_of_the_visible_patches_matches_reference_encoder():
     model = build_backbone(BackboneConfig(size="tiny", patch_size=8, img_size=32, depth=2)).eval()
     x = torch.randn(2, 3, 32, 32)
     ids = torch.stack([torch.randperm(16)[:4] for _ in range(2)])
@@ -55,9 +55,9 @@ def test_forward_visible_matches_reference_encoder():
     tokens = torch.gather(tokens, 1, ids[:, :, None].expand(-1, -1, 192))
     cls = (model.cls_token + model.pos_embed[:, :1]).expand(2, -1, -1)
     ref = model.norm(model.blocks(torch.cat([cls, tokens], 1)))
-    torch.testing.assert_close(model.forward_visible(x, ids), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.encode(x, keep=ids), ref, rtol=1e-5, atol=1e-5)
     all_ids = torch.arange(16).expand(2, -1)
-    torch.testing.assert_close(model.forward_visible(x, all_ids), model.forward_features(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.encode(x, keep=all_ids), model.forward_features(x), rtol=1e-5, atol=1e-5)
 
 
 def test_embed_layer_contract():
@@ -82,7 +82,7 @@ def test_dynamic_img_size_backbone_runs_other_grids():
     model = build_backbone(BackboneConfig(size="tiny", patch_size=8, img_size=32, depth=1, dynamic_img_size=True))
     assert model.forward_features(torch.randn(2, 3, 16, 24)).shape == (2, 1 + 2 * 3, 192)
     ids = torch.arange(3).expand(2, -1)
-    assert model.forward_visible(torch.randn(2, 3, 16, 24), ids).shape == (2, 4, 192)
+    assert model.encode(torch.randn(2, 3, 16, 24), keep=ids).shape == (2, 4, 192)
 
 
 def test_encode_full_and_masked_match_timms_own_forward():

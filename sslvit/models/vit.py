@@ -158,13 +158,13 @@ class SSLViT(VisionTransformer):
                norm: bool = True) -> torch.Tensor:
         """The one masked-encoder entry every objective and the attention maps use.
 
-        imgs (B, C, H, W) ->
+        imgs (B, C, H, W) -> (B, P + tokens, D), P = ``num_prefix_tokens`` (cls, then registers):
           keep (B, K) patch indices: only those patches are embedded and encoded, the rest are
-              absent from attention (MAE's encoder) -> (B, 1 + K, D);
+              absent from attention (MAE's encoder) -> (B, P + K, D);
           mask (B, N) bool with mask_token (1, 1, D): the masked patches' stem outputs are replaced
               by the token (BEiT, iBOT); the hMLP stem embeds each patch alone, so no masked pixel
-              reaches the encoder -> (B, 1 + N, D);
-          neither: the whole image (B, 1 + N, D).
+              reaches the encoder -> (B, P + N, D);
+          neither: the whole image (B, P + N, D).
         ``depth`` runs only the first blocks; ``norm`` False skips the final norm. The blocks run
         under timm's gradient checkpointing when ``set_grad_checkpointing()`` turned it on."""
         if keep is not None and mask is not None:
@@ -196,10 +196,6 @@ class SSLViT(VisionTransformer):
         if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
             return checkpoint_seq(blocks, x)
         return blocks(x)
-
-    def forward_visible(self, imgs: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
-        """MAE's encoder: ``encode(imgs, keep=ids_keep)`` -> (B, 1 + K, D)."""
-        return self.encode(imgs, keep=ids_keep)
 
     def features(self, imgs: torch.Tensor, pool: str = "cls", n_last_blocks: int = 4) -> torch.Tensor:
         """(B, C, H, W) -> (B, F), the frozen-feature recipes of the probes:

@@ -16,12 +16,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sslvit.config import ConfigError
-from sslvit.masking import block_masking
+from sslvit.masking import block_masking, scaled_min_block
 from sslvit.models.vit import SSLViT
 from sslvit.objectives.base import Objective
 from sslvit.tokenizers.base import Tokenizer
-
-BEIT_GRID_PATCHES = 196  # BEiT's min_block 16 is for a 14 x 14 grid
 
 
 @dataclass
@@ -36,7 +34,7 @@ class BEiTConfig:
         if not 0 < self.mask_ratio < 1:
             raise ConfigError(f"beit.mask_ratio must be between 0 and 1 (got {self.mask_ratio}).")
         n = grid[0] * grid[1]
-        min_block = self.min_block if self.min_block is not None else max(1.0, 16 * n / BEIT_GRID_PATCHES)
+        min_block = self.min_block if self.min_block is not None else scaled_min_block(16, n)
         return dict(grid=tuple(grid), num_masked=max(1, round(self.mask_ratio * n)), min_block=min_block,
                     max_block=self.max_block, min_aspect=self.min_aspect)
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sslvit.masking import keyed_crop_masks
+from sslvit.masking import keyed_crop_masks, scaled_min_block
 from sslvit.models.vit import SSLViT
 from sslvit.objectives.base import StepInfo
 from sslvit.objectives.dino import DINO, DINOConfig, HeadedViT, ema_to_window_mean
@@ -140,9 +140,8 @@ class IBOT(DINO):
         grid = (globals_.shape[2] // p, globals_.shape[3] // p)
         b = globals_.shape[0] // 2
         key, rows = self.batch_key if self.training and self.batch_key is not None else (None, slice(0, b))
-        min_block = max(1.0, i.min_block * grid[0] * grid[1] / 196)  # iBOT's 16 is for a 14 x 14 grid
-        return keyed_crop_masks(key, rows, 2, grid, i.mask_ratio, i.mask_ratio_var, i.mask_probability, min_block,
-                                i.min_aspect).to(globals_.device)
+        return keyed_crop_masks(key, rows, 2, grid, i.mask_ratio, i.mask_ratio_var, i.mask_probability,
+                                scaled_min_block(i.min_block, grid[0] * grid[1]), i.min_aspect).to(globals_.device)
 
     def forward(self, groups: list[torch.Tensor]) -> dict:
         masks = self.draw_masks(groups[0])

@@ -131,8 +131,8 @@ def resumable_checkpoint(run_dir: Path, say=print) -> Optional[Path]:
 def complete_checkpoints(run_dir: Path) -> list[Path]:
     """The checkpoint folders of ``run_dir`` that have ``meta.json`` (written last), newest (by
     step: a mid-epoch checkpoint is newer than the end of the epoch before) first."""
-    done = [p for p in (Path(run_dir) / CKPT_DIR).glob("epoch_*") if (p / "meta.json").is_file()]
-    return sorted(done, key=lambda p: (read_meta(p)["step"], read_meta(p)["epoch"]), reverse=True)
+    metas = {p: read_meta(p) for p in (Path(run_dir) / CKPT_DIR).glob("epoch_*") if (p / "meta.json").is_file()}
+    return sorted(metas, key=lambda p: (metas[p]["step"], metas[p]["epoch"]), reverse=True)
 
 
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:

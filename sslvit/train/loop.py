@@ -268,7 +268,7 @@ class Trainer:
         if not p.batches_done:
             self.raw.on_epoch_start(p.epoch)
         self.model.train()
-        p.window_t0 = self.epoch_t0 = time.perf_counter()
+        self.window_t0 = self.epoch_t0 = time.perf_counter()
         self.epoch_batches0 = p.epoch_tally.batches  # a resumed epoch's speed counts only its own batches
         batches = self._epoch_batches()
         self.bar = tqdm(batches, desc=f"epoch {p.epoch + 1}/{tc.epochs}", disable=not self.main, leave=False,
@@ -358,7 +358,7 @@ class Trainer:
         w = p.window
         extras = {k: acc.reduce(v.detach().float(), reduction="mean").item() for k, v in out.items() if k != "loss"}
         record = {"step": p.step, "epoch": p.epoch + 1, "loss": w.loss / w.batches if w.batches else math.nan,
-                  "lr": lr, "weight_decay": wd, "images_per_s": w.images / (time.perf_counter() - p.window_t0),
+                  "lr": lr, "weight_decay": wd, "images_per_s": w.images / (time.perf_counter() - self.window_t0),
                   **extras}
         warnings = self.raw.check_health(record)
         if warnings:
@@ -368,7 +368,7 @@ class Trainer:
                     self.bar.write(f"warning (step {p.step}): {warning}")
         self.log(record)
         self.bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
-        p.window, p.window_t0 = Tally(), time.perf_counter()
+        p.window, self.window_t0 = Tally(), time.perf_counter()
 
     def _epoch_skipped(self) -> tuple[int, Optional[dict]]:
         """-> (unreadable draws this epoch on all processes, per-shard bad samples for a stream or None)."""
