@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEMO_OUT ?= runs/mae-digits
+DEMO_OUT ?= runs/mae-cluttered
 
 .PHONY: demo test venv clean
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	rm -rf $(DEMO_OUT)
-	$(BIN)/accelerate launch --config_file launch/cpu.yaml pretrain/mae.py --out $(DEMO_OUT)
+	$(BIN)/accelerate launch --config_file launch/cpu.yaml pretrain/mae.py --data cluttered --out $(DEMO_OUT)
 	$(BIN)/python probes/knn.py --ckpt $(DEMO_OUT) --pool avg
 	@echo "Outputs: $(DEMO_OUT)/ (backbone.safetensors, knn.json, pictures_*.png, log.jsonl, checkpoints/)"
 

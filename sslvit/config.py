@@ -215,10 +215,10 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
-def build_config(cls, argv: Optional[list[str]] = None, presets: Optional[dict[str, dict]] = None,
-                 base: Optional[dict] = None):
+def build_config(cls, argv: Optional[list[str]] = None, presets=None, base: Optional[dict] = None):
     """Defaults of ``cls`` <- preset (if the data source has one) <- --config YAML <- command line.
-    With ``base`` (a resumed run's own config.yaml), that replaces the defaults and the preset."""
+    ``presets``: {data: preset}, or a function data -> preset or None. With ``base`` (a resumed
+    run's own config.yaml), that replaces the defaults and the preset."""
     argv = sys.argv[1:] if argv is None else argv
     if "-h" in argv or "--help" in argv:
         print(help_text(cls, Path(sys.argv[0]).name))
@@ -230,6 +230,8 @@ def build_config(cls, argv: Optional[list[str]] = None, presets: Optional[dict[s
     data = layers.get("data", getattr(cfg, "data", None))
     if base is not None:
         _apply(cfg, base)
+    elif callable(presets) and isinstance(data, str):
+        _apply(cfg, presets(data) or {})
     elif presets and isinstance(data, str) and data in presets:
         _apply(cfg, presets[data])
     _apply(cfg, layers)

@@ -14,11 +14,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from sslvit.data.cluttered import cluttered_split, parse_spec
 from sslvit.data.digits import digits_split
 from sslvit.data.folder import DataError, load_rgb, scan_folder
 from sslvit.data.shard_reader import ShardDataset, build_shard_dataset, is_shard_spec
 
-EMBEDDED = ("digits",)
+EMBEDDED = ("digits", "cluttered")
+
+
+def is_embedded(data: str) -> bool:
+    """'digits' or a 'cluttered[:options]' spec: a built-in labelled set with a fixed train/val split."""
+    return data == "digits" or parse_spec(data) is not None
 
 
 class ImageDataset(Dataset):
@@ -79,7 +85,7 @@ class ImageDataset(Dataset):
 
 def build_dataset(data: str, split: str, img_size: int, transform=None, val_fraction: float = 0.2,
                   seed: int = 0) -> ImageDataset | ShardDataset:
-    """``data`` is 'digits', a folder or a shard set (see ``shard_reader``). split 'train' | 'val' | 'all'.
+    """``data`` is 'cluttered' / 'digits' (embedded), a folder or a shard set (see ``shard_reader``). split 'train' | 'val' | 'all'.
 
     A shard set comes back in its written order, unshuffled, bad samples skipped with a warning:
     what the probes want; pretraining asks ``build_shard_dataset`` for its shuffled stream.
@@ -88,11 +94,13 @@ def build_dataset(data: str, split: str, img_size: int, transform=None, val_frac
     for pretraining ('all' and 'train'), and for 'val' a fixed ``val_fraction`` is held out of it
     (the rest then forms 'train' for the probes, which ask with ``labelled=True``).
     """
-    if data == "digits":
-        imgs, labels = digits_split("val" if split == "val" else "train", img_size)
+    if data == "digits" or parse_spec(data) is not None:
+        which = "val" if split == "val" else "train"
+        imgs, labels = (digits_split(which, img_size) if data == "digits"
+                        else cluttered_split(which, img_size, **parse_spec(data)))
         return ImageDataset(imgs, labels, transform, classes=[str(i) for i in range(10)])
     if not data.strip():
-        raise DataError("--data is empty; pass 'digits', a folder of images or a shard set.")
+        raise DataError("--data is empty; pass 'cluttered', 'digits', a folder of images or a shard set.")
     if is_shard_spec(data):
         return build_shard_dataset(data, split, transform, seed=seed)
     root = Path(data).expanduser()

@@ -15,11 +15,12 @@ from accelerate import PartialState
 from accelerate.utils import set_seed
 
 from sslvit.config import ConfigError, build_config, load_text_yaml, plain_dict
-from sslvit.data.dataset import build_dataset, first_items
+from sslvit.data.dataset import build_dataset, first_items, is_embedded
 from sslvit.data.folder import DataError
 from sslvit.data.shard_reader import build_shard_dataset, is_shard_spec
 from sslvit.data.transforms import eval_transform
 from sslvit.train.checkpoint import latest_checkpoint
+from sslvit.train.data_recipe import preset_for
 from sslvit.runtime.errors import USER_ERRORS, TrainingDiverged
 from sslvit.train.loop import pretrain
 from sslvit.train.run_lock import run_dir_lock
@@ -38,9 +39,18 @@ def run_config(config_cls, preset: str | None = None, argv=None):
     """The run's config. A fresh run: defaults <- preset <- --config <- command line. ``--resume``
     continues the run as it was configured: its own ``config.yaml`` <- --config <- command line
     (keys given are explicit changes; ``check_same_run`` refuses those of the architecture)."""
-    cfg = build_config(config_cls, argv, presets=load_presets(preset))
+    chosen = []
+
+    def recipe_for(data: str):
+        recipe, reason = preset_for(load_presets(preset), data)
+        chosen.append(reason)
+        return recipe
+
+    cfg = build_config(config_cls, argv, presets=recipe_for)
     saved_file = Path(cfg.out).expanduser() / "config.yaml"
     if not cfg.resume or not saved_file.is_file():
+        if chosen and PartialState().is_main_process:
+            print(chosen[-1], flush=True)
         return cfg
     saved = load_text_yaml(saved_file.read_text(), source=f"'{saved_file}'") or {}
     known = {f.name for f in dataclasses.fields(config_cls)}
@@ -62,7 +72,7 @@ def run_pretraining(config_cls, preset: str | None = None, argv=None, stop: Stop
     if cfg.resume:
         check_same_run(cfg)
     train_set = training_set(cfg)
-    picture_set = build_dataset(cfg.data, "val" if cfg.data == "digits" else "all", cfg.model.img_size,
+    picture_set = build_dataset(cfg.data, "val" if is_embedded(cfg.data) else "all", cfg.model.img_size,
                                 transform=eval_transform(cfg.model.img_size))
     picture_imgs = first_items(picture_set, NUM_PICTURES)
     if not picture_imgs:

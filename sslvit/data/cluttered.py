@@ -1,0 +1,135 @@
+"""The embedded set where pixels are not enough: scikit-learn's real 8x8 digits, each drawn
+several times at a seeded random scale, rotation, position and colour on a 32 px canvas with a
+textured background and clutter cut from other digits (the "cluttered MNIST" idea of Mnih et
+al. 2014, "Recurrent Models of Visual Attention"). Nothing is downloaded; the build takes a
+few seconds and is cached.
+
+Spec: ``cluttered`` or ``cluttered:seed=S,strength=X`` (another variant of the generator: the
+seed draws other nuisances, strength scales rotation, clutter and texture). The train/val
+split is by source digit (the digits' own fixed split), so no drawing of a val digit is in
+train.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from sslvit.data.digits import NUM_VAL
+from sslvit.files import atomic_path
+
+NAME = "cluttered"
+CANVAS = 32
+COPIES = {"train": 3, "val": 2}  # drawings per source digit: 4,500 train and 594 val images
+CLUTTER, CLUTTER_ALPHA = 2, 0.7  # pieces per image at strength 1, and their opacity (fainter than the digit)
+VERSION = 2  # bump when the drawing changes, so old caches are not reused
+
+
+def parse_spec(data: str) -> dict | None:
+    """``{'seed': int, 'strength': float}`` for a cluttered spec, None for anything else."""
+    name, _, options = data.partition(":")
+    if name != NAME:
+        return None
+    params = {"seed": 0, "strength": 1.0}
+    for item in filter(None, options.split(",")):
+        key, _, value = item.partition("=")
+        if key not in params:
+            raise ValueError(f"'{data}': option '{key}' is unknown; cluttered takes seed=INT and strength=FLOAT, "
+                             "e.g. cluttered:seed=1,strength=1.25.")
+        try:
+            params[key] = type(params[key])(value)
+        except ValueError:
+            raise ValueError(f"'{data}': {key}={value!r} is not a number; e.g. cluttered:seed=1,strength=1.25.") \
+                from None
+    if not 0.0 <= params["strength"] <= 3.0:
+        raise ValueError(f"'{data}': strength {params['strength']} is outside 0..3; 1 is the default set.")
+    return params
+
+
+def _glyph(digit: np.ndarray, size: int, angle: float) -> np.ndarray:
+    """(size, size) float alpha in 0..1 of an 8x8 digit (values 0..16), scaled and rotated."""
+    img = Image.fromarray((digit / 16.0 * 255.0).astype(np.uint8), mode="L")
+    img = img.resize((size, size), Image.BICUBIC).rotate(angle, resample=Image.BILINEAR)
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def _paste(canvas: np.ndarray, alpha: np.ndarray, colour: np.ndarray, top: int, left: int) -> None:
+    """Alpha-blend ``colour`` into ``canvas`` (H, W, 3) at (top, left) with ``alpha`` (h, w), clipped."""
+    h, w = alpha.shape
+    t0, l0 = max(top, 0), max(left, 0)
+    t1, l1 = min(top + h, canvas.shape[0]), min(left + w, canvas.shape[1])
+    if t1 <= t0 or l1 <= l0:
+        return
+    a = alpha[t0 - top:t1 - top, l0 - left:l1 - left, None]
+    canvas[t0:t1, l0:l1] = canvas[t0:t1, l0:l1] * (1 - a) + colour * a
+
+
+def _background(rng: np.random.Generator, strength: float) -> np.ndarray:
+    """(CANVAS, CANVAS, 3): a dark random colour with low-frequency texture and pixel noise."""
+    base = rng.uniform(0.0, 0.35, size=3).astype(np.float32)
+    coarse = rng.normal(0.0, 1.0, size=(4, 4, 3)).astype(np.float32)
+    texture = np.stack([np.asarray(Image.fromarray(coarse[..., c]).resize((CANVAS, CANVAS), Image.BICUBIC))
+                        for c in range(3)], axis=-1)
+    noise = rng.normal(0.0, 1.0, size=(CANVAS, CANVAS, 3)).astype(np.float32)
+    return base + 0.12 * strength * texture + 0.05 * strength * noise
+
+
+def draw(digit: np.ndarray, others: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """One (CANVAS, CANVAS, 3) uint8 image of ``digit`` (8, 8) among fragments of ``others`` (M, 8, 8)."""
+    canvas = _background(rng, strength)
+    colour = rng.uniform(0.55, 1.0, size=3).astype(np.float32)  # the digit's and its clutter's colour
+    colour[rng.integers(3)] = 1.0  # one bright channel: the digit stays visible on any background
+    for _ in range(int(round(CLUTTER * strength))):  # clutter: 7 px pieces of other digits in the digit's colour
+        piece = _glyph(others[rng.integers(len(others))], int(rng.integers(12, 21)), rng.uniform(-180, 180))
+        t, l = rng.integers(0, piece.shape[0] - 7, size=2)
+        _paste(canvas, CLUTTER_ALPHA * piece[t:t + 7, l:l + 7], colour, *rng.integers(-2, CANVAS - 5, size=2))
+    size = int(rng.integers(13, 21))
+    glyph = _glyph(digit, size, rng.uniform(-20, 20) * strength)
+    _paste(canvas, glyph, colour, *rng.integers(0, CANVAS - size + 1, size=2))
+    return (np.clip(canvas, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def build(split: str, seed: int, strength: float) -> tuple[np.ndarray, np.ndarray]:
+    """(N, CANVAS, CANVAS, 3) uint8 images and (N,) labels of one split of one variant."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    order = np.random.default_rng(0).permutation(len(digits.target))  # the digits' own split
+    sources = order[NUM_VAL:] if split == "train" else order[:NUM_VAL]
+    pool = digits.images[sources]  # clutter from the same split: no val stroke in a train image
+    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+    images, labels = [], []
+    for _copy in range(COPIES[split]):
+        for i in sources:
+            images.append(draw(digits.images[i], pool, rng, strength))
+            labels.append(int(digits.target[i]))
+    return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
+def cache_file(split: str, seed: int, strength: float) -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sslvit"
+    key = hashlib.sha1(f"{VERSION}-{split}-{seed}-{strength!r}".encode()).hexdigest()[:12]
+    return root / f"{NAME}-{split}-{key}.npz"
+
+
+def cluttered_split(split: str, img_size: int, seed: int = 0, strength: float = 1.0):
+    """RGB PIL images (img_size px) and labels of one split, built once and cached as .npz."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split '{split}' is unknown; use 'train' or 'val'.")
+    file = cache_file(split, seed, strength)
+    try:
+        with np.load(file) as f:
+            images, labels = f["images"], f["labels"]
+    except (OSError, KeyError, ValueError):  # not built yet, or a damaged cache: build again
+        images, labels = build(split, seed, strength)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(file) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, images=images, labels=labels)
+    pil = [Image.fromarray(a) for a in images]
+    if img_size != CANVAS:
+        pil = [p.resize((img_size, img_size), Image.BICUBIC) for p in pil]
+    return pil, labels.tolist()

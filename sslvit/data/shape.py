@@ -1,0 +1,45 @@
+"""How big a run's data is: its training image count and typical image side, read cheaply
+(folder: file names and image headers; shards: the index and the first samples), so the run
+can pick a recipe that fits the data before anything is trained."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+from PIL import Image
+
+from sslvit.data.folder import scan_folder
+from sslvit.data.shard_reader import build_shard_dataset, is_shard_spec, resolve_shards
+
+SAMPLED = 16  # images whose size is read: the median side of these is the data's
+
+
+@dataclass(frozen=True)
+class DataShape:
+    count: int  # training images
+    side: int  # median of min(width, height) over SAMPLED images, in px
+    labelled: bool  # in class sub-folders (or shards written from them)
+
+
+def _median(values: list[int]) -> int:
+    values = sorted(values)
+    return values[len(values) // 2] if values else 0
+
+
+def data_shape(data: str) -> DataShape:
+    """The training split's image count and median side of a folder or a shard set."""
+    if is_shard_spec(data):
+        _, count, classes = resolve_shards(data, "train")
+        first = islice(iter(build_shard_dataset(data, "train")), SAMPLED)
+        return DataShape(count, _median([min(img.size) for img, _, _ in first]), len(classes) > 1)
+    root = Path(data).expanduser()
+    paths, _, classes = scan_folder(root / "train" if (root / "train").is_dir() and (root / "val").is_dir() else root)
+    sides = []
+    for p in paths[:: max(1, len(paths) // SAMPLED)][:SAMPLED]:  # spread over the (sorted) classes
+        try:
+            with Image.open(p) as img:  # the header only: no decode
+                sides.append(min(img.size))
+        except OSError:
+            continue  # an unreadable file is the loop's to count, not the recipe's
+    return DataShape(len(paths), _median(sides), len(classes) > 1)

@@ -1,0 +1,73 @@
+"""Which recipe a run starts from, chosen by its data: an embedded set's own preset, the small-
+data recipe for a user's few or small images, or the reference (ImageNet) defaults. The choice
+and its reason are the run's first line; every key stays overridable (--config, command line).
+
+The small-data recipe of each objective is its ``cluttered`` preset (chosen by the sweeps in
+``benchmarks/quality.py`` on the embedded 32 px set of 4,500 images), fitted to the data:
+  - it applies when the images' short side is at most SMALL_SIDE px, or there are fewer than
+    FEW_IMAGES of them (a few thousand photos do not train a ViT-B/16 for 800 epochs);
+  - the images are used at 32 px (short side below 48 px) or 64 px, on the recipe's 4 x 4 grid of
+    patches (patch 8 or 16; local crops scaled alike);
+  - fewer images than the 4,500 it was tuned on get proportionally more epochs (at most 4x), so
+    the run takes about the same number of steps;
+  - the batch is at most half the images (a power of two), and the online k-NN is off
+    (``train.knn_every N`` turns it on for a labelled folder).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from sslvit.data.cluttered import parse_spec
+from sslvit.data.folder import DataError
+from sslvit.data.shape import DataShape, data_shape
+from sslvit.data.shard_reader import is_shard_spec
+
+SMALL_SIDE = 64
+FEW_IMAGES = 20_000
+TUNED_COUNT = 4_500  # training images of the embedded 'cluttered' set
+TUNED_SIZE = 32
+MAX_EPOCH_SCALE = 4
+PIXEL_KEYS = (("model", "img_size"), ("model", "patch_size"), ("crops", "local_size"))
+
+
+def fitted_small_recipe(preset: dict, shape: DataShape) -> dict:
+    """The ``cluttered`` preset fitted to ``shape``: pixel sizes scaled, epochs for the image count."""
+    recipe = copy.deepcopy(preset)
+    recipe.pop("out", None)  # the run keeps its objective's default folder, not the embedded set's
+    scale = (32 if shape.side < 48 else 64) // TUNED_SIZE  # 1 or 2
+    for section, key in PIXEL_KEYS:
+        if key in recipe.get(section, {}):
+            recipe[section][key] = recipe[section][key] * scale
+    train = recipe.setdefault("train", {})
+    if "epochs" in train:
+        factor = min(MAX_EPOCH_SCALE, max(1.0, TUNED_COUNT / max(shape.count, 1)))
+        train["epochs"] = int(round(train["epochs"] * factor))
+    if "batch_size" in train:  # a batch of at most half the images: a few dozen images still train
+        train["batch_size"] = min(train["batch_size"], max(2, 1 << max(0, (shape.count // 2).bit_length() - 1)))
+    train["knn_every"] = 0  # your data's labels, if any, are for the probes; turn it on with train.knn_every
+    return recipe
+
+
+def preset_for(presets: dict, data: str) -> tuple[dict | None, str]:
+    """(preset to apply or None, the reason, one line) for ``--data``."""
+    if data in presets:
+        return presets[data], f"recipe: the '{data}' preset (the embedded set's own)"
+    if parse_spec(data) is not None and "cluttered" in presets:
+        return presets["cluttered"], f"recipe: the 'cluttered' preset, on the variant '{data}'"
+    if "cluttered" not in presets or not (is_shard_spec(data) or Path(data).expanduser().is_dir()):
+        return None, "recipe: the reference defaults"
+    try:
+        shape = data_shape(data)
+    except DataError:
+        return None, "recipe: the reference defaults"  # the dataset itself says what is wrong, later
+    seen = f"{shape.count:,} training images, short side {shape.side} px"
+    if shape.side > SMALL_SIDE and shape.count >= FEW_IMAGES:
+        return None, (f"recipe: the reference defaults ({seen}: more than {SMALL_SIDE} px and at least "
+                      f"{FEW_IMAGES:,} images)")
+    recipe = fitted_small_recipe(presets["cluttered"], shape)
+    model = recipe.get("model", {})
+    why = f"at most {SMALL_SIDE} px" if shape.side <= SMALL_SIDE else f"fewer than {FEW_IMAGES:,} images"
+    return recipe, (f"recipe: small data ({seen}: {why}): ViT-{model.get('size', '?')}/{model.get('patch_size', '?')} "
+                    f"at {model.get('img_size', '?')} px, {recipe.get('train', {}).get('epochs', '?')} epochs; "
+                    "any key you set still wins")

@@ -1,0 +1,115 @@
+"""The embedded 'cluttered' set (digits drawn among clutter on a 32 px canvas) and the recipe a
+run picks from its data."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from sslvit.data.cluttered import CANVAS, COPIES, build, cluttered_split, parse_spec
+from sslvit.data.dataset import build_dataset, is_embedded
+from sslvit.data.digits import NUM_VAL
+from sslvit.data.shape import DataShape, data_shape
+from sslvit.train.data_recipe import fitted_small_recipe, preset_for
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def test_split_sizes_labels_and_cache(tmp_path):
+    imgs, labels = cluttered_split("val", 32)
+    assert len(imgs) == NUM_VAL * COPIES["val"] and imgs[0].size == (CANVAS, CANVAS) and imgs[0].mode == "RGB"
+    assert sorted(set(labels)) == list(range(10))
+    cached = list((tmp_path / "cache" / "sslvit").glob("cluttered-val-*.npz"))
+    assert len(cached) == 1
+    again, labels2 = cluttered_split("val", 32)  # read back from the cache: the same pixels
+    assert labels2 == labels and all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(imgs[:20], again))
+    small, _ = cluttered_split("val", 16)
+    assert small[0].size == (16, 16)
+
+
+def test_variants_differ_and_the_generator_is_seeded():
+    a, la = build("val", 0, 1.0)
+    b, lb = build("val", 0, 1.0)
+    c, _ = build("val", 1, 1.0)
+    assert np.array_equal(a, b) and np.array_equal(la, lb)
+    assert not np.array_equal(a, c)
+    # strength 0: no clutter, no rotation, no texture: only the digit on a flat colour
+    flat, _ = build("val", 0, 0.0)
+    assert np.abs(flat.astype(float) - a.astype(float)).mean() > 1.0
+
+
+def test_val_digits_are_not_drawn_in_train():
+    """The split is by source digit: a val image's digit is no train image's (both come from the
+    digits' own fixed split), so the k-NN cannot find a redrawn copy of its query."""
+    from sklearn.datasets import load_digits
+
+    order = np.random.default_rng(0).permutation(len(load_digits().target))
+    assert len(set(order[:NUM_VAL]) & set(order[NUM_VAL:])) == 0
+    train, _ = cluttered_split("train", 32)
+    assert len(train) == (len(order) - NUM_VAL) * COPIES["train"]
+
+
+def test_specs_and_their_errors():
+    assert parse_spec("cluttered") == {"seed": 0, "strength": 1.0}
+    assert parse_spec("cluttered:seed=2,strength=1.5") == {"seed": 2, "strength": 1.5}
+    assert parse_spec("digits") is None and parse_spec("/data/cluttered") is None
+    assert is_embedded("cluttered:seed=1") and is_embedded("digits") and not is_embedded("/tmp/x")
+    with pytest.raises(ValueError, match="option 'colour' is unknown"):
+        parse_spec("cluttered:colour=1")
+    with pytest.raises(ValueError, match="is not a number"):
+        parse_spec("cluttered:seed=x")
+    ds = build_dataset("cluttered:seed=3", "val", 32)
+    assert ds.labelled and len(ds) == NUM_VAL * COPIES["val"]
+
+
+def _folder(root, n, side, classes=("a", "b")):
+    for i in range(n):
+        d = root / classes[i % len(classes)]
+        d.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (side, side + 5), (i % 255, 0, 0)).save(d / f"{i:04d}.png")
+    return root
+
+
+def test_data_shape_of_a_folder(tmp_path):
+    shape = data_shape(str(_folder(tmp_path / "imgs", 40, 28)))
+    assert shape == DataShape(count=40, side=28, labelled=True)
+
+
+PRESETS = {"digits": {"model": {"img_size": 16}},
+           "cluttered": {"out": "runs/x-cluttered", "model": {"size": "tiny", "patch_size": 8, "img_size": 32},
+                         "crops": {"local_size": 16}, "train": {"epochs": 10, "knn_every": 2, "batch_size": 64}}}
+
+
+def test_recipe_chosen_by_the_data(tmp_path):
+    recipe, why = preset_for(PRESETS, "digits")
+    assert recipe == PRESETS["digits"] and "'digits' preset" in why
+    recipe, why = preset_for(PRESETS, "cluttered:seed=1")
+    assert recipe is PRESETS["cluttered"]
+    small = _folder(tmp_path / "small", 30, 40)  # 30 labelled 40 px images
+    recipe, why = preset_for(PRESETS, str(small))
+    assert recipe["model"] == {"size": "tiny", "patch_size": 8, "img_size": 32} and "out" not in recipe
+    assert recipe["train"]["epochs"] == 40 and recipe["train"]["knn_every"] == 0  # 4x (capped) for 30 images
+    assert "small data (30 training images, short side 40 px" in why and recipe["train"]["batch_size"] == 8
+    unlabelled = tmp_path / "flat"
+    unlabelled.mkdir()
+    for i in range(5):
+        Image.new("RGB", (64, 80)).save(unlabelled / f"{i}.png")
+    recipe, _ = preset_for(PRESETS, str(unlabelled))
+    assert recipe["model"]["img_size"] == 64 and recipe["model"]["patch_size"] == 16
+    assert recipe["crops"]["local_size"] == 32 and recipe["train"]["knn_every"] == 0
+    assert PRESETS["cluttered"]["model"]["img_size"] == 32  # the preset itself is untouched
+
+
+def test_large_data_keeps_the_reference_defaults():
+    big = DataShape(count=50_000, side=224, labelled=False)
+    assert fitted_small_recipe(PRESETS["cluttered"], DataShape(9_000, 224, False))["train"]["epochs"] == 10
+    import sslvit.train.data_recipe as dr
+
+    orig = dr.data_shape
+    try:
+        dr.data_shape = lambda data: big
+        recipe, why = preset_for(PRESETS, "/")
+    finally:
+        dr.data_shape = orig
+    assert recipe is None and "reference defaults (50,000 training images, short side 224 px" in why
