@@ -85,6 +85,6 @@ def test_the_parts_share_one_backbone_and_its_no_decay_names():
     mae, dino = composite.parts["mae"], composite.parts["dino"]
     assert mae.backbone is dino.student.backbone and composite.exported_backbone() is dino.teacher.module.backbone
     names = dict(composite.named_parameters())
-    assert "parts.mae.backbone.cls_token" in composite.no_weight_decay() and "parts.mae.backbone.cls_token" in names
+    assert "parts.mae.backbone.pos_embed" in composite.no_weight_decay() and "parts.mae.backbone.pos_embed" in names
     with pytest.raises(ValueError, match="both 0"):
         build_config(MAEDINORunConfig, ["--weights.mae", "0", "--weights.dino", "0"]).validate()

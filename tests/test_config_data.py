@@ -12,7 +12,8 @@ from sslvit.train.entry import load_presets
 def test_defaults_are_the_reference_and_digits_gets_its_preset(tmp_path):
     ref = build_config(MAERunConfig, ["--data", str(tmp_path)], presets=load_presets("mae"))
     assert (ref.model.size, ref.model.patch_size, ref.model.img_size) == ("base", 16, 224)
-    assert (ref.mae.mask_ratio, ref.mae.decoder_dim, ref.mae.decoder_depth, ref.mae.decoder_heads) == (0.75, 512, 8, 16)
+    assert ref.mae.mask_ratio == 0.75 and ref.mae.decoder_shape(768) == (512, 8, 16)  # MAE's decoder for ViT-B
+    assert ref.mae.decoder_shape(1024) == (512, 8, 16) and ref.mae.decoder_shape(192) == (192, 4, 6)
     assert ref.train.blr == 1.5e-4 and ref.train.betas == (0.9, 0.95) and ref.train.weight_decay == 0.05
     demo = build_config(MAERunConfig, [], presets=load_presets("mae"))
     assert demo.data == "digits" and demo.model.size == "tiny"

@@ -75,3 +75,25 @@ def test_finetune_run_reports_and_writes(exported, image_folder, fresh_accelerat
         assert 0 <= r["val_top1"] <= r["val_top5"] <= 100 and r["step_time_s"] > 0 and r["peak_memory_mb"] > 0
     written = json.loads((exported.parent / "finetune_attention" / "finetune.json").read_text())
     assert written["trainable_params"] == attn["trainable_params"]
+
+
+def test_average_pool_head_is_maes_global_pool():
+    """models_vit.py with global_pool: blocks, then the mean of the patch tokens, then fc_norm,
+    then the head; the backbone's final norm is dropped."""
+    import torch.nn as nn
+
+    from sslvit.eval.finetune import Classifier
+    from sslvit.models.vit import BackboneConfig, build_backbone
+
+    torch.manual_seed(0)
+    backbone = build_backbone(BackboneConfig(size="tiny", depth=2, patch_size=4, img_size=16))
+    final_norm = backbone.norm
+    model = Classifier(backbone, 10, pool="avg").eval()
+    nn.init.normal_(model.head.weight)
+    nn.init.normal_(model.fc_norm.weight)
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        tokens = backbone.blocks(backbone._pos_embed(backbone.patch_embed(x)))  # timm's pieces, no final norm
+        expected = model.head(model.fc_norm(tokens[:, 1:].mean(1)))
+        assert torch.allclose(model(x), expected, atol=1e-5)
+        assert not any(m is final_norm for m in model.modules())

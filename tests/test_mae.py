@@ -59,3 +59,44 @@ def test_mae_objective_shapes_and_gradients():
     vis = (1 - mask)[:, :, None] * target
     torch.testing.assert_close(mae.backbone.patchify(pics["reconstruction + visible"]).flatten(2) * (1 - mask)[:, :, None],
                                vis)
+
+
+def test_init_is_the_official_initialize_weights():
+    """models_mae.py initialize_weights: cls and mask tokens N(0, 0.02); the patch projection
+    xavier-uniform of its weight viewed as (out, in * k * k); every Linear xavier-uniform, bias 0."""
+    import math
+
+    import torch.nn as nn
+
+    from sslvit.models.vit import BackboneConfig, build_backbone
+    from sslvit.objectives.mae import MAE, MAEConfig
+
+    torch.manual_seed(0)
+    mae = MAE(build_backbone(BackboneConfig(size="small", depth=1, patch_size=16, img_size=32)),
+              MAEConfig(decoder_dim=64, decoder_depth=1, decoder_heads=2))
+    for token in (mae.backbone.cls_token, mae.decoder.mask_token):
+        assert 0.017 < token.std().item() < 0.023, token.std()  # 384 and 64 draws of N(0, 0.02)
+    convs = [m for m in mae.backbone.patch_embed.proj.modules() if isinstance(m, nn.Conv2d)]
+    linears = [m for m in mae.modules() if isinstance(m, nn.Linear)]
+    for w in [c.weight.view(c.weight.shape[0], -1) for c in convs] + [m.weight for m in linears]:
+        bound = math.sqrt(6.0 / (w.shape[0] + w.shape[1]))  # xavier-uniform: U(-a, a)
+        assert w.abs().max().item() <= bound
+        assert abs(w.std().item() / (bound / math.sqrt(3.0)) - 1.0) < 0.1
+    assert all(m.bias.abs().max() == 0 for m in linears if m.bias is not None)
+
+
+def test_weight_decay_groups_are_the_officials():
+    """main_pretrain.py: ``optim_factory.add_weight_decay(model, 0.05)`` exempts only biases and
+    1-D parameters, so the cls token and the mask token are decayed."""
+    from sslvit.models.vit import BackboneConfig, build_backbone
+    from sslvit.objectives.mae import MAE, MAEConfig
+    from sslvit.train.optim import param_groups
+
+    mae = MAE(build_backbone(BackboneConfig(size="tiny", depth=1, patch_size=4, img_size=16)),
+              MAEConfig(decoder_dim=32, decoder_depth=1, decoder_heads=2))
+    names = {id(p): n for n, p in mae.named_parameters()}
+    decay, no_decay = ({names[id(p)] for p in g["params"]} for g in param_groups(mae, 0.05))
+    official_no_decay = {n for n, p in mae.named_parameters()
+                         if p.requires_grad and (p.ndim == 1 or n.endswith(".bias"))}
+    assert no_decay == official_no_decay
+    assert {"backbone.cls_token", "decoder.mask_token"} <= decay

@@ -94,14 +94,16 @@ def rrc_augment(size: int, scale=(0.08, 1.0)) -> v2.Compose:
 class Classifier(nn.Module):
     """Backbone + linear head on pooled features: (B, C, H, W) -> logits (B, classes).
 
-    With average pooling a fresh LayerNorm (MAE's ``fc_norm``) normalises the pooled token: the
-    mean of normalised tokens varies little between images, and a bare linear head on it barely
-    trains (loss flat at log C in our digits runs)."""
+    With average pooling it is MAE's ``models_vit.VisionTransformer(global_pool=True)``: the
+    backbone's final ``norm`` is not used, the patch tokens of the last block are averaged and a
+    fresh LayerNorm (``fc_norm``) normalises the mean; with the cls token the final norm stays."""
 
     def __init__(self, backbone: SSLViT, num_classes: int, pool: str = "avg"):
         super().__init__()
         self.backbone = backbone
         self.pool = pool
+        if pool == "avg":  # MAE deletes it: the mean of LayerNorm-ed tokens varies little between images
+            backbone.norm = nn.Identity()
         self.fc_norm = nn.LayerNorm(backbone.embed_dim, eps=1e-6) if pool == "avg" else nn.Identity()
         self.head = nn.Linear(backbone.embed_dim, num_classes)
         nn.init.trunc_normal_(self.head.weight, std=2e-5)  # MAE's fine-tuning head init

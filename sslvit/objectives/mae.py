@@ -7,6 +7,7 @@ a light decoder fills the masked places with a shared mask token and regresses t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -21,20 +22,29 @@ from sslvit.objectives.base import Objective, StepInfo
 class MAEConfig:
     mask_ratio: float = 0.75
     norm_pix_loss: bool = True
-    decoder_dim: int = 512
-    decoder_depth: int = 8
-    decoder_heads: int = 16
+    # None: the decoder follows the encoder (MAE's 512 x 8 with 16 heads from ViT-B up; for a
+    # narrower encoder its width, 4 blocks, 32-d heads), so a ViT-Ti keeps no decoder 6x its size
+    decoder_dim: Optional[int] = None
+    decoder_depth: Optional[int] = None
+    decoder_heads: Optional[int] = None
 
-    def validate(self, num_patches: int) -> None:
+    def decoder_shape(self, embed_dim: int) -> tuple[int, int, int]:
+        """(width, depth, heads) of the decoder for an encoder of width ``embed_dim``."""
+        dim = self.decoder_dim or min(512, embed_dim)
+        depth = self.decoder_depth or (8 if embed_dim >= 768 else 4)
+        return dim, depth, self.decoder_heads or max(1, dim // 32)
+
+    def validate(self, num_patches: int, embed_dim: int = 768) -> None:
         if not 0.0 <= self.mask_ratio < 1.0 or int(num_patches * (1 - self.mask_ratio)) < 1:
             raise ValueError(f"mae.mask_ratio {self.mask_ratio} leaves no visible patch of {num_patches}; use a "
                              "ratio in (0, 1) that keeps at least one (0.75 is MAE's).")
         if num_patches - int(num_patches * (1 - self.mask_ratio)) < 1:
             raise ValueError(f"mae.mask_ratio {self.mask_ratio} masks no patch of {num_patches}, so there is nothing "
                              "to reconstruct; use a ratio in (0, 1) (0.75 is MAE's).")
-        if self.decoder_dim % self.decoder_heads:
-            raise ValueError(f"mae.decoder_dim {self.decoder_dim} is not divisible by mae.decoder_heads "
-                             f"{self.decoder_heads}; pick a head count that divides it.")
+        dim, _, heads = self.decoder_shape(embed_dim)
+        if dim % heads:
+            raise ValueError(f"mae.decoder_dim {dim} is not divisible by mae.decoder_heads {heads}; pick a head "
+                             "count that divides it.")
 
 
 def mae_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_pix_loss: bool = True) -> torch.Tensor:
@@ -84,15 +94,17 @@ class MAE(Objective):
         self.cfg = cfg
         self.backbone = backbone
         p = backbone.patch_size
+        dim, depth, heads = cfg.decoder_shape(backbone.embed_dim)
         self.decoder = MAEDecoder(backbone.embed_dim, backbone.patch_embed.grid_size,
-                                  patch_dim=p * p * backbone.in_chans, dim=cfg.decoder_dim,
-                                  depth=cfg.decoder_depth, heads=cfg.decoder_heads,
+                                  patch_dim=p * p * backbone.in_chans, dim=dim, depth=depth, heads=heads,
                                   num_prefix_tokens=backbone.num_prefix_tokens)
-        self.apply(_xavier_linear)  # MAE initialises every Linear with xavier_uniform
+        mae_init(self)
 
     def no_weight_decay(self) -> set[str]:
-        names = {"backbone.cls_token", "backbone.pos_embed", "decoder.mask_token", "decoder.decoder_pos_embed"}
-        return names | ({"backbone.reg_token"} if self.backbone.reg_token is not None else set())
+        """Only a learned position table beyond the loop's biases and 1-D parameters: MAE's
+        ``add_weight_decay`` decays the cls and mask tokens and registers (its sin-cos tables are
+        fixed and have no gradient)."""
+        return {"backbone.pos_embed"}
 
     batch_key = None  # (seed key, this micro-batch's rows, global batch size), set before each forward
 
@@ -148,8 +160,18 @@ class MAE(Objective):
         return x.reshape(B, C, h * p, w * p)
 
 
-def _xavier_linear(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        nn.init.xavier_uniform_(m.weight)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
+def mae_init(mae: MAE) -> None:
+    """``models_mae.initialize_weights``: every Linear xavier-uniform with zero bias, every stem
+    convolution xavier-uniform of its weight viewed as a Linear (out, in * k * k), the cls token,
+    registers and the mask token normal with std 0.02 (timm's ViT starts its cls token at 1e-6)."""
+    for m in mae.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    for m in mae.backbone.patch_embed.proj.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
+    tokens = [mae.backbone.cls_token, mae.decoder.mask_token]
+    for t in tokens + ([mae.backbone.reg_token] if mae.backbone.reg_token is not None else []):
+        nn.init.normal_(t, std=0.02)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sslvit.data.transforms import mae_train_transform
-from sslvit.models.vit import BackboneConfig, build_backbone
+from sslvit.models.vit import VIT_SIZES, BackboneConfig, build_backbone
 from sslvit.objectives.mae import MAE, MAEConfig
 from sslvit.train.train_config import TrainConfig
 
@@ -24,7 +24,7 @@ class MAERunConfig:
     def validate(self) -> None:
         self.model.validate()
         self.train.validate()
-        self.mae.validate((self.model.img_size // self.model.patch_size) ** 2)
+        self.mae.validate((self.model.img_size // self.model.patch_size) ** 2, VIT_SIZES[self.model.size][0])
 
     def build_objective(self) -> MAE:
         return MAE(build_backbone(self.model), self.mae)

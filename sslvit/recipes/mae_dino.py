@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from sslvit.data.collates import CompositeCollate
 from sslvit.data.multicrop import MultiCropConfig, MultiCropTransform, multicrop_collate
 from sslvit.data.transforms import CompositeTransform, mae_train_transform
-from sslvit.models.vit import BackboneConfig, build_backbone
+from sslvit.models.vit import VIT_SIZES, BackboneConfig, build_backbone
 from sslvit.objectives.composite import Composite
 from sslvit.objectives.dino import DINO, DINOConfig
 from sslvit.objectives.mae import MAE, MAEConfig
@@ -49,7 +49,7 @@ class MAEDINORunConfig:
         if not self.parts():
             raise ValueError("weights.mae and weights.dino are both 0: give at least one part a weight above 0.")
         if "mae" in self.parts():
-            self.mae.validate((self.model.img_size // self.model.patch_size) ** 2)
+            self.mae.validate((self.model.img_size // self.model.patch_size) ** 2, VIT_SIZES[self.model.size][0])
         if "dino" in self.parts():
             self.crops.validate(self.model.img_size, self.model.patch_size)
 
