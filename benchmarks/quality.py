@@ -1,0 +1,137 @@
+"""What pretraining buys, in one table: each objective at its small-data recipe on an embedded
+set, then k-NN (k = 20, cls and avg pool), the linear probe and full fine-tuning of its backbone,
+next to raw pixels, a random-init backbone and the supervised ceiling (the same ViT fine-tuned
+from random init: trained with labels only).
+
+    python benchmarks/quality.py [--data cluttered] [--objectives mae,beit,dino,ibot]
+        [--seeds 0] [--finetune_epochs 20] [--out runs/quality] [--extra "--train.epochs 4"]
+
+Runs that already hold a backbone are probed again, not retrained (delete --out to start over).
+Every figure is one run's; with several seeds each cell is mean +- spread (max - min) / 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from flops import print_machine  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+def sh(args: list[str], log: Path) -> float:
+    """Run a command to completion with its output in ``log``; -> wall seconds."""
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        rc = subprocess.run(args, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
+    if rc:
+        raise SystemExit(f"{' '.join(args)} failed (rc {rc}); see {log}")
+    return time.perf_counter() - t0
+
+
+def knn(run: Path, pool: str, baselines: bool) -> dict:
+    sh([PY, "probes/knn.py", "--ckpt", str(run), "--ks", "20", "--pool", pool, "--baselines", str(baselines).lower(),
+        "--picture_queries", "0"], run / f"knn_{pool}.log")
+    return {name: r["20"]["top1"] for name, r in json.loads((run / "knn.json").read_text())["results"].items()}
+
+
+def linear(run: Path) -> float:
+    sh([PY, "probes/linear.py", "--ckpt", str(run), "--recipe", "avg", "--head", "mae", "--epochs", "50"],
+       run / "linear.log")
+    return json.loads((run / "linear.json").read_text())["best"]["val_top1"]
+
+
+def finetune(run: Path, epochs: int) -> float:
+    sh([PY, "probes/finetune.py", "--ckpt", str(run), "--epochs", str(epochs), "--eval_every", str(epochs),
+        "--augment", "rrc", "--crop_scale", "[0.5, 1.0]", "--warmup_epochs", "2", "--layer_decay", "0.75"],
+       run / "finetune.log")
+    return json.loads((run / "finetune_full" / "finetune.json").read_text())["val_top1"]
+
+
+def random_init_run(out: Path, like: Path) -> Path:
+    """A run folder whose backbone is the shape of ``like``'s, at its initial (random) weights."""
+    sys.path.insert(0, str(ROOT))
+    from sslvit.models.export import export_backbone, read_backbone_config
+    from sslvit.models.vit import build_backbone
+
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "backbone.safetensors").is_file():
+        cfg = read_backbone_config(like / "backbone.safetensors")
+        torch.manual_seed(0)
+        export_backbone(build_backbone(cfg), cfg, out)
+        (out / "config.yaml").write_text((like / "config.yaml").read_text())
+    return out
+
+
+def one_seed(args, seed: int) -> dict[str, dict]:
+    rows: dict[str, dict] = {}
+    root = Path(args.out) / f"seed{seed}"
+    for obj in args.objectives.split(","):
+        run = root / obj
+        wall = None
+        if not (run / "backbone.safetensors").is_file():
+            run.parent.mkdir(parents=True, exist_ok=True)
+            wall = sh([PY, f"pretrain/{obj}.py", "--data", args.data, "--out", str(run), "--train.seed", str(seed),
+                       *shlex.split(args.extra)], root / f"{obj}.log")
+        cls, avg = knn(run, "cls", True), knn(run, "avg", True)
+        rows[obj] = {"knn_cls": cls["pretrained"], "knn_avg": avg["pretrained"], "linear": linear(run),
+                     "finetune": finetune(run, args.finetune_epochs) if args.finetune_epochs else None,
+                     "wall_min": None if wall is None else wall / 60}
+        rows.setdefault("raw pixels", {"knn_cls": cls["raw_pixels"], "knn_avg": avg["raw_pixels"]})
+        rows.setdefault("random init", {"knn_cls": cls["random_init"], "knn_avg": avg["random_init"]})
+    rand = random_init_run(root / "random_init", run)
+    rows["random init"]["linear"] = linear(rand)
+    if args.finetune_epochs:
+        rows["supervised (random init + labels)"] = {"finetune": finetune(rand, args.finetune_epochs)}
+    return rows
+
+
+def cell(values: list) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return ""
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} +- {(max(values) - min(values)) / 2:.1f}"
+
+
+def table(per_seed: list[dict]) -> str:
+    cols = [("knn_cls", "k-NN cls"), ("knn_avg", "k-NN avg"), ("linear", "linear"), ("finetune", "fine-tune"),
+            ("wall_min", "pretrain min")]
+    names = list(dict.fromkeys(n for rows in per_seed for n in rows))
+    lines = ["| | " + " | ".join(c for _, c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for n in names:
+        lines.append(f"| {n} | " + " | ".join(cell([rows.get(n, {}).get(k) for rows in per_seed]) for k, _ in cols)
+                     + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="cluttered")
+    p.add_argument("--objectives", default="mae,beit,dino,ibot")
+    p.add_argument("--seeds", default="0", help="comma-separated training seeds")
+    p.add_argument("--finetune_epochs", type=int, default=20, help="0: no fine-tuning")
+    p.add_argument("--out", default="runs/quality")
+    p.add_argument("--extra", default="", help="more keys for every pretraining run, e.g. '--train.epochs 4'")
+    args = p.parse_args()
+    print_machine()
+    print(f"data {args.data}, objectives {args.objectives}, seeds {args.seeds}, fine-tune {args.finetune_epochs} "
+          f"epochs, extra keys '{args.extra}'")
+    per_seed = [one_seed(args, int(s)) for s in args.seeds.split(",")]
+    (Path(args.out) / "quality.json").write_text(json.dumps(per_seed, indent=1))
+    print(table(per_seed))
+
+
+if __name__ == "__main__":
+    main()
