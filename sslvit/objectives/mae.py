@@ -94,6 +94,9 @@ class MAE(Objective):
         names = {"backbone.cls_token", "backbone.pos_embed", "decoder.mask_token", "decoder.decoder_pos_embed"}
         return names | ({"backbone.reg_token"} if self.backbone.reg_token is not None else set())
 
+    def init_targets(self) -> dict[str, nn.Module]:
+        return {"backbone": self.backbone, "mae_decoder": self.decoder}  # --init from an MAE file keeps its decoder
+
     batch_key = None  # (seed key, this micro-batch's rows, global batch size), set before each forward
 
     def before_micro_batch(self, info: StepInfo) -> None:
