@@ -9,8 +9,11 @@ import timm
 import torch
 from timm.layers import resample_abs_pos_embed
 
+from safetensors.torch import load_file, save_file
+
 from sslvit.models.checkpoint_layouts import (import_file, import_layout, from_sslvit_checkpoint, to_dino, to_mae,
                                               to_timm)
+from sslvit.models.export import export_backbone, main as export_main
 from sslvit.models.init_from import load_imported
 from sslvit.models.vit import BackboneConfig, build_backbone
 from sslvit.objectives.dino import DINO, DINOConfig
@@ -102,13 +105,27 @@ def assert_same(a: dict, b: dict):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_official_mae_round_trip_keeps_every_tensor():
+def fake_run(root, objective, cfg: BackboneConfig):
+    """A run folder as the loop leaves it: backbone.safetensors + .json, one checkpoint of the whole objective."""
+    root.mkdir()
+    export_backbone(objective.exported_backbone(), cfg, root)
+    ckpt = root / "checkpoints" / "epoch_0001"
+    ckpt.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in objective.state_dict().items()}, str(ckpt / "model.safetensors"))
+    (ckpt / "meta.json").write_text('{"epoch": 0, "step": 3}')
+    return root
+
+
+def test_official_mae_round_trip_keeps_every_tensor(tmp_path, capsys):
     raw = official_mae(torch.Generator().manual_seed(1))
     mae = mae_objective()
     lines = load_imported(mae, mae.init_targets(), import_layout(raw))
     assert lines[0].startswith("official MAE checkpoint (encoder and decoder) found; loaded backbone, mae_decoder")
     assert not any("fresh" in line for line in lines)
-    assert_same(to_mae(from_sslvit_checkpoint(mae.state_dict()).groups)["model"], raw["model"])
+    run = fake_run(tmp_path / "run", mae, backbone_cfg())
+    export_main([str(run), "--to", "mae", str(tmp_path / "mae.pth")])
+    assert "official MAE layout: model (" in capsys.readouterr().out
+    assert_same(torch.load(tmp_path / "mae.pth", weights_only=True)["model"], raw["model"])
 
 
 def official_unpatchify(x, p):
@@ -130,13 +147,15 @@ def test_decoder_pred_rows_follow_sslvit_patch_order():
     torch.testing.assert_close(ours, official_unpatchify(x @ w.t() + b, P))
 
 
-def test_official_dino_round_trip_and_weight_norm():
+def test_official_dino_round_trip_and_weight_norm(tmp_path):
     raw = official_dino(torch.Generator().manual_seed(3))
     dino = dino_objective()
     lines = load_imported(dino, dino.init_targets(), import_layout(raw))
     assert "loaded backbone, dino_head, teacher_backbone, teacher_dino_head, dino_center" in lines[0]
     assert not any("fresh" in line or "copy" in line for line in lines)
-    back = to_dino(from_sslvit_checkpoint(dino.state_dict()).groups)
+    export_main([str(fake_run(tmp_path / "run", dino, backbone_cfg(pos_embed="learned"))), "--to", "dino",
+                 str(tmp_path / "dino.pth")])
+    back = torch.load(tmp_path / "dino.pth", weights_only=True)
     for name in ("student", "teacher", "dino_loss"):
         assert_same(back[name], raw[name])
     # torch's parametrization gives the official weight norm's weight, g * v / ||v|| per row
@@ -157,7 +176,7 @@ def test_backbone_only_file_gives_a_fresh_head_and_the_student_as_teacher():
     assert_same(dino.teacher.module.state_dict(), dino.student.state_dict())
 
 
-def test_timm_model_imports_and_gives_timm_features_and_exports_back():
+def test_timm_model_imports_and_gives_timm_features_and_exports_back(tmp_path):
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, patch_size=P, img_size=IMG, depth=DEPTH,
                               num_classes=0).eval()
     mae = mae_objective(pos_embed="learned")
@@ -166,7 +185,24 @@ def test_timm_model_imports_and_gives_timm_features_and_exports_back():
     imgs = torch.randn(2, 3, IMG, IMG)
     with torch.no_grad():
         torch.testing.assert_close(mae.backbone.eval().forward_features(imgs), model.forward_features(imgs))
-    assert_same(to_timm(from_sslvit_checkpoint(mae.state_dict()).groups), model.state_dict())
+    export_main([str(fake_run(tmp_path / "run", mae, backbone_cfg(pos_embed="learned"))), "--to", "timm",
+                 str(tmp_path / "timm.safetensors")])
+    assert_same(load_file(str(tmp_path / "timm.safetensors")), model.state_dict())
+
+
+def test_dino_file_into_mae_takes_the_teacher_and_an_sslvit_hmlp_backbone_loads(tmp_path):
+    raw = official_dino(torch.Generator().manual_seed(8))
+    mae = mae_objective(pos_embed="learned")
+    lines = load_imported(mae, mae.init_targets(), import_layout(raw))
+    assert "backbone: the file's teacher (DINO's evaluated backbone), not its student" in lines
+    assert "in the file, not used by this run: dino_head, teacher_dino_head, dino_center." in lines
+    assert torch.equal(mae.backbone.cls_token, raw["teacher"]["backbone.cls_token"])
+    cfg = dataclasses.replace(backbone_cfg(), stem="hmlp")
+    export_backbone(build_backbone(cfg), cfg, tmp_path)
+    other = build_backbone(cfg)
+    lines = load_imported(other, {"backbone": other}, import_file(tmp_path))  # a run folder: its backbone
+    assert lines[0] == "sslvit backbone.safetensors (hMLP stem) found; loaded backbone."
+    assert_same(other.state_dict(), load_file(str(tmp_path / "backbone.safetensors")))
 
 
 def dinov2_table(patch: int, side: int, regs: int) -> dict:
@@ -239,7 +275,8 @@ def test_files_are_read_with_weights_only(tmp_path):
 
 
 def test_end_to_end_mae_init_from_an_official_file(tmp_path, fresh_accelerate, monkeypatch, capsys):
-    """pretrain/mae.py --init FILE (digits, 1 epoch): the weights the first step starts from are the file's."""
+    """pretrain/mae.py --init FILE (digits, 1 epoch): the weights the first step starts from are the file's;
+    at an lr too small to move an fp32 weight (1e-30), the run's checkpoint exported --to mae is the file again."""
     import sslvit.train.entry as entry
     from sslvit.recipes.mae import MAERunConfig
 
@@ -257,11 +294,12 @@ def test_end_to_end_mae_init_from_an_official_file(tmp_path, fresh_accelerate, m
     monkeypatch.setattr(entry, "pretrain", first_step_weights)
     argv = ["--init", str(path), "--model.stem", "linear", "--model.depth", str(DEPTH), "--mae.decoder_dim", str(DEC),
             "--mae.decoder_depth", str(DEC_DEPTH), "--mae.decoder_heads", "2", "--train.epochs", "1",
-            "--train.knn_every", "0", "--train.precision", "fp32", "--out", str(tmp_path / "run")]
+            "--train.knn_every", "0", "--train.precision", "fp32", "--train.lr", "1e-30", "--out", str(tmp_path / "run")]
     run = entry.run_pretraining(MAERunConfig, "mae", argv=argv)
     out = capsys.readouterr().out
     assert f"--init {path}: official MAE checkpoint (encoder and decoder) found; loaded backbone, mae_decoder." in out
     assert_same(to_mae(from_sslvit_checkpoint(started).groups)["model"], raw["model"])
-    assert (run / "backbone.safetensors").is_file()
+    export_main([str(run), "--to", "mae", str(tmp_path / "back.pth")])
+    assert_same(torch.load(tmp_path / "back.pth", weights_only=True)["model"], raw["model"])
     with pytest.raises(Exception, match="--init and --resume were both given"):
         entry.run_config(MAERunConfig, "mae", argv=[*argv, "--resume"])

@@ -37,7 +37,14 @@ GROUPS = ("backbone", "mae_decoder", "dino_head", "teacher_backbone", "teacher_d
 LOOKED_FOR = ("a timm ViT state dict (patch_embed.proj.weight, cls_token, blocks.0.*), an sslvit backbone.safetensors "
               "or run checkpoint, an official MAE checkpoint ({'model': ...} with patch_embed and optionally "
               "decoder_embed), an official DINO checkpoint ({'student': ..., 'teacher': ...}) or a DINOv2 backbone "
-              "(register_tokens or mask_token beside blocks.0.ls1.gamma)")
+              "(register_tokens or mask_token beside the ViT keys)")
+
+
+class WeightsError(ValueError):
+    """A weights file (``--init``, ``--weights``, export) that cannot be read or does not fit the run;
+    the message names the file or the keys, and the fix."""
+
+
 MAE_DECODER_KEYS = ("decoder_embed.", "mask_token", "decoder_pos_embed", "decoder_blocks.", "decoder_norm.",
                     "decoder_pred.")
 
@@ -66,10 +73,10 @@ def read_weights(path: str | Path) -> dict:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         why = str(e).split("\n\n")[-1].strip().splitlines()[0] if str(e) else "an object that is not a tensor"
-        raise ValueError(f"'{path}' holds more than weights and is not opened (weights_only=True refused it: {why}); "
+        raise WeightsError(f"'{path}' holds more than weights and is not opened (weights_only=True refused it: {why}); "
                          "save its state dict alone (torch.save(model.state_dict(), ...)) or as safetensors.") from None
     except (SafetensorError, RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f"'{path}' is neither a safetensors file nor a torch checkpoint that loads ({e}); "
+        raise WeightsError(f"'{path}' is neither a safetensors file nor a torch checkpoint that loads ({e}); "
                          "check that the download or copy is complete.") from None
 
 
@@ -94,7 +101,7 @@ def is_vit(state: dict) -> bool:
 def import_layout(raw: dict, source: str = "the file") -> Imported:
     """Tell the layout of ``raw`` (what ``read_weights`` returned) from its keys and convert it."""
     if not isinstance(raw, dict):
-        raise ValueError(f"{source} holds a {type(raw).__name__}, not a dict of weights; it matches none of the "
+        raise WeightsError(f"{source} holds a {type(raw).__name__}, not a dict of weights; it matches none of the "
                          f"layouts sslvit reads: {LOOKED_FOR}.")
     if isinstance(raw.get("student"), dict) and isinstance(raw.get("teacher"), dict):
         return from_official_dino(raw)
@@ -114,7 +121,7 @@ def import_layout(raw: dict, source: str = "the file") -> Imported:
                             {"backbone": {k: v for k, v in state.items() if k not in classifier}},
                             unused=[f"{k} (a classifier)" for k in classifier])
     top = ", ".join(sorted(map(str, raw))[:6])
-    raise ValueError(f"{source} matches none of the layouts sslvit reads (its top-level keys: {top}); looked for "
+    raise WeightsError(f"{source} matches none of the layouts sslvit reads (its top-level keys: {top}); looked for "
                      f"{LOOKED_FOR}.")
 
 
@@ -192,7 +199,7 @@ def from_official_dino(raw: dict) -> Imported:
         part = _drop_prefix(raw[name], "module.")
         backbone, head = _take(part, "backbone."), _take(part, "head.")
         if not is_vit(backbone):
-            raise ValueError(f"the DINO checkpoint's '{name}' has no ViT backbone (no backbone.cls_token / "
+            raise WeightsError(f"the DINO checkpoint's '{name}' has no ViT backbone (no backbone.cls_token / "
                              "backbone.patch_embed.proj.*); it matches none of the layouts sslvit reads.")
         groups[f"{prefix}backbone"] = backbone
         if head:
@@ -243,7 +250,7 @@ def to_mae(groups: dict) -> dict:
     if decoder:
         p, c = _stem_geometry(model) if "patch_embed.proj.weight" in model else (None, None)
         if p is None:
-            raise ValueError("an hMLP-stem backbone has no official MAE layout (MAE's stem is linear); export it "
+            raise WeightsError("an hMLP-stem backbone has no official MAE layout (MAE's stem is linear); export it "
                              "--to timm and load it with sslvit's HMLPStem as timm's embed_layer.")
         for k in ("decoder_pred.weight", "decoder_pred.bias"):
             decoder[k] = decoder_pred_to_official(decoder[k], p, c)

@@ -1,17 +1,30 @@
-"""The exported backbone: ``backbone.safetensors`` (timm parameter names) + ``backbone.json``."""
+"""The exported backbone: ``backbone.safetensors`` (timm parameter names) + ``backbone.json``;
+and, as a command, a run in the layout timm or the official code reads:
+
+    python -m sslvit.models.export RUN --to timm OUT.safetensors   # the run's backbone, timm names
+    python -m sslvit.models.export RUN --to mae OUT.pth            # {'model': encoder + decoder}, main_pretrain.py's
+    python -m sslvit.models.export RUN --to dino OUT.pth           # {'student', 'teacher', 'dino_loss'}, main_dino.py's
+"""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 
 import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+import torch
+
+from sslvit.models.checkpoint_layouts import (WeightsError, from_sslvit_checkpoint, newest_checkpoint_weights, to_dino,
+                                              to_mae, to_timm)
+from sslvit.models.init_from import backbone_shape
 from sslvit.models.vit import BackboneConfig, SSLViT, build_backbone, timm_spec
-from sslvit.files import save_safetensors_atomic, write_json_atomic
+from sslvit.files import atomic_path, save_safetensors_atomic, write_json_atomic
 
 WEIGHTS = "backbone.safetensors"
 SPEC = "backbone.json"
@@ -122,3 +135,64 @@ def run_data_of(weights: Path) -> str:
     if cfg_file.is_file():
         return yaml.safe_load(cfg_file.read_text()).get("data", "digits")
     return "digits"
+
+
+OFFICIAL_VIT = {"model.stem": "linear", "model.reg_tokens": 0, "model.init_values": "null", "model.parallel": 1}
+
+
+def run_groups(run: str | Path, to: str) -> dict:
+    """The run's weights as ``checkpoint_layouts`` groups: its newest checkpoint (the whole
+    objective: MAE's decoder, DINO's student, teacher, heads and center) when it has one; the
+    exported backbone alone otherwise. ``timm`` takes the exported backbone (DINO's teacher)."""
+    weights = resolve_backbone_path(run)
+    ckpt = newest_checkpoint_weights(weights.parent)
+    backbone = {"backbone": load_file(str(weights))}
+    if to == "timm" or ckpt is None:
+        return backbone
+    groups = from_sslvit_checkpoint(load_file(str(ckpt))).groups
+    return groups if "backbone" in groups else {**backbone, **groups}
+
+
+def check_official_vit(backbone: dict, to: str) -> None:
+    """The official MAE and DINO code builds a plain ViT: linear stem, no registers, LayerScale or parallel blocks."""
+    shape = backbone_shape(backbone)
+    off = [f"{k} {shape[k]}" for k, v in OFFICIAL_VIT.items() if shape[k] != v]
+    if off:
+        raise WeightsError(f"This backbone ({', '.join(off)}) has no official {to.upper()} layout: the official code "
+                         "builds a plain ViT with a linear stem; export it --to timm (timm builds it from backbone.json).")
+
+
+def export_run(run: str | Path, to: str, out: str | Path) -> list[str]:
+    """Write the run's weights in ``to``'s layout at ``out`` (whole or not at all); -> lines to print."""
+    groups, out = run_groups(run, to), Path(out).expanduser()
+    if to == "timm":
+        save_safetensors_atomic(to_timm(groups), out, metadata={"format": "pt", "producer": "sslvit"})
+        spec = json.loads((resolve_backbone_path(run).parent / SPEC).read_text())["timm"]
+        return [f"Wrote {out} (timm ViT state dict, {len(groups['backbone'])} tensors); timm.create_model(**{spec}) "
+                "loads it with strict=True (embed_layer / block_fn named as in backbone.json)."]
+    check_official_vit(groups["backbone"], to)
+    obj = to_mae(groups) if to == "mae" else to_dino(groups)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        torch.save(obj, tmp)  # the official scripts read torch pickles; tensors only, so weights_only=True opens it
+    parts = ", ".join(f"{k} ({len(v)} tensors)" for k, v in obj.items())
+    reader = {"mae": "main_finetune.py --finetune", "dino": "eval_knn.py / eval_linear.py --pretrained_weights"}[to]
+    return [f"Wrote {out} (official {to.upper()} layout: {parts}); the official {reader} reads it."]
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m sslvit.models.export", description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", help="a run directory (or its backbone.safetensors)")
+    ap.add_argument("--to", required=True, choices=("timm", "mae", "dino"), help="the layout to write")
+    ap.add_argument("out", help="the file to write")
+    args = ap.parse_args(argv)
+    try:
+        lines = export_run(args.run, args.to, args.out)
+    except (ValueError, OSError) as e:  # FileNotFoundError and PermissionError among them
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
