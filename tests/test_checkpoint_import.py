@@ -303,3 +303,25 @@ def test_end_to_end_mae_init_from_an_official_file(tmp_path, fresh_accelerate, m
     assert_same(torch.load(tmp_path / "back.pth", weights_only=True)["model"], raw["model"])
     with pytest.raises(Exception, match="--init and --resume were both given"):
         entry.run_config(MAERunConfig, "mae", argv=[*argv, "--resume"])
+
+
+def test_probe_takes_an_external_file_with_weights(tmp_path, image_folder, fresh_accelerate, capsys):
+    """probes/knn.py --weights FILE: an official DINO checkpoint's teacher is imported and probed."""
+    from sslvit.eval.cli import main
+    from sslvit.eval.knn_probe import KNNProbeConfig, format_table, run_knn_probe
+    from sslvit.models.export import load_backbone
+
+    raw = official_dino(torch.Generator().manual_seed(9))
+    path = tmp_path / "dino_official.pth"
+    torch.save(raw, path)
+    main(KNNProbeConfig, run_knn_probe, format_table,
+         argv=["--weights", str(path), "--baselines", "false", "--data", str(image_folder)])
+    out = capsys.readouterr().out
+    assert f"--weights {path}: official DINO checkpoint (student, teacher, heads, center) found" in out
+    backbone, cfg = load_backbone(tmp_path / "dino_official_sslvit")
+    assert (cfg.size, cfg.depth, cfg.patch_size, cfg.img_size, cfg.stem) == ("tiny", DEPTH, P, IMG, "linear")
+    assert torch.equal(backbone.blocks[1].mlp.fc2.weight, raw["teacher"]["backbone.blocks.1.mlp.fc2.weight"])
+    assert (tmp_path / "dino_official_sslvit" / "knn.json").is_file()
+    with pytest.raises(SystemExit):
+        main(KNNProbeConfig, run_knn_probe, format_table, argv=["--weights", str(path), "--ckpt", "runs/x"])
+    assert "--weights and --ckpt were both given" in capsys.readouterr().err

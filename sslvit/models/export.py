@@ -14,15 +14,14 @@ import os
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-import torch
-
-from sslvit.models.checkpoint_layouts import (WeightsError, from_sslvit_checkpoint, newest_checkpoint_weights, to_dino,
-                                              to_mae, to_timm)
-from sslvit.models.init_from import backbone_shape
+from sslvit.models.checkpoint_layouts import (Imported, WeightsError, from_sslvit_checkpoint, import_file,
+                                              newest_checkpoint_weights, to_dino, to_mae, to_timm)
+from sslvit.models.init_from import backbone_config_of, backbone_shape, load_imported
 from sslvit.models.vit import BackboneConfig, SSLViT, build_backbone, timm_spec
 from sslvit.files import atomic_path, save_safetensors_atomic, write_json_atomic
 
@@ -167,9 +166,9 @@ def export_run(run: str | Path, to: str, out: str | Path) -> list[str]:
     groups, out = run_groups(run, to), Path(out).expanduser()
     if to == "timm":
         save_safetensors_atomic(to_timm(groups), out, metadata={"format": "pt", "producer": "sslvit"})
-        spec = json.loads((resolve_backbone_path(run).parent / SPEC).read_text())["timm"]
-        return [f"Wrote {out} (timm ViT state dict, {len(groups['backbone'])} tensors); timm.create_model(**{spec}) "
-                "loads it with strict=True (embed_layer / block_fn named as in backbone.json)."]
+        spec = resolve_backbone_path(run).parent / SPEC
+        return [f"Wrote {out} (timm ViT state dict, {len(groups['backbone'])} tensors); it loads with strict=True into "
+                f"timm.create_model(**spec), spec being the 'timm' entry of {spec}."]
     check_official_vit(groups["backbone"], to)
     obj = to_mae(groups) if to == "mae" else to_dino(groups)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -178,6 +177,29 @@ def export_run(run: str | Path, to: str, out: str | Path) -> list[str]:
     parts = ", ".join(f"{k} ({len(v)} tensors)" for k, v in obj.items())
     reader = {"mae": "main_finetune.py --finetune", "dino": "eval_knn.py / eval_linear.py --pretrained_weights"}[to]
     return [f"Wrote {out} (official {to.upper()} layout: {parts}); the official {reader} reads it."]
+
+
+def import_backbone(path, out_dir) -> list[str]:
+    """A weights file's backbone (any layout ``--init`` reads; DINO's teacher) as an sslvit backbone
+    in ``out_dir`` (``backbone.safetensors`` + ``backbone.json``, at the file's own image size),
+    so every probe reads it as a run's; -> the lines saying what was found."""
+    imported = import_file(path)
+    if "backbone" not in imported.groups:
+        raise WeightsError(f"'{path}' ({imported.layout}) holds no backbone; pass a file with one.")
+    groups = imported.groups
+    state = groups.get("teacher_backbone", groups["backbone"])  # DINO evaluates its teacher
+    cfg = backbone_config_of(state)
+    model = build_backbone(cfg)
+    lines = load_imported(model, {"backbone": model}, Imported(imported.layout, {"backbone": state}, imported.unused))
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        export_backbone(model, cfg, out_dir)
+    except OSError as e:
+        raise WeightsError(f"The imported backbone cannot be written to '{out_dir}' ({e.strerror or e}); copy the "
+                           "weights file into a folder you can write to.") from None
+    what = "the teacher's backbone" if "teacher_backbone" in groups else "its backbone"
+    return lines + [f"{what} imported as {out_dir}/ (ViT-{cfg.size[0].upper()}/{cfg.patch_size}, depth {cfg.depth}, "
+                    f"{cfg.img_size} px); the probe's results go there too."]
 
 
 def main(argv=None) -> None:

@@ -166,3 +166,4 @@ def fresh_entries(root: nn.Module, loaded) -> list[str]:
         if prefix not in out:
             out.append(prefix)
     return out
+
