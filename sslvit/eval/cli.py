@@ -8,6 +8,7 @@ from pathlib import Path
 from accelerate import PartialState
 
 from sslvit.config import ConfigError, build_config
+from sslvit.models.checkpoint_layouts import WeightsError
 from sslvit.models.export import import_backbone
 from sslvit.runtime.errors import USER_ERRORS
 
@@ -38,7 +39,10 @@ def weights_as_ckpt(argv: list[str]) -> list[str]:
     state = PartialState()
     with state.main_process_first():  # one process writes the folder; the others read it after
         if state.is_main_process:
-            lines = import_backbone(file, out)
+            try:
+                lines = import_backbone(file, out)
+            except WeightsError as e:
+                raise WeightsError(f"--weights {weights}: {e}") from None
             print("\n".join([f"--weights {weights}: {lines[0]}", *(f"  {line}" for line in lines[1:])]))
     return [*args, "--ckpt", str(out)]
 

@@ -199,7 +199,7 @@ def from_official_dino(raw: dict) -> Imported:
         part = _drop_prefix(raw[name], "module.")
         backbone, head = _take(part, "backbone."), _take(part, "head.")
         if not is_vit(backbone):
-            raise WeightsError(f"the DINO checkpoint's '{name}' has no ViT backbone (no backbone.cls_token / "
+            raise WeightsError(f"The DINO checkpoint's '{name}' has no ViT backbone (no backbone.cls_token / "
                              "backbone.patch_embed.proj.*); it matches none of the layouts sslvit reads.")
         groups[f"{prefix}backbone"] = backbone
         if head:

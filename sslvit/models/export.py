@@ -203,12 +203,17 @@ def import_backbone(path, out_dir) -> list[str]:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m sslvit.models.export", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m sslvit.models.export",
+                                 description="Write a run's weights in the layout timm or the official MAE / DINO "
+                                             "code reads (see the README's 'Start from existing weights').")
     ap.add_argument("run", help="a run directory (or its backbone.safetensors)")
     ap.add_argument("--to", required=True, choices=("timm", "mae", "dino"), help="the layout to write")
     ap.add_argument("out", help="the file to write")
     args = ap.parse_args(argv)
     try:
+        if not Path(args.run).expanduser().exists():
+            raise FileNotFoundError(f"No run at '{args.run}'; pass a run directory (it holds backbone.safetensors once "
+                                    "the run has ended) or its backbone.safetensors.")
         lines = export_run(args.run, args.to, args.out)
     except (ValueError, OSError) as e:  # FileNotFoundError and PermissionError among them
         print(f"error: {e}", file=sys.stderr)

@@ -42,7 +42,7 @@ def backbone_config_of(state: dict, img_size: int | None = None) -> BackboneConf
     file's own grid unless ``img_size`` is given: the table is then resampled on load)."""
     shape = backbone_shape(state)
     if shape["model.size"] not in VIT_SIZES:
-        raise WeightsError(f"the file's backbone has width {state['cls_token'].shape[-1]}, which is none of sslvit's "
+        raise WeightsError(f"The file's backbone has width {state['cls_token'].shape[-1]}, which is none of sslvit's "
                          f"sizes ({', '.join(f'{n} {w}' for n, (w, _, _) in VIT_SIZES.items())}).")
     prefix = 1 + shape["model.reg_tokens"]
     rows = state["pos_embed"].shape[1]
@@ -57,14 +57,14 @@ def check_backbone(file_state: dict, run_state: dict, group: str = "backbone") -
     """One sentence naming the ``model.*`` keys to pass when the file's ViT is another architecture."""
     want, have = backbone_shape(file_state), backbone_shape(run_state)
     if want["model.stem"] == "linear" and have["model.stem"] == "hmlp":
-        raise WeightsError(f"--init: {LINEAR_INTO_HMLP}.")
+        raise WeightsError(f"{LINEAR_INTO_HMLP[0].upper()}{LINEAR_INTO_HMLP[1:]}.")
     diffs = [k for k in want if want[k] != have[k]]
     if not diffs:
         return
     fix = {"model.init_values": lambda v: "1.0e-5 (the file's LayerScale gammas replace it)" if v == "set" else "null"}
     told = "; ".join(f"{k} {want[k]} in the file, {have[k]} in this run" for k in diffs)
     passes = " ".join(f"--{k} {fix.get(k, str)(want[k])}" for k in diffs)
-    raise WeightsError(f"--init: the file's {group} is another architecture than this run's ({told}); pass {passes}.")
+    raise WeightsError(f"The file's {group} is another architecture than this run's ({told}); pass {passes}.")
 
 
 def fit_pos_table(table: torch.Tensor, prefix: int, rows: int) -> tuple[torch.Tensor, str | None]:
@@ -76,7 +76,7 @@ def fit_pos_table(table: torch.Tensor, prefix: int, rows: int) -> tuple[torch.Te
     n, want = table.shape[1], math.isqrt(rows - prefix)
     have = next((p for p in (prefix, 1, 0) if n > p and math.isqrt(n - p) ** 2 == n - p), None)
     if have is None or want ** 2 != rows - prefix:
-        raise WeightsError(f"--init: a position table of {n} rows is no square grid after {prefix} prefix rows; the "
+        raise WeightsError(f"A position table of {n} rows is no square grid after {prefix} prefix rows; the "
                          "file's backbone cannot map onto this run's.")
     head = torch.cat([table[:, :have], table.new_zeros(1, prefix - have, table.shape[-1])], 1) if have <= prefix \
         else table[:, :prefix]
@@ -100,7 +100,7 @@ def check_fits(group: str, state: dict, own: dict) -> None:
     hint = {"mae_decoder": "mae.decoder_dim, mae.decoder_depth and mae.decoder_heads",
             "dino_head": "dino.out_dim, dino.hidden_dim, dino.bottleneck_dim, dino.head_layers and dino.use_bn_in_head",
             }.get(group.removeprefix("teacher_"), "the model.* keys")
-    raise WeightsError(f"--init: the file's {group} does not fit this run's ({len(wrong)} shapes differ, {len(missing)} "
+    raise WeightsError(f"The file's {group} does not fit this run's ({len(wrong)} shapes differ, {len(missing)} "
                      f"missing, {len(extra)} extra; e.g. {what}); set {hint} to the file's.")
 
 

@@ -19,7 +19,7 @@ from sslvit.data.dataset import build_dataset, first_items
 from sslvit.data.folder import DataError
 from sslvit.data.shard_reader import build_shard_dataset, is_shard_spec
 from sslvit.data.transforms import eval_transform
-from sslvit.models.checkpoint_layouts import import_file
+from sslvit.models.checkpoint_layouts import WeightsError, import_file
 from sslvit.models.init_from import load_imported
 from sslvit.train.checkpoint import latest_checkpoint
 from sslvit.runtime.errors import USER_ERRORS, TrainingDiverged
@@ -91,7 +91,10 @@ def init_weights(cfg, objective) -> None:
     path = getattr(cfg, "init", None)
     if not path or (cfg.resume and latest_checkpoint(Path(cfg.out).expanduser()) is not None):
         return
-    lines = load_imported(objective, objective.init_targets(), import_file(path))
+    try:
+        lines = load_imported(objective, objective.init_targets(), import_file(path))
+    except WeightsError as e:
+        raise WeightsError(f"--init {path}: {e}") from None
     state = PartialState()
     for i, line in enumerate(lines):
         state.print(f"--init {path}: {line}" if i == 0 else f"  {line}")
