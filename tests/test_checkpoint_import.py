@@ -190,6 +190,27 @@ def test_timm_model_imports_and_gives_timm_features_and_exports_back(tmp_path):
     assert_same(load_file(str(tmp_path / "timm.safetensors")), model.state_dict())
 
 
+def test_timm_dinov2_model_without_prefix_position_rows_gives_timm_features():
+    """timm's DINOv2 models (no_embed_class: pos_embed has no cls / register rows) load with zero prefix rows."""
+    model = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, img_size=28, depth=1,
+                              num_classes=0).eval()
+    ours = build_backbone(BackboneConfig(size="small", depth=1, patch_size=14, img_size=28, stem="linear",
+                                         pos_embed="learned", reg_tokens=4, init_values=1e-5)).eval()
+    load_imported(ours, {"backbone": ours}, import_layout(model.state_dict()))
+    imgs = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.forward_features(imgs), model.forward_features(imgs))
+
+
+def test_init_from_an_sslvit_run_keeps_the_whole_objective(tmp_path):
+    source = mae_objective()
+    run = fake_run(tmp_path / "run", source, backbone_cfg())
+    again = mae_objective()
+    lines = load_imported(again, again.init_targets(), import_file(run))
+    assert lines[0] == "sslvit run checkpoint (backbone, mae_decoder) found; loaded backbone, mae_decoder."
+    assert_same(again.state_dict(), source.state_dict())
+
+
 def test_dino_file_into_mae_takes_the_teacher_and_an_sslvit_hmlp_backbone_loads(tmp_path):
     raw = official_dino(torch.Generator().manual_seed(8))
     mae = mae_objective(pos_embed="learned")
