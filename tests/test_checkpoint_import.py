@@ -315,7 +315,8 @@ def test_end_to_end_mae_init_from_an_official_file(tmp_path, fresh_accelerate, m
     monkeypatch.setattr(entry, "pretrain", first_step_weights)
     argv = ["--init", str(path), "--model.stem", "linear", "--model.depth", str(DEPTH), "--mae.decoder_dim", str(DEC),
             "--mae.decoder_depth", str(DEC_DEPTH), "--mae.decoder_heads", "2", "--train.epochs", "1",
-            "--train.knn_every", "0", "--train.precision", "fp32", "--train.lr", "1e-30", "--out", str(tmp_path / "run")]
+            "--train.knn_every", "0", "--train.precision", "fp32", "--train.lr", "1e-30",
+            "--out", str(tmp_path / "run")]
     run = entry.run_pretraining(MAERunConfig, "mae", argv=argv)
     out = capsys.readouterr().out
     assert f"--init {path}: official MAE checkpoint (encoder and decoder) found; loaded backbone, mae_decoder." in out

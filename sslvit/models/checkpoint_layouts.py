@@ -74,10 +74,11 @@ def read_weights(path: str | Path) -> dict:
     except pickle.UnpicklingError as e:
         why = str(e).split("\n\n")[-1].strip().splitlines()[0] if str(e) else "an object that is not a tensor"
         raise WeightsError(f"'{path}' holds more than weights and is not opened (weights_only=True refused it: {why}); "
-                         "save its state dict alone (torch.save(model.state_dict(), ...)) or as safetensors.") from None
+                           "save its state dict alone (torch.save(model.state_dict(), ...)) or as safetensors."
+                           ) from None
     except (SafetensorError, RuntimeError, EOFError, OSError) as e:
         raise WeightsError(f"'{path}' is neither a safetensors file nor a torch checkpoint that loads ({e}); "
-                         "check that the download or copy is complete.") from None
+                           "check that the download or copy is complete.") from None
 
 
 def _take(state: dict, prefix: str) -> dict:
@@ -102,7 +103,7 @@ def import_layout(raw: dict, source: str = "the file") -> Imported:
     """Tell the layout of ``raw`` (what ``read_weights`` returned) from its keys and convert it."""
     if not isinstance(raw, dict):
         raise WeightsError(f"{source} holds a {type(raw).__name__}, not a dict of weights; it matches none of the "
-                         f"layouts sslvit reads: {LOOKED_FOR}.")
+                           f"layouts sslvit reads: {LOOKED_FOR}.")
     if isinstance(raw.get("student"), dict) and isinstance(raw.get("teacher"), dict):
         return from_official_dino(raw)
     if isinstance(raw.get("model"), dict) and is_vit(_drop_prefix(raw["model"], "module.")):
@@ -122,7 +123,7 @@ def import_layout(raw: dict, source: str = "the file") -> Imported:
                             unused=[f"{k} (a classifier)" for k in classifier])
     top = ", ".join(sorted(map(str, raw))[:6])
     raise WeightsError(f"{source} matches none of the layouts sslvit reads (its top-level keys: {top}); looked for "
-                     f"{LOOKED_FOR}.")
+                       f"{LOOKED_FOR}.")
 
 
 def from_dinov2(state: dict) -> Imported:
@@ -200,7 +201,7 @@ def from_official_dino(raw: dict) -> Imported:
         backbone, head = _take(part, "backbone."), _take(part, "head.")
         if not is_vit(backbone):
             raise WeightsError(f"The DINO checkpoint's '{name}' has no ViT backbone (no backbone.cls_token / "
-                             "backbone.patch_embed.proj.*); it matches none of the layouts sslvit reads.")
+                               "backbone.patch_embed.proj.*); it matches none of the layouts sslvit reads.")
         groups[f"{prefix}backbone"] = backbone
         if head:
             groups[f"{prefix}dino_head"] = head_from_official(head)
@@ -251,7 +252,7 @@ def to_mae(groups: dict) -> dict:
         p, c = _stem_geometry(model) if "patch_embed.proj.weight" in model else (None, None)
         if p is None:
             raise WeightsError("an hMLP-stem backbone has no official MAE layout (MAE's stem is linear); export it "
-                             "--to timm and load it with sslvit's HMLPStem as timm's embed_layer.")
+                               "--to timm and load it with sslvit's HMLPStem as timm's embed_layer.")
         for k in ("decoder_pred.weight", "decoder_pred.bias"):
             decoder[k] = decoder_pred_to_official(decoder[k], p, c)
     return {"model": {**model, **decoder}}

@@ -157,8 +157,9 @@ def check_official_vit(backbone: dict, to: str) -> None:
     shape = backbone_shape(backbone)
     off = [f"{k} {shape[k]}" for k, v in OFFICIAL_VIT.items() if shape[k] != v]
     if off:
-        raise WeightsError(f"This backbone ({', '.join(off)}) has no official {to.upper()} layout: the official code "
-                         "builds a plain ViT with a linear stem; export it --to timm (timm builds it from backbone.json).")
+        raise WeightsError(f"This backbone ({', '.join(off)}) has no official {to.upper()} layout: the official "
+                           "code builds a plain ViT with a linear stem; export it --to timm (timm builds it from "
+                           "backbone.json).")
 
 
 def export_run(run: str | Path, to: str, out: str | Path) -> list[str]:

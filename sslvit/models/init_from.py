@@ -43,7 +43,7 @@ def backbone_config_of(state: dict, img_size: int | None = None) -> BackboneConf
     shape = backbone_shape(state)
     if shape["model.size"] not in VIT_SIZES:
         raise WeightsError(f"The file's backbone has width {state['cls_token'].shape[-1]}, which is none of sslvit's "
-                         f"sizes ({', '.join(f'{n} {w}' for n, (w, _, _) in VIT_SIZES.items())}).")
+                           f"sizes ({', '.join(f'{n} {w}' for n, (w, _, _) in VIT_SIZES.items())}).")
     prefix = 1 + shape["model.reg_tokens"]
     rows = state["pos_embed"].shape[1]
     side = next((math.isqrt(rows - p) for p in (prefix, 1, 0) if rows > p and math.isqrt(rows - p) ** 2 == rows - p), 1)
@@ -77,7 +77,7 @@ def fit_pos_table(table: torch.Tensor, prefix: int, rows: int) -> tuple[torch.Te
     have = next((p for p in (prefix, 1, 0) if n > p and math.isqrt(n - p) ** 2 == n - p), None)
     if have is None or want ** 2 != rows - prefix:
         raise WeightsError(f"A position table of {n} rows is no square grid after {prefix} prefix rows; the "
-                         "file's backbone cannot map onto this run's.")
+                           "file's backbone cannot map onto this run's.")
     head = torch.cat([table[:, :have], table.new_zeros(1, prefix - have, table.shape[-1])], 1) if have <= prefix \
         else table[:, :prefix]
     patches, side = table[:, have:], math.isqrt(n - have)
@@ -101,7 +101,7 @@ def check_fits(group: str, state: dict, own: dict) -> None:
             "dino_head": "dino.out_dim, dino.hidden_dim, dino.bottleneck_dim, dino.head_layers and dino.use_bn_in_head",
             }.get(group.removeprefix("teacher_"), "the model.* keys")
     raise WeightsError(f"The file's {group} does not fit this run's ({len(wrong)} shapes differ, {len(missing)} "
-                     f"missing, {len(extra)} extra; e.g. {what}); set {hint} to the file's.")
+                       f"missing, {len(extra)} extra; e.g. {what}); set {hint} to the file's.")
 
 
 def fit_group(group: str, state: dict, module: nn.Module) -> tuple[dict, list[str]]:
