@@ -33,7 +33,6 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-GROUPS = ("backbone", "mae_decoder", "dino_head", "teacher_backbone", "teacher_dino_head", "dino_center")
 LOOKED_FOR = ("a timm ViT state dict (patch_embed.proj.weight, cls_token, blocks.0.*), an sslvit backbone.safetensors "
               "or run checkpoint, an official MAE checkpoint ({'model': ...} with patch_embed and optionally "
               "decoder_embed), an official DINO checkpoint ({'student': ..., 'teacher': ...}) or a DINOv2 backbone "

@@ -18,7 +18,7 @@ from timm.layers import resample_abs_pos_embed
 from sslvit.models.checkpoint_layouts import Imported, WeightsError
 from sslvit.models.vit import VIT_SIZES, BackboneConfig
 
-LINEAR_INTO_HMLP = ("the file's patch stem is linear (patch_embed.proj.weight, one projection) and this run's "
+LINEAR_INTO_HMLP = ("The file's patch stem is linear (patch_embed.proj.weight, one projection) and this run's "
                     "model.stem is hmlp, a stack of three convolutions that cannot take it; pass --model.stem linear")
 
 
@@ -37,19 +37,27 @@ def backbone_shape(state: dict) -> dict:
             "model.init_values": "set" if any(re.search(r"\.ls\d?\.gamma$", k) for k in state) else "null"}
 
 
-def backbone_config_of(state: dict, img_size: int | None = None) -> BackboneConfig:
-    """The ``BackboneConfig`` that builds the backbone of ``state`` (learned positions at the
-    file's own grid unless ``img_size`` is given: the table is then resampled on load)."""
+def table_grid(rows: int, prefix: int) -> tuple[int, int] | None:
+    """(prefix rows it has, grid side) of a square position table of ``rows`` rows for ``prefix``
+    prefix tokens: all prefix rows, cls only (DINOv2's registers carry none) or none (timm's
+    ``no_embed_class``); None when none of these leaves a square grid."""
+    for have in (prefix, 1, 0):
+        if rows > have and math.isqrt(rows - have) ** 2 == rows - have:
+            return have, math.isqrt(rows - have)
+    return None
+
+
+def backbone_config_of(state: dict) -> BackboneConfig:
+    """The ``BackboneConfig`` that builds the backbone of ``state``: learned positions at the
+    file's own grid (heads: the size's)."""
     shape = backbone_shape(state)
     if shape["model.size"] not in VIT_SIZES:
         raise WeightsError(f"The file's backbone has width {state['cls_token'].shape[-1]}, which is none of sslvit's "
                            f"sizes ({', '.join(f'{n} {w}' for n, (w, _, _) in VIT_SIZES.items())}).")
-    prefix = 1 + shape["model.reg_tokens"]
-    rows = state["pos_embed"].shape[1]
-    side = next((math.isqrt(rows - p) for p in (prefix, 1, 0) if rows > p and math.isqrt(rows - p) ** 2 == rows - p), 1)
+    _, side = table_grid(state["pos_embed"].shape[1], 1 + shape["model.reg_tokens"]) or (0, 1)
     return BackboneConfig(size=shape["model.size"], depth=shape["model.depth"], parallel=shape["model.parallel"],
                           patch_size=shape["model.patch_size"], stem=shape["model.stem"], pos_embed="learned",
-                          img_size=img_size or side * shape["model.patch_size"], reg_tokens=shape["model.reg_tokens"],
+                          img_size=side * shape["model.patch_size"], reg_tokens=shape["model.reg_tokens"],
                           init_values=1.0e-5 if shape["model.init_values"] == "set" else None)
 
 
@@ -57,7 +65,7 @@ def check_backbone(file_state: dict, run_state: dict, group: str = "backbone") -
     """One sentence naming the ``model.*`` keys to pass when the file's ViT is another architecture."""
     want, have = backbone_shape(file_state), backbone_shape(run_state)
     if want["model.stem"] == "linear" and have["model.stem"] == "hmlp":
-        raise WeightsError(f"{LINEAR_INTO_HMLP[0].upper()}{LINEAR_INTO_HMLP[1:]}.")
+        raise WeightsError(f"{LINEAR_INTO_HMLP}.")
     diffs = [k for k in want if want[k] != have[k]]
     if not diffs:
         return
@@ -68,19 +76,18 @@ def check_backbone(file_state: dict, run_state: dict, group: str = "backbone") -
 
 
 def fit_pos_table(table: torch.Tensor, prefix: int, rows: int) -> tuple[torch.Tensor, str | None]:
-    """A position table (1, R, D) -> (1, rows, D) with ``prefix`` leading rows (cls, registers):
-    a file's table may have all prefix rows, cls only (DINOv2's registers carry none) or none
-    (timm's ``no_embed_class``); missing prefix rows are zeros (no position = adding zero). The
-    patch part is resampled (bicubic, timm's ``resample_abs_pos_embed``) when the grids differ.
+    """A position table (1, R, D) -> (1, rows, D) with ``prefix`` leading rows (cls, registers);
+    prefix rows the file lacks (``table_grid``) are zeros (no position = adding zero). The patch
+    part is resampled (bicubic, timm's ``resample_abs_pos_embed``) when the grids differ.
     Returns the table and a note when it was resampled."""
     n, want = table.shape[1], math.isqrt(rows - prefix)
-    have = next((p for p in (prefix, 1, 0) if n > p and math.isqrt(n - p) ** 2 == n - p), None)
-    if have is None or want ** 2 != rows - prefix:
+    found = table_grid(n, prefix)
+    if found is None or want ** 2 != rows - prefix:
         raise WeightsError(f"A position table of {n} rows is no square grid after {prefix} prefix rows; the "
                            "file's backbone cannot map onto this run's.")
-    head = torch.cat([table[:, :have], table.new_zeros(1, prefix - have, table.shape[-1])], 1) if have <= prefix \
-        else table[:, :prefix]
-    patches, side = table[:, have:], math.isqrt(n - have)
+    have, side = found
+    head = torch.cat([table[:, :have], table.new_zeros(1, prefix - have, table.shape[-1])], 1)
+    patches = table[:, have:]
     note = None
     if side != want:
         patches = resample_abs_pos_embed(patches.float(), new_size=[want, want], old_size=[side, side],
