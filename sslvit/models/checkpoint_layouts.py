@@ -71,8 +71,9 @@ def read_weights(path: str | Path) -> dict:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        why = str(e).split("\n\n")[-1].strip().splitlines()[0] if str(e) else "an object that is not a tensor"
-        raise WeightsError(f"'{path}' holds more than weights and is not opened (weights_only=True refused it: {why}); "
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))  # torch names the class it refused
+        why = f"a {found.group(1)}" if found else "an object that is not a tensor"
+        raise WeightsError(f"'{path}' holds more than weights and is not opened (weights_only=True refused {why}); "
                            "save its state dict alone (torch.save(model.state_dict(), ...)) or as safetensors."
                            ) from None
     except (SafetensorError, RuntimeError, EOFError, OSError) as e:

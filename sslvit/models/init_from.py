@@ -104,11 +104,30 @@ def check_fits(group: str, state: dict, own: dict) -> None:
         return
     what = (f"{wrong[0]} is {tuple(state[wrong[0]].shape)} in the file, {tuple(own[wrong[0]].shape)} in this run"
             if wrong else f"{(missing or extra)[0]} is {'missing from' if missing else 'extra in'} the file")
-    hint = {"mae_decoder": "mae.decoder_dim, mae.decoder_depth and mae.decoder_heads",
-            "dino_head": "dino.out_dim, dino.hidden_dim, dino.bottleneck_dim, dino.head_layers and dino.use_bn_in_head",
-            }.get(group.removeprefix("teacher_"), "the model.* keys")
+    shape = {"mae_decoder": decoder_shape, "dino_head": head_shape}.get(group.removeprefix("teacher_"))
+    want, have = (shape(state), shape(own)) if shape else ({}, {})
+    passes = " ".join(f"--{k} {v}" for k, v in want.items() if have.get(k) != v)
+    fix = f"pass {passes}" if passes else "the file's shapes are none this run's keys build"
     raise WeightsError(f"The file's {group} does not fit this run's ({len(wrong)} shapes differ, {len(missing)} "
-                       f"missing, {len(extra)} extra; e.g. {what}); set {hint} to the file's.")
+                       f"missing, {len(extra)} extra; e.g. {what}); {fix}.")
+
+
+def decoder_shape(state: dict) -> dict:
+    """MAE decoder's ``mae.*`` keys as its state shows them (heads cannot be read from weights)."""
+    blocks = {m.group(1) for k in state if (m := re.match(r"decoder_blocks\.(\d+)\.", k))}
+    return {"mae.decoder_dim": state["decoder_embed.weight"].shape[0], "mae.decoder_depth": len(blocks)}
+
+
+def head_shape(state: dict) -> dict:
+    """DINO head's ``dino.*`` keys as its state (sslvit names) shows them."""
+    linears = sorted(int(m.group(1)) for k, v in state.items() if (m := re.match(r"mlp\.(\d+)\.weight$", k))
+                     and v.dim() == 2)
+    v = state["last_layer.parametrizations.weight.original1"]  # (K, bottleneck)
+    out = {"dino.out_dim": v.shape[0], "dino.bottleneck_dim": v.shape[1], "dino.head_layers": len(linears),
+           "dino.use_bn_in_head": str(any(k.endswith("running_mean") for k in state)).lower()}
+    if len(linears) > 1:
+        out["dino.hidden_dim"] = state[f"mlp.{linears[0]}.weight"].shape[0]
+    return out
 
 
 def fit_group(group: str, state: dict, module: nn.Module) -> tuple[dict, list[str]]:
