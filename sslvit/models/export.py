@@ -140,16 +140,18 @@ OFFICIAL_VIT = {"model.stem": "linear", "model.reg_tokens": 0, "model.init_value
 
 
 def run_groups(run: str | Path, to: str) -> dict:
-    """The run's weights as ``checkpoint_layouts`` groups: its newest checkpoint (the whole
-    objective: MAE's decoder, DINO's student, teacher, heads and center) when it has one; the
-    exported backbone alone otherwise. ``timm`` takes the exported backbone (DINO's teacher)."""
+    """The run's weights as ``checkpoint_layouts`` groups: for ``dino`` its newest checkpoint (the
+    whole objective: student, teacher, heads and center), for ``mae`` the checkpoint's backbone
+    and decoder when it has one; otherwise the exported backbone (DINO's teacher)."""
     weights = resolve_backbone_path(run)
     ckpt = newest_checkpoint_weights(weights.parent)
     backbone = {"backbone": load_file(str(weights))}
-    if to == "timm" or ckpt is None:
-        return backbone
-    groups = from_sslvit_checkpoint(load_file(str(ckpt))).groups
-    return groups if "backbone" in groups else {**backbone, **groups}
+    groups = from_sslvit_checkpoint(load_file(str(ckpt))).groups if ckpt is not None and to != "timm" else {}
+    if to == "dino" and "backbone" in groups:
+        return groups
+    if to == "mae" and "mae_decoder" in groups:  # the decoder with the encoder it was trained with
+        return {"backbone": groups["backbone"], "mae_decoder": groups["mae_decoder"]}
+    return backbone
 
 
 def check_official_vit(backbone: dict, to: str) -> None:
