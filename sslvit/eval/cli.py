@@ -1,15 +1,58 @@
-"""What every ``probes/*.py`` script does around its probe: config, clear errors, output."""
+"""What every ``probes/*.py`` script does around its probe: config, clear errors, output, and
+``--weights FILE`` (a checkpoint from elsewhere, in any layout ``--init`` reads) in place of ``--ckpt RUN``."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from sslvit.config import build_config
+from accelerate import PartialState
+
+from sslvit.config import ConfigError, build_config
+from sslvit.models.checkpoint_layouts import WeightsError
+from sslvit.models.export import import_backbone
 from sslvit.runtime.errors import USER_ERRORS
 
+WEIGHTS_HELP = ("  --weights FILE  a checkpoint from elsewhere (timm, official MAE / DINO, DINOv2, sslvit) instead of "
+                "--ckpt: its backbone is imported into FILE_sslvit/ beside it, where the results go")
 
-def main(config_cls, run, fmt) -> None:
+
+def weights_as_ckpt(argv: list[str]) -> list[str]:
+    """``--weights FILE`` -> ``--ckpt FILE's folder/<FILE stem>_sslvit`` after importing the file's
+    backbone there (what was found is printed); other arguments unchanged."""
+    args, weights = list(argv), None
+    for i, arg in enumerate(args):
+        if arg == "--weights" and i + 1 < len(args):
+            weights = args[i + 1]
+            del args[i:i + 2]
+            break
+        if arg.startswith("--weights="):
+            weights = arg.split("=", 1)[1]
+            del args[i]
+            break
+    if weights is None:
+        return args
+    if any(a == "--ckpt" or a.startswith("--ckpt=") for a in args):
+        raise ConfigError("--weights and --ckpt were both given: --ckpt takes an sslvit run, --weights a checkpoint "
+                          "file from elsewhere; pass one of them.")
+    file = Path(weights).expanduser()
+    out = file.parent / f"{file.stem}_sslvit"
+    state = PartialState()
+    with state.main_process_first():  # one process writes the folder; the others read it after
+        if state.is_main_process:
+            try:
+                lines = import_backbone(file, out)
+            except WeightsError as e:
+                raise WeightsError(f"--weights {weights}: {e}") from None
+            print("\n".join([f"--weights {weights}: {lines[0]}", *(f"  {line}" for line in lines[1:])]))
+    return [*args, "--ckpt", str(out)]
+
+
+def main(config_cls, run, fmt, argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(WEIGHTS_HELP)
     try:
-        cfg = build_config(config_cls)
+        cfg = build_config(config_cls, weights_as_ckpt(argv))
         report = run(cfg)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,17 +1,29 @@
-"""The exported backbone: ``backbone.safetensors`` (timm parameter names) + ``backbone.json``."""
+"""The exported backbone: ``backbone.safetensors`` (timm parameter names) + ``backbone.json``;
+and, as a command, a run in the layout timm or the official code reads:
+
+    python -m sslvit.models.export RUN --to timm OUT.safetensors   # the run's backbone, timm names
+    python -m sslvit.models.export RUN --to mae OUT.pth            # {'model': encoder + decoder}, main_pretrain.py's
+    python -m sslvit.models.export RUN --to dino OUT.pth           # {'student', 'teacher', 'dino_loss'}, main_dino.py's
+"""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 
+import torch
 import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from sslvit.models.checkpoint_layouts import (Imported, WeightsError, from_sslvit_checkpoint, import_file,
+                                              newest_checkpoint_weights, to_dino, to_mae, to_timm)
+from sslvit.models.init_from import backbone_config_of, backbone_shape, load_imported
 from sslvit.models.vit import BackboneConfig, SSLViT, build_backbone, timm_spec
-from sslvit.files import save_safetensors_atomic, write_json_atomic
+from sslvit.files import atomic_path, save_safetensors_atomic, write_json_atomic
 
 WEIGHTS = "backbone.safetensors"
 SPEC = "backbone.json"
@@ -122,3 +134,95 @@ def run_data_of(weights: Path) -> str:
     if cfg_file.is_file():
         return yaml.safe_load(cfg_file.read_text()).get("data", "digits")
     return "digits"
+
+
+OFFICIAL_VIT = {"model.stem": "linear", "model.reg_tokens": 0, "model.init_values": "null", "model.parallel": 1}
+
+
+def run_groups(run: str | Path, to: str) -> dict:
+    """The run's weights as ``checkpoint_layouts`` groups: for ``dino`` its newest checkpoint (the
+    whole objective: student, teacher, heads and center), for ``mae`` the checkpoint's backbone
+    and decoder when it has one; otherwise the exported backbone (DINO's teacher)."""
+    weights = resolve_backbone_path(run)
+    ckpt = newest_checkpoint_weights(weights.parent)
+    backbone = {"backbone": load_file(str(weights))}
+    groups = from_sslvit_checkpoint(load_file(str(ckpt))).groups if ckpt is not None and to != "timm" else {}
+    if to == "dino" and "backbone" in groups:
+        return groups
+    if to == "mae" and "mae_decoder" in groups:  # the decoder with the encoder it was trained with
+        return {"backbone": groups["backbone"], "mae_decoder": groups["mae_decoder"]}
+    return backbone
+
+
+def check_official_vit(backbone: dict, to: str) -> None:
+    """The official MAE and DINO code builds a plain ViT: linear stem, no registers, LayerScale or parallel blocks."""
+    shape = backbone_shape(backbone)
+    off = [f"{k} {shape[k]}" for k, v in OFFICIAL_VIT.items() if shape[k] != v]
+    if off:
+        raise WeightsError(f"This backbone ({', '.join(off)}) has no official {to.upper()} layout: the official "
+                           "code builds a plain ViT with a linear stem; export it --to timm (timm builds it from "
+                           "backbone.json).")
+
+
+def export_run(run: str | Path, to: str, out: str | Path) -> list[str]:
+    """Write the run's weights in ``to``'s layout at ``out`` (whole or not at all); -> lines to print."""
+    groups, out = run_groups(run, to), Path(out).expanduser()
+    if to == "timm":
+        save_safetensors_atomic(to_timm(groups), out, metadata={"format": "pt", "producer": "sslvit"})
+        spec = resolve_backbone_path(run).parent / SPEC
+        return [f"Wrote {out} (timm ViT state dict, {len(groups['backbone'])} tensors); it loads with strict=True into "
+                f"timm.create_model(**spec), spec being the 'timm' entry of {spec}."]
+    check_official_vit(groups["backbone"], to)
+    obj = to_mae(groups) if to == "mae" else to_dino(groups)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        torch.save(obj, tmp)  # the official scripts read torch pickles; tensors only, so weights_only=True opens it
+    parts = ", ".join(f"{k} ({len(v)} tensors)" for k, v in obj.items())
+    reader = {"mae": "main_finetune.py --finetune", "dino": "eval_knn.py / eval_linear.py --pretrained_weights"}[to]
+    return [f"Wrote {out} (official {to.upper()} layout: {parts}); the official {reader} reads it."]
+
+
+def import_backbone(path, out_dir) -> list[str]:
+    """A weights file's backbone (any layout ``--init`` reads; DINO's teacher) as an sslvit backbone
+    in ``out_dir`` (``backbone.safetensors`` + ``backbone.json``, at the file's own image size),
+    so every probe reads it as a run's; -> the lines saying what was found."""
+    imported = import_file(path)
+    if "backbone" not in imported.groups:
+        raise WeightsError(f"'{path}' ({imported.layout}) holds no backbone; pass a file with one.")
+    groups = imported.groups
+    state = groups.get("teacher_backbone", groups["backbone"])  # DINO evaluates its teacher
+    cfg = backbone_config_of(state)
+    model = build_backbone(cfg)
+    lines = load_imported(model, {"backbone": model}, Imported(imported.layout, {"backbone": state}, imported.unused))
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        export_backbone(model, cfg, out_dir)
+    except OSError as e:
+        raise WeightsError(f"The imported backbone cannot be written to '{out_dir}' ({e.strerror or e}); copy the "
+                           "weights file into a folder you can write to.") from None
+    what = "the teacher's backbone" if "teacher_backbone" in groups else "its backbone"
+    return lines + [f"{what} imported as {out_dir}/ (ViT-{cfg.size[0].upper()}/{cfg.patch_size}, depth {cfg.depth}, "
+                    f"{cfg.img_size} px); the probe's results go there too."]
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m sslvit.models.export",
+                                 description="Write a run's weights in the layout timm or the official MAE / DINO "
+                                             "code reads (see the README's 'Start from existing weights').")
+    ap.add_argument("run", help="a run directory (or its backbone.safetensors)")
+    ap.add_argument("--to", required=True, choices=("timm", "mae", "dino"), help="the layout to write")
+    ap.add_argument("out", help="the file to write")
+    args = ap.parse_args(argv)
+    try:
+        if not Path(args.run).expanduser().exists():
+            raise FileNotFoundError(f"No run at '{args.run}'; pass a run directory (it holds backbone.safetensors once "
+                                    "the run has ended) or its backbone.safetensors.")
+        lines = export_run(args.run, args.to, args.out)
+    except (ValueError, OSError) as e:  # FileNotFoundError and PermissionError among them
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

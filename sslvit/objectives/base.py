@@ -13,6 +13,8 @@ a ``StepInfo`` saying where it is:
     pictures(imgs) -> columns        a picture grid's columns (or (columns, normalized))
     no_weight_decay() -> {names}     parameters AdamW must not decay
     exported_backbone() -> SSLViT    what is exported and probed (default: ``self.backbone``)
+    init_targets() -> {group: module} what ``--init`` loads a file's groups into (default: the backbone;
+                                     names as in ``sslvit.models.checkpoint_layouts``)
 
 A micro-batch is one forward and backward; with ``train.accum_steps`` A, A micro-batches make
 one optimizer step. A step whose loss or gradients are not finite is skipped: it gets
@@ -51,6 +53,9 @@ class Objective(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return set()
+
+    def init_targets(self) -> dict[str, nn.Module]:
+        return {"backbone": self.backbone}
 
     def on_epoch_start(self, epoch: int) -> None:
         pass

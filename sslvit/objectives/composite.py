@@ -46,6 +46,13 @@ class Composite(Objective):
                 out.add(names.get(id(part.get_parameter(name)), name))
         return out
 
+    def init_targets(self) -> dict[str, nn.Module]:
+        """Every part's, merged (the shared backbone is one target)."""
+        out = {}
+        for part in self.parts.values():
+            out.update(part.init_targets())
+        return out
+
     def forward(self, batch: dict) -> dict:
         out, loss = {}, None
         for name, part in self.parts.items():

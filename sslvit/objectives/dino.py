@@ -277,6 +277,12 @@ class DINO(Objective):
     def exported_backbone(self) -> SSLViT:
         return self.teacher.module.backbone  # DINO evaluates (and ships) the teacher
 
+    def init_targets(self) -> dict[str, nn.Module]:
+        """A file without a teacher starts it as the student's copy (``load_imported``), as DINO does."""
+        teacher = self.teacher.module
+        return {"backbone": self.student.backbone, "dino_head": self.student.head, "teacher_backbone": teacher.backbone,
+                "teacher_dino_head": teacher.head, "dino_center": self.loss}
+
     def forward(self, groups: list[torch.Tensor]) -> dict:
         n_views = sum(g.shape[0] for g in groups) // (groups[0].shape[0] // 2)
         with torch.no_grad():

@@ -106,6 +106,9 @@ class MAE(Objective):
         fixed and have no gradient)."""
         return {"backbone.pos_embed"}
 
+    def init_targets(self) -> dict[str, nn.Module]:
+        return {"backbone": self.backbone, "mae_decoder": self.decoder}  # --init from an MAE file keeps its decoder
+
     batch_key = None  # (seed key, this micro-batch's rows, global batch size), set before each forward
 
     def before_micro_batch(self, info: StepInfo) -> None:

@@ -3,6 +3,7 @@ tokenizer, and the objective."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 from pathlib import Path
 
 from sslvit.data.collates import BlockMaskCollate
@@ -23,6 +24,7 @@ class BEiTRunConfig:
     data: str = "digits"
     out: str = "runs/beit"
     resume: bool = False
+    init: Optional[str] = None  # weights to start a new run from (a file or a run directory); not --resume
     model: BackboneConfig = field(default_factory=lambda: BackboneConfig(
         size="base", init_values=0.1, drop_path_rate=0.1))
     beit: BEiTConfig = field(default_factory=BEiTConfig)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Optional
 
 from sslvit.data.multicrop import MultiCropConfig, MultiCropTransform, multicrop_collate
 from sslvit.models.vit import BackboneConfig, build_backbone
@@ -30,6 +31,7 @@ class DINORunConfig:
     data: str = "digits"
     out: str = "runs/dino"
     resume: bool = False
+    init: Optional[str] = None  # weights to start a new run from (a file or a run directory); not --resume
     model: BackboneConfig = field(default_factory=dino_backbone)
     dino: DINOConfig = field(default_factory=DINOConfig)
     crops: MultiCropConfig = field(default_factory=MultiCropConfig)

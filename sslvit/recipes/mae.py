@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 from sslvit.data.transforms import mae_train_transform
 from sslvit.models.vit import VIT_SIZES, BackboneConfig, build_backbone
@@ -17,6 +18,7 @@ class MAERunConfig:
     data: str = "digits"  # 'digits' (embedded) or a folder of images
     out: str = "runs/mae"
     resume: bool = False
+    init: Optional[str] = None  # weights to start a new run from (a file or a run directory); not --resume
     model: BackboneConfig = field(default_factory=lambda: BackboneConfig(size="base", pos_embed="sincos"))
     mae: MAEConfig = field(default_factory=MAEConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

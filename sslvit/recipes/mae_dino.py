@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Optional
 
 from sslvit.data.collates import CompositeCollate
 from sslvit.data.multicrop import MultiCropConfig, MultiCropTransform, multicrop_collate
@@ -32,6 +33,7 @@ class MAEDINORunConfig:
     data: str = "digits"
     out: str = "runs/mae_dino"
     resume: bool = False
+    init: Optional[str] = None  # weights to start a new run from (a file or a run directory); not --resume
     model: BackboneConfig = field(default_factory=dino_backbone)
     weights: PartWeights = field(default_factory=PartWeights)
     export: str = "auto"  # auto (dino when it is a part) | mae | dino

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sslvit.config import ConfigError
 from sslvit.data.folder import DataError
+from sslvit.models.checkpoint_layouts import WeightsError
 
 
 class CheckpointError(RuntimeError):
@@ -14,5 +15,5 @@ class TrainingDiverged(RuntimeError):
     """The losses or gradients stayed non-finite, or no step was ever applied."""
 
 
-USER_ERRORS = (ConfigError, DataError, FileNotFoundError, FileExistsError, PermissionError, ValueError,
+USER_ERRORS = (ConfigError, DataError, WeightsError, FileNotFoundError, FileExistsError, PermissionError, ValueError,
                TrainingDiverged, CheckpointError)

@@ -19,6 +19,8 @@ from sslvit.data.dataset import build_dataset, first_items, is_embedded
 from sslvit.data.folder import DataError
 from sslvit.data.shard_reader import build_shard_dataset, is_shard_spec
 from sslvit.data.transforms import eval_transform
+from sslvit.models.checkpoint_layouts import WeightsError, import_file
+from sslvit.models.init_from import load_imported
 from sslvit.train.checkpoint import latest_checkpoint
 from sslvit.train.data_recipe import preset_for
 from sslvit.runtime.errors import USER_ERRORS, TrainingDiverged
@@ -47,6 +49,10 @@ def run_config(config_cls, preset: str | None = None, argv=None):
         return recipe
 
     cfg = build_config(config_cls, argv, presets=recipe_for)
+    if getattr(cfg, "init", None) and cfg.resume:
+        raise ConfigError(f"--init and --resume were both given: --resume continues the run in '{cfg.out}' exactly "
+                          "(weights, optimizer, step), --init starts a new run from a file's weights at step 0; "
+                          "pass one of them.")
     saved_file = Path(cfg.out).expanduser() / "config.yaml"
     if not cfg.resume or not saved_file.is_file():
         if chosen and PartialState().is_main_process:
@@ -81,10 +87,27 @@ def run_pretraining(config_cls, preset: str | None = None, argv=None, stop: Stop
     with removed_if_it_fails(Path(cfg.out).expanduser()):
         set_seed(cfg.train.seed)  # the initial weights are part of what a seed reproduces
         objective = cfg.build_objective()  # BEiT fits (and writes) its tokenizer here
+        init_weights(cfg, objective)
         collate_fn = cfg.collate_fn() if hasattr(cfg, "collate_fn") else None
         knn = knn_sets(cfg)
         with run_dir_lock(Path(cfg.out)):  # a second run on the same --out is refused, not interleaved
             return pretrain(cfg, objective, train_set, picture_imgs, collate_fn=collate_fn, knn_sets=knn, stop=stop)
+
+
+def init_weights(cfg, objective) -> None:
+    """``--init PATH``: the file's weights into the objective's ``init_targets()``, and what was
+    loaded, copied and left fresh as the run's first lines. A run that resumes from its own
+    checkpoint (its config.yaml keeps the ``init`` it started from) loads nothing here."""
+    path = getattr(cfg, "init", None)
+    if not path or (cfg.resume and latest_checkpoint(Path(cfg.out).expanduser()) is not None):
+        return
+    try:
+        lines = load_imported(objective, objective.init_targets(), import_file(path))
+    except WeightsError as e:
+        raise WeightsError(f"--init {path}: {e}") from None
+    state = PartialState()
+    for i, line in enumerate(lines):
+        state.print(f"--init {path}: {line}" if i == 0 else f"  {line}")
 
 
 @contextlib.contextmanager
