@@ -81,6 +81,15 @@ PRESETS = {"digits": {"model": {"img_size": 16}},
                          "crops": {"local_size": 16}, "train": {"epochs": 10, "knn_every": 2, "batch_size": 64}}}
 
 
+def test_the_shipped_presets_fit_a_small_folder(tmp_path):
+    from sslvit.train.entry import load_presets
+
+    folder = str(_folder(tmp_path / "imgs", 12, 20))
+    for objective in ("mae", "beit", "dino", "ibot", "mae_dino"):
+        recipe, why = preset_for(load_presets(objective), folder)
+        assert int(recipe["model"]["img_size"]) == 32 and "small data" in why, objective
+
+
 def test_recipe_chosen_by_the_data(tmp_path):
     recipe, why = preset_for(PRESETS, "digits")
     assert recipe == PRESETS["digits"] and "'digits' preset" in why
@@ -113,3 +122,24 @@ def test_large_data_keeps_the_reference_defaults():
     finally:
         dr.data_shape = orig
     assert recipe is None and "reference defaults (50,000 training images, short side 224 px" in why
+
+
+@pytest.mark.parametrize("objective", ["dino", "beit"])
+def test_a_folder_of_small_images_trains_with_no_keys(tmp_path, objective, capsys):
+    """The first DINO and BEiT runs on 20 px images used to stop at 'local_size 96 must be smaller
+    than model.img_size' / 'vocab 8192 is larger than the patches': the recipe now follows the data."""
+    import yaml
+
+    from sslvit.recipes.beit import BEiTRunConfig
+    from sslvit.recipes.dino import DINORunConfig
+    from sslvit.train.entry import run_pretraining
+
+    folder = _folder(tmp_path / "imgs", 16, 20)
+    out = tmp_path / objective
+    cls = {"dino": DINORunConfig, "beit": BEiTRunConfig}[objective]
+    run_pretraining(cls, objective, argv=["--data", str(folder), "--out", str(out), "--train.epochs", "1",
+                                         "--model.depth", "1", "--train.precision", "fp32"])
+    assert "recipe: small data (16 training images, short side 20 px" in capsys.readouterr().out
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert (cfg["model"]["img_size"], cfg["model"]["patch_size"], cfg["train"]["batch_size"]) == (32, 8, 8)
+    assert (out / "backbone.safetensors").is_file()

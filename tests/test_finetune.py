@@ -29,7 +29,8 @@ def test_layer_wise_lr_decay_gives_the_reference_scales(exported):
     assert scales["backbone.patch_embed.proj.0.weight"] == decay ** (DEPTH + 1)
     for i in range(DEPTH):
         assert scales[f"backbone.blocks.{i}.mlp.fc1.weight"] == decay ** (DEPTH - i)
-    assert scales["backbone.norm.weight"] == 1.0 and scales["head.weight"] == 1.0
+    assert scales["fc_norm.weight"] == 1.0 and scales["head.weight"] == 1.0  # avg pool: no backbone.norm (MAE)
+    assert "backbone.norm.weight" not in scales
     wd = {n: g["weight_decay"] for g in param_groups_lrd(model, 0.05, decay) for n in g["names"]}
     assert wd["backbone.blocks.0.attn.qkv.weight"] == 0.05
     assert wd["backbone.blocks.0.attn.qkv.bias"] == 0.0 and wd["backbone.pos_embed"] == 0.0
