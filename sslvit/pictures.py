@@ -21,7 +21,7 @@ from sslvit.files import save_figure_atomic
 CELL_PX = 128  # side of every tile in the written PNG
 DPI = 100
 GAP_PX, MARGIN_PX = 6, 10
-TITLE_PX = 32  # up to two lines of column title
+TITLE_PX = 38  # up to two lines of column title
 NOTE_PX = 16  # a note line under each tile, when there are notes
 COLORBAR_PX = 90  # the colour bar and its label, when a column is a heat map
 CAPTION_LINE_PX = 18

@@ -78,13 +78,15 @@ def test_attention_png_has_one_cell_size_for_16_and_64_px_inputs(tmp_path):
     cfg = BackboneConfig(size="tiny", depth=1, patch_size=4, img_size=16)
     export_backbone(build_backbone(cfg), cfg, tmp_path)
     photo = tmp_path / "photo.png"
-    Image.fromarray((np.random.default_rng(0).random((96, 96, 3)) * 255).astype(np.uint8)).save(photo)
+    Image.fromarray(np.tile(np.array([255, 0, 0], np.uint8), (96, 96, 1))).save(photo)  # pure red
     sizes = {}
     for px in (16, 64):
         out = tmp_path / f"attention{px}.png"
         report = run_attention(AttentionConfig(ckpt=str(tmp_path), image=str(photo), img_size=px, out=str(out)))
         assert report["grid"] == [px // 4, px // 4]
         sizes[px] = Image.open(out).size
+        w, h = _red_box(out)  # the image's own tile (the heat maps draw it in grey)
+        assert CELL_PX - 2 <= w <= CELL_PX and CELL_PX - 2 <= h <= CELL_PX
     heads = 3  # ViT-Ti
     # one row: the image, a map per head, their mean; the caption (run, what, size) takes two lines
     assert sizes[16] == sizes[64] == grid_size_px(rows=1, cols=1 + heads + 1, caption_lines=2, heat=True)

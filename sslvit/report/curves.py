@@ -46,6 +46,9 @@ def curves_figure(records: list[dict], caption: str):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(xlabel, fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps and epochs are counts
+        xs = {x for _, points, _ in curves for x in points}
+        if len(xs) == 1:  # one point (a 1-epoch k-NN): a range around it, not a sub-integer axis
+            ax.set_xlim(min(xs) - 1, min(xs) + 1)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
         if len(curves) > 1:

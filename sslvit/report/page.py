@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from sslvit.report.runlog import latest_pictures, read_log, run_caption
-from sslvit.report.tables import finetune_table, knn_tables, linear_table, table
+from sslvit.report.tables import BASELINES, finetune_table, knn_tables, linear_table
 from sslvit.report.alerts import run_warnings
 
 SECTIONS = ("summary", "machine", "curves", "pictures", "probes", "warnings", "config")
@@ -55,6 +55,12 @@ def summary_section(run_dir: Path, records: list[dict]) -> str:
              f"objective: {', '.join(objective) or 'unknown'} · data: {cfg.get('data', '?')} · backbone: ViT-"
              f"{model.get('size', '?')}, patch {model.get('patch_size', '?')}, {model.get('img_size', '?')} px",
              f"run directory: {run_dir.resolve()}"]
+    knn = _read_json(run_dir / "knn.json")
+    if knn and knn.get("results", {}).get("pretrained"):
+        k, r = next(iter(knn["results"]["pretrained"].items()))
+        others = [f"{BASELINES.get(n, n)} {by_k[k]['top1']:.1f}%" for n, by_k in knn["results"].items()
+                  if n != "pretrained" and k in by_k]
+        lines.append(f"k-NN probe top-1 (k={k}): {r['top1']:.1f}%" + (f" (vs {', '.join(others)})" if others else ""))
     return "".join(f"<p>{html.escape(line)}</p>" for line in lines)
 
 

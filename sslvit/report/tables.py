@@ -32,15 +32,16 @@ def _heading(text: str) -> str:
 
 
 def knn_tables(report: dict) -> str:
-    """k-NN classification per features and k, then retrieval, baselines greyed."""
+    """k-NN classification: one row per k, the pretrained backbone's metrics next to each
+    baseline's; then retrieval, one row per features."""
     results = report.get("results", {})
     metrics = list(dict.fromkeys(m for by_k in results.values() for r in by_k.values() for m in r))
-    rows = [[BASELINES.get(name, name), k, *[r.get(m, "") for m in metrics]]
-            for name, by_k in results.items() for k, r in by_k.items()]
-    classes = ["baseline" if row_name in BASELINES else "" for row_name, by_k in results.items() for _ in by_k]
+    ks = list(dict.fromkeys(k for by_k in results.values() for k in by_k))
+    headers = ["k", *[f"{n.replace('_', ' ')} {metric_name(m)}" for n in results for m in metrics]]
+    rows = [[k, *[results[n].get(k, {}).get(m, "") for n in results for m in metrics]] for k in ks]
     out = [_heading(f"k-NN ({report.get('num_train')} train / {report.get('num_val')} val, "
-                    f"pool {report.get('pool')}, T {report.get('temperature')}), %"),
-           table(["features", "k", *map(metric_name, metrics)], rows, classes)]
+                    f"pool {report.get('pool')}, T {report.get('temperature')}), %"), table(headers, rows),
+           "<p>Baselines: raw pixels, and a random-init backbone of the same shape.</p>"]
     retrieval = report.get("retrieval", {})
     if retrieval:
         names = list(dict.fromkeys(m for r in retrieval.values() for m in r if m != "depth"))
