@@ -23,9 +23,9 @@ DPI = 100
 GAP_PX, MARGIN_PX = 6, 10
 TITLE_PX = 38  # up to two lines of column title
 NOTE_PX = 16  # a note line under each tile, when there are notes
-COLORBAR_PX = 90  # the colour bar and its label, when a column is a heat map
+COLORBAR_PX = 110  # the colour bar, its ticks and its two-line label, when a column is a heat map
 CAPTION_LINE_PX = 18
-HEAT_LABEL = "attention (each map scaled: 0 = its min, 1 = its max)"
+HEAT_LABEL = "attention: 0 = the map's min, 1 = its max"
 
 Note = tuple[str, str]  # (text, colour)
 
@@ -79,10 +79,10 @@ def tile_figure(columns: dict[str, np.ndarray], caption: str, notes: Optional[Se
                 text, colour = notes[r][c]
                 ax.text(0.5, -0.02, text, transform=ax.transAxes, ha="center", va="top", fontsize=8, color=colour)
     if heat:
-        cax = fig.add_axes(((width - COLORBAR_PX + 14) / width, 1 - (top + min(rows, 2) * CELL_PX) / height,
+        cax = fig.add_axes(((width - COLORBAR_PX + 10) / width, 1 - (top + min(rows, 2) * CELL_PX) / height,
                             12 / width, min(rows, 2) * CELL_PX / height))
         fig.colorbar(ScalarMappable(Normalize(0, 1), "inferno"), cax=cax).set_label(
-            "\n".join(textwrap.wrap(heat_label, 28)), fontsize=8)
+            "\n".join(textwrap.wrap(heat_label, 26)), fontsize=8)
         cax.tick_params(labelsize=7)
     return fig
 

@@ -72,7 +72,8 @@ def probed_run(tmp_path):
                                                      "model": {"size": "tiny", "patch_size": 4, "img_size": 16},
                                                      "dino": {"out_dim": 64}, "train": {"epochs": 2}}))
     machine = {"device": "cpu", "device_name": "cpu: Test CPU, 2 cores", "processes": 1, "torch": torch.__version__}
-    _log(run, [{"step": 0, "precision": "bf16", "precision_reason": "measured faster", "machine": machine},
+    _log(run, [{"step": 0, "precision": "bf16", "precision_reason": "measured faster", "machine": machine,
+                "objective": "DINO"},
                {"step": 1, "epoch": 1, "loss": 4.0, "lr": 1e-4, "teacher_entropy": 3.0, "kl": 1.0},
                {"step": 2, "epoch": 1, "skipped_step": "loss", "warnings": ["step 2 skipped: non-finite loss"]},
                {"step": 3, "epoch": 1, "loss": 3.5, "lr": 2e-4, "teacher_entropy": 0.01, "kl": 0.2,
@@ -120,7 +121,7 @@ def test_report_shows_machine_probes_beside_baselines_warnings_and_collapsed_con
         assert number in probes
     assert "random init" in probes and "raw pixels" in probes and "best on held-out" in probes
     assert "online k-NN top-1 41.5%" in page.text["summary"] and "epoch 1/2" in page.text["summary"]
-    assert "k-NN probe top-1 (k=10): 61.2%" in page.text["summary"]
+    assert "k-NN probe top-1 (k=10): 61.2%" in page.text["summary"] and "objective: DINO" in page.text["summary"]
     assert COLLAPSE in warnings
     assert "1 optimizer step(s) skipped for non-finite values (1 loss)" in warnings
     assert "epoch 1: 2 unreadable image(s) skipped" in warnings
@@ -162,4 +163,4 @@ def test_a_real_run_writes_its_report_at_the_end(tmp_path, image_folder, fresh_a
     assert grid.size[0] > 4 * 128  # four 128 px columns: original, masked, reconstruction, + visible
     first = json.loads((run / "log.jsonl").read_text().splitlines()[0])
     assert first["machine"]["processes"] == 1 and first["machine"]["device"] == "cpu"
-    assert "fp32 (as configured)" in page.text["machine"]
+    assert "fp32 (as configured)" in page.text["machine"] and "objective: MAE" in page.text["summary"]

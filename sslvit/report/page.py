@@ -49,10 +49,10 @@ def summary_section(run_dir: Path, records: list[dict]) -> str:
 
     config = run_dir / "config.yaml"
     cfg = (yaml.safe_load(config.read_text()) or {}) if config.is_file() else {}
-    objective = [k for k in cfg if k not in ("data", "out", "resume", "model", "train")]
+    objective = next((r["objective"] for r in records if "objective" in r), "not logged")
     model = cfg.get("model") or {}
     lines = [run_caption(run_dir, records),
-             f"objective: {', '.join(objective) or 'unknown'} · data: {cfg.get('data', '?')} · backbone: ViT-"
+             f"objective: {objective} · data: {cfg.get('data', '?')} · backbone: ViT-"
              f"{model.get('size', '?')}, patch {model.get('patch_size', '?')}, {model.get('img_size', '?')} px",
              f"run directory: {run_dir.resolve()}"]
     knn = _read_json(run_dir / "knn.json")

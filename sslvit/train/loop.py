@@ -224,6 +224,7 @@ class Trainer:
                       f"lr {self.base_lr:.3g}, {self.steps_per_epoch} steps/epoch")
         c = self.choice
         self.log({"step": self.p.step, "precision": c.name, "precision_reason": c.reason, "machine": machine(acc),
+                  "objective": type(self.raw).__name__,
                   **({"precision_timings_s": c.timings, "precision_choice_s": c.cost_s} if c.timings else {})})
         last_epoch = tc.epochs - 1 if tc.stop_after is None else min(tc.epochs, self.p.epoch + tc.stop_after) - 1
         try:
