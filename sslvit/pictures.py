@@ -97,7 +97,7 @@ def _draw_tile(ax, tile: np.ndarray, under: Optional[np.ndarray]) -> None:
     h, w = under.shape[:2]
     ax.imshow(under.mean(-1), cmap="gray", vmin=0, vmax=1, interpolation=interpolation)
     # the heat map's own cells stretched over the image: one block per patch, as DINO draws it
-    ax.imshow(tile, cmap="inferno", vmin=0, vmax=1, alpha=0.7, interpolation="nearest",
+    ax.imshow(tile, cmap="inferno", vmin=0, vmax=1, alpha=0.6, interpolation="nearest",
               extent=(-0.5, w - 0.5, h - 0.5, -0.5))
 
 

@@ -60,7 +60,7 @@ def run_attention(cfg: AttentionConfig) -> dict:
     out = Path(cfg.out).expanduser() if cfg.out else weights.parent / "attention.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     replaced = existing([out])
-    where = Path(cfg.image).name if cfg.image else f"{imgs.shape[0]} images of '{data}'"
+    where = Path(cfg.image).name if cfg.image else f"{imgs.shape[0]} val images of {Path(data).name or data}"
     caption = (f"{weights.parent.resolve().name} · cls-token attention of the last block per head, over {where} "
                f"at {imgs.shape[2]}x{imgs.shape[3]} px ({imgs.shape[2] // bcfg.patch_size}x"
                f"{imgs.shape[3] // bcfg.patch_size} patches)")

@@ -9,8 +9,8 @@ from sslvit.report.runlog import health_keys, read_log, run_caption, series
 
 DPI = 100
 PANEL_IN = (4.2, 2.6)  # inches per panel
-TITLES = {"teacher_entropy": "teacher entropy (nats; near 0: collapse)", "kl": "KL(teacher || student)",
-          "mlm_acc": "masked-token accuracy (mlm_acc)"}
+TITLES = {"teacher_entropy": "teacher entropy (nats; 0: collapsed, log K: uniform)",
+          "kl": "KL(teacher || student)", "mlm_acc": "masked-token accuracy (mlm_acc)"}
 
 
 def curve_panels(records: list[dict]) -> list[tuple[str, str, list[tuple[str, list, list]]]]:
