@@ -139,7 +139,8 @@ def test_a_probe_refreshes_the_report_and_the_command_rebuilds_it(probed_run, mo
     report["results"]["pretrained"]["10"]["top1"] = 62.75
     (probed_run / "knn.json").write_text(json.dumps(report))
     monkeypatch.setattr("sys.argv", ["probe"])
-    cli.main(dataclasses.make_dataclass("NoKeys", []), lambda cfg: {"ckpt": str(probed_run / "backbone.safetensors")}, lambda r: "probed")
+    probe = lambda cfg: {"ckpt": str(probed_run / "backbone.safetensors")}  # noqa: E731 - a probe that wrote knn.json
+    cli.main(dataclasses.make_dataclass("NoKeys", []), probe, lambda report: "probed")
     assert f"report: {probed_run / 'report.html'}" in capsys.readouterr().out
     assert "62.75" in (probed_run / "report.html").read_text()
     with pytest.raises(SystemExit) as e:

@@ -1,6 +1,6 @@
 """``RUN/report.html``: one self-contained page per run (pictures embedded as PNG data URIs,
 no script, nothing fetched), built from the files the run and its probes left. Sections, each
-a ``<section id=...>``: summary, machine, curves, pictures, probes, warnings, config."""
+a ``<section id=...>``: summary, machine, warnings, probes, curves, pictures, config."""
 from __future__ import annotations
 
 import base64
@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Optional
 
 from sslvit.report.runlog import latest_pictures, read_log, run_caption
-from sslvit.report.tables import BASELINES, finetune_table, knn_tables, linear_table
+from sslvit.report.tables import finetune_table, knn_tables, linear_table
 from sslvit.report.alerts import run_warnings
 
-SECTIONS = ("summary", "machine", "curves", "pictures", "probes", "warnings", "config")
+SECTIONS = ("summary", "machine", "warnings", "probes", "curves", "pictures", "config")
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:1em auto;padding:0 1em;color:#222}
 h1{font-size:1.4em}h2{font-size:1.15em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.4em 0 1em}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}
@@ -58,9 +58,10 @@ def summary_section(run_dir: Path, records: list[dict]) -> str:
     knn = _read_json(run_dir / "knn.json")
     if knn and knn.get("results", {}).get("pretrained"):
         k, r = next(iter(knn["results"]["pretrained"].items()))
-        others = [f"{BASELINES.get(n, n)} {by_k[k]['top1']:.1f}%" for n, by_k in knn["results"].items()
+        others = [f"{n.replace('_', ' ')} {by_k[k]['top1']:.1f}%" for n, by_k in knn["results"].items()
                   if n != "pretrained" and k in by_k]
-        lines.append(f"k-NN probe top-1 (k={k}): {r['top1']:.1f}%" + (f" (vs {', '.join(others)})" if others else ""))
+        lines.append(f"k-NN probe top-1 (k={k}): {r['top1']:.1f}%"
+                     + (f"; baselines: {', '.join(others)}" if others else ""))
     return "".join(f"<p>{html.escape(line)}</p>" for line in lines)
 
 
