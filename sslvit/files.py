@@ -37,6 +37,12 @@ def write_json_atomic(obj, path: Path) -> None:
         tmp.write_text(json.dumps(obj, indent=2))
 
 
+def save_figure_atomic(fig, path: Path, dpi: int) -> None:
+    """A matplotlib ``Figure`` as a PNG at ``dpi`` (its size in inches x dpi = its pixels)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+
+
 def existing(paths: Iterable[Path]) -> list[str]:
     """The names of ``paths`` that exist now: the earlier results a probe is about to replace."""
     return [Path(p).name for p in paths if Path(p).exists()]

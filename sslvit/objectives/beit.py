@@ -94,6 +94,8 @@ class BEiT(Objective):
         B, _, H, W = imgs.shape
         p = self.backbone.patch_size
         m = F.interpolate(mask.float().view(B, 1, H // p, W // p), scale_factor=p, mode="nearest")
-        columns = {"original": imgs, "block mask": imgs * (1 - m), "tokens": self.tokenizer.draw(ids, imgs),
-                   "predicted tokens": self.tokenizer.draw(predicted, imgs)}
-        return columns, {"tokens": False, "predicted tokens": False}
+        # titles say how to read the token maps: each patch drawn as its code (tokenizer.draw)
+        tokens, guessed = "tokens: each patch as its code", "model's tokens in the masked patches"
+        columns = {"original": imgs, "block mask": imgs * (1 - m), tokens: self.tokenizer.draw(ids, imgs),
+                   guessed: self.tokenizer.draw(predicted, imgs)}
+        return columns, {tokens: False, guessed: False}

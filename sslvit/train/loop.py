@@ -32,7 +32,8 @@ from sslvit.train.compiled import compile_objective
 from sslvit.runtime.devices import build_accelerator, process_state
 from sslvit.train.optim import build_adamw, clip_grad_per_param_
 from sslvit.train.precision import PrecisionChoice, measure_step, resolve_precision
-from sslvit.train.run_outputs import (check_shard_counts, export, online_knn, save_pictures, too_many_unreadable)
+from sslvit.train.run_outputs import (check_shard_counts, export, machine, online_knn, save_pictures,
+                                      too_many_unreadable, write_report)
 from sslvit.runtime.errors import CheckpointError, TrainingDiverged
 from sslvit.runtime.schedules import cosine_schedule, scaled_lr
 from sslvit.train.stop_signals import RunStopped, StopRequest
@@ -222,7 +223,8 @@ class Trainer:
                       f"{self.choice.name} ({self.choice.reason}), effective batch {self.effective_batch}, "
                       f"lr {self.base_lr:.3g}, {self.steps_per_epoch} steps/epoch")
         c = self.choice
-        self.log({"step": self.p.step, "precision": c.name, "precision_reason": c.reason,
+        self.log({"step": self.p.step, "precision": c.name, "precision_reason": c.reason, "machine": machine(acc),
+                  "objective": type(self.raw).__name__,
                   **({"precision_timings_s": c.timings, "precision_choice_s": c.cost_s} if c.timings else {})})
         last_epoch = tc.epochs - 1 if tc.stop_after is None else min(tc.epochs, self.p.epoch + tc.stop_after) - 1
         try:
@@ -241,6 +243,7 @@ class Trainer:
             if self.log_file is not None:
                 self.log_file.close()
             acc.end_training()
+            write_report(acc, self.run_dir)
         return self.run_dir
 
     def _epoch_batches(self):
