@@ -27,6 +27,7 @@ from tests.test_equivalence import OBJECTIVES, RTOL, _args, _peak_lr, compare
 REPO = Path(__file__).resolve().parents[1]
 PORTS = {"mae": 29562, "dino": 29563, "dino_resumed": 29564}
 SAVE_EVERY_EPOCH = ["--train.save_every", "1", "--train.keep_checkpoints", "2"]
+KNN_AT_THE_END = ["--train.knn_every", "2"]  # the online k-NN: under FSDP every process runs its forwards
 
 
 @pytest.fixture(scope="module")
@@ -81,15 +82,16 @@ def test_mae_under_fsdp_trains_like_one_process_and_exports_full_weights(labelle
 
 @pytest.fixture(scope="module")
 def dino_runs(labelled160, tmp_path_factory):
-    """(1 process x 16, FSDP 2 processes x 8) DINO runs, 20 steps, a checkpoint at each epoch end."""
+    """(1 process x 16, FSDP 2 processes x 8) DINO runs, 20 steps, a checkpoint at each epoch end,
+    the online k-NN at the last."""
     from tests.conftest import _reset_accelerate
 
     root = tmp_path_factory.mktemp("dino_fsdp")
     _reset_accelerate()
     one = run_pretraining(OBJECTIVES["dino"][0], "dino",
-                          argv=[*_args("dino", labelled160, root / "one", 16), *SAVE_EVERY_EPOCH])
+                          argv=[*_args("dino", labelled160, root / "one", 16), *SAVE_EVERY_EPOCH, *KNN_AT_THE_END])
     _reset_accelerate()
-    run_fsdp("dino", labelled160, root / "fsdp", PORTS["dino"], SAVE_EVERY_EPOCH)
+    run_fsdp("dino", labelled160, root / "fsdp", PORTS["dino"], [*SAVE_EVERY_EPOCH, *KNN_AT_THE_END])
     return one, root / "fsdp"
 
 
@@ -97,6 +99,9 @@ def test_dino_under_fsdp_trains_like_one_process_and_exports_the_full_teacher(di
     one, fsdp = dino_runs
     assert_trains_like_one_process(one, fsdp)  # the exported backbone is DINO's teacher
     assert_timm_loads_and_is_probed(fsdp)
+    knn = [[r["knn_top1"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "knn_top1" in r]
+           for run in (one, fsdp)]
+    assert len(knn[0]) == 1 and knn[0] == knn[1]  # the teacher's features, gathered, score alike
 
 
 def test_the_dino_teacher_is_sharded_like_the_student_and_not_optimized(dino_runs):
