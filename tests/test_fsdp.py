@@ -7,6 +7,8 @@ launch/fsdp_vit_large.yaml, each timm Block one unit, sharded checkpoints).
   and is not in the optimizer; its update from the sharded student gives the 1-process teacher.
 - The export is the gathered full backbone: timm loads it strictly and the k-NN probe scores it.
 - ``--resume`` from a sharded checkpoint ends with the weights of the unbroken FSDP run.
+- Pictures and the online k-NN (forwards outside ``model(...)``) run on every process under
+  FSDP; the k-NN scores like the 1-process run's.
 """
 import json
 import os
