@@ -1,6 +1,6 @@
 """Every launch config loads with accelerate's own config loader and says what its name promises.
 The CPU ones also run: launch/cpu.yaml in test_kill_resume.py, launch/cpu_2proc.yaml in
-test_equivalence.py and test_shards.py."""
+test_equivalence.py and test_shards.py, launch/fsdp_cpu_2proc.yaml in test_fsdp.py."""
 import subprocess
 from pathlib import Path
 
@@ -15,6 +15,7 @@ EXPECTED = {  # file: (distributed_type, num_processes, num_machines, mixed_prec
     "multi_gpu.yaml": ("MULTI_GPU", 8, 1, "bf16", False),
     "multi_node.yaml": ("MULTI_GPU", 16, 2, "bf16", False),
     "fsdp_vit_large.yaml": ("FSDP", 8, 1, "bf16", False),
+    "fsdp_cpu_2proc.yaml": ("FSDP", 2, 1, "no", True),
 }
 
 
@@ -41,6 +42,13 @@ def test_fsdp_wraps_the_block_class_the_backbone_is_made_of():
     assert cfg.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     backbone = build_backbone(BackboneConfig(size="tiny", depth=2, patch_size=16, img_size=32))
     assert type(backbone.blocks[0]).__name__ == cfg.fsdp_config["fsdp_transformer_layer_cls_to_wrap"]
+
+
+def test_the_fsdp_config_tested_on_the_cpu_is_the_gpu_one():
+    """test_fsdp.py proves launch/fsdp_cpu_2proc.yaml; the GPU file must shard the same way."""
+    gpu, cpu = (load_config_from_file(str(LAUNCH / name)) for name in ("fsdp_vit_large.yaml", "fsdp_cpu_2proc.yaml"))
+    assert gpu.fsdp_config == cpu.fsdp_config
+    assert gpu.fsdp_config["fsdp_version"] == 2  # FSDP2: torch's fully_shard, which also runs on a CPU
 
 
 def test_the_slurm_script_parses_and_names_existing_configs():

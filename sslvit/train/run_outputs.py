@@ -3,6 +3,7 @@ backbone, picture grids, the online k-NN, and the data-health messages (shard co
 images)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from pathlib import Path
@@ -20,6 +21,34 @@ from sslvit.report.curves import save_curves
 from sslvit.report.runlog import read_log, run_caption
 
 
+def sharded(accelerator) -> bool:
+    """FSDP: each process holds shards of the parameters, and every forward is collective."""
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+@contextlib.contextmanager
+def gathered(accelerator, model):
+    """Under FSDP, every unit's full parameters, for code that does not go through ``model(...)``
+    (pictures, the online k-NN): the root unit's (stem, position table, tokens, norms, heads,
+    decoder: what no ``Block`` holds) and each Block's (the attention pictures read the last
+    block's weights without calling it). A Block that runs a forward inside reshards after it,
+    and its next forward gathers again, so every process must enter and run the same forwards.
+    Elsewhere nothing happens."""
+    if not sharded(accelerator):
+        yield
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]  # the same order on every process
+    for unit in units:
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
+
+
 def exported(model) -> torch.nn.Module:
     return model.exported_backbone()
 
@@ -28,7 +57,7 @@ def export(accelerator, model, raw, cfg, run_dir: Path) -> None:
     """Export the backbone; called on every process, because FSDP gathers the full weights
     from all of them (elsewhere the main process writes what it holds)."""
     backbone, state = exported(raw), None
-    if accelerator.distributed_type == DistributedType.FSDP:
+    if sharded(accelerator):
         full = accelerator.get_state_dict(model)
         prefix = next(name for name, m in raw.named_modules() if m is backbone) + "."
         state = {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
@@ -107,6 +136,8 @@ def save_pictures(accelerator, raw, imgs: torch.Tensor, path: Path) -> None:
     with torch.random.fork_rng(devices=[accelerator.device] if cuda else []), accelerator.autocast():
         columns = raw.pictures(imgs.to(accelerator.device))
     raw.train(was_training)
+    if not accelerator.is_main_process:  # under FSDP every process draws them (see ``gathered``); one writes
+        return
     save_curves(path.parent)
     if columns is None:  # the objective draws no pictures
         return
