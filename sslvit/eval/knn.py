@@ -103,9 +103,9 @@ def knn_vote(sims: np.ndarray, nbrs: np.ndarray, train_labels: np.ndarray, num_c
 
 def knn_classify(train_feats, train_labels, query_feats, query_labels, ks=KS, temperature=TEMPERATURE,
                  index_kind: str = "auto") -> dict:
-    """-> {k: {"top1": %, "top5": %}} for each k (capped at the train size; duplicates dropped).
-
-    Any number of classes and of queries; top-5 is top-min(5, C)."""
+    """-> {k: {"top1": %, "top5": %, "top_n": n}} for each k (capped at the train size; duplicates
+    dropped). Any number of classes and of queries; "top5" is top-n with n = min(5, C), so a
+    table names its column by ``top_n`` (top-3 for 3 classes)."""
     train_labels = np.asarray(train_labels, dtype=np.int64)
     query_labels = np.asarray(query_labels, dtype=np.int64)
     num_classes = int(max(train_labels.max(), query_labels.max())) + 1
@@ -116,6 +116,7 @@ def knn_classify(train_feats, train_labels, query_feats, query_labels, ks=KS, te
         scores = knn_vote(sims, nbrs, train_labels, num_classes, k, temperature)
         order = np.argsort(-scores, axis=1, kind="stable")
         top1 = (order[:, 0] == query_labels).mean() * 100
-        top5 = (order[:, : min(5, num_classes)] == query_labels[:, None]).any(1).mean() * 100
-        out[k] = {"top1": float(top1), "top5": float(top5)}
+        top_n = min(5, num_classes)
+        top5 = (order[:, :top_n] == query_labels[:, None]).any(1).mean() * 100
+        out[k] = {"top1": float(top1), "top5": float(top5), "top_n": top_n}
     return out

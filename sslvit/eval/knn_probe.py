@@ -101,8 +101,10 @@ def _neighbours_picture(feats, train_set, val_set, cfg: KNNProbeConfig, path):
 
 
 def format_table(report: dict) -> str:
+    first = next(iter(next(iter(report["results"].values())).values()))
+    top_n = f"top-{first.get('top_n', 5)}"  # top-min(5, classes): top-3 when there are 3 classes
     rows = [f"k-NN ({report['num_train']} train / {report['num_val']} val, pool={report['pool']}, "
-            f"T={report['temperature']})", f"{'features':<14}{'k':>6}{'top-1':>9}{'top-5':>9}"]
+            f"T={report['temperature']})", f"{'features':<14}{'k':>6}{'top-1':>9}{top_n:>9}"]
     for name, by_k in report["results"].items():
         for k, r in by_k.items():
             rows.append(f"{name:<14}{k:>6}{r['top1']:>9.2f}{r['top5']:>9.2f}")
