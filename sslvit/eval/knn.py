@@ -1,12 +1,16 @@
 """Weighted k-NN classification on l2-normalized features (DINO's ``eval_knn.py`` protocol),
-with faiss doing the search."""
+with faiss doing the search (imported by the functions that search)."""
 from __future__ import annotations
 
 import contextlib
 import io
 
-import faiss
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import faiss
 
 KS = (10, 20, 100, 200)
 TEMPERATURE = 0.07
@@ -29,6 +33,8 @@ def build_index(train: np.ndarray, kind: str = "auto", nlist: int | None = None,
     per query, by default the smallest power of two whose recall@k against exact search reaches
     ``IVF_RECALL`` on 256 train vectors used as queries (themselves excluded). "auto": flat below
     ``IVF_MIN_SIZE`` vectors, else ivf."""
+    import faiss  # here, not at the top: a probe's --help needs no faiss (and torch comes first)
+
     n, d = train.shape
     if kind == "auto":
         kind = "flat" if n < IVF_MIN_SIZE else "ivf"
@@ -67,6 +73,8 @@ def index_search(index: faiss.Index, query: np.ndarray, k: int) -> tuple[np.ndar
     inverted list, faiss's big-batch search instead (one BLAS product per list against all the
     queries probing it, instead of scanning the lists query by query). Queries left short of k
     results (their probed lists held fewer vectors) are searched again with every list probed."""
+    import faiss  # here, not at the top: a probe's --help needs no faiss (and torch comes first)
+
     ivf = isinstance(index, faiss.IndexIVF)
     if ivf and len(query) * index.nprobe >= BIG_BATCH_MIN * index.nlist:
         from faiss.contrib.big_batch_search import big_batch_search

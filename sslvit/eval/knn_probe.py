@@ -13,8 +13,6 @@ from sslvit.eval.feature_cache import cached_features, feature_key
 from sslvit.eval.features import extract_features, finish_probe, raw_pixel_features
 from sslvit.eval.knn import KS, TEMPERATURE, knn_classify, knn_search
 from sslvit.eval.retrieval import neighbours_picture, retrieval_metrics
-from sslvit.models.export import load_backbone, resolve_backbone_path, run_data_of
-from sslvit.models.vit import build_backbone
 from sslvit.files import existing, write_json_atomic
 from sslvit.runtime.devices import build_accelerator
 
@@ -35,6 +33,9 @@ class KNNProbeConfig:
 
 
 def run_knn_probe(cfg: KNNProbeConfig) -> dict:
+    from sslvit.models.export import load_backbone, resolve_backbone_path, run_data_of  # timm: not for --help
+    from sslvit.models.vit import build_backbone
+
     if cfg.index not in ("auto", "flat", "ivf"):
         raise ValueError(f"index '{cfg.index}' is unknown; use auto, flat or ivf.")
     weights = resolve_backbone_path(cfg.ckpt)

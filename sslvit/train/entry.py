@@ -21,7 +21,6 @@ from sslvit.data.shard_reader import build_shard_dataset, is_shard_spec
 from sslvit.data.transforms import eval_transform
 from sslvit.train.checkpoint import latest_checkpoint
 from sslvit.runtime.errors import USER_ERRORS, TrainingDiverged
-from sslvit.train.loop import pretrain
 from sslvit.train.run_lock import run_dir_lock
 from sslvit.train.stop_signals import RunStopped, StopRequest, follow_launcher
 
@@ -61,6 +60,8 @@ def run_pretraining(config_cls, preset: str | None = None, argv=None, stop: Stop
         cfg.train.validate()
     if cfg.resume:
         check_same_run(cfg)
+    from sslvit.train.loop import pretrain  # timm, torchvision, faiss: here, so --help and a bad key answer at once
+
     train_set = training_set(cfg)
     picture_set = build_dataset(cfg.data, "val" if cfg.data == "digits" else "all", cfg.model.img_size,
                                 transform=eval_transform(cfg.model.img_size))
