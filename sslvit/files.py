@@ -17,7 +17,14 @@ from safetensors.torch import save_file
 
 
 def current_umask() -> int:
-    """The process's umask (POSIX can only read it by setting it, so it is set straight back)."""
+    """The process's umask: Linux shows it in /proc/self/status; elsewhere POSIX can only read it
+    by setting it, so it is set straight back (a file another thread creates in between would get 022)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

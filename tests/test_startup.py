@@ -9,7 +9,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("timm", "torchvision", "faiss", "tensorboard", "torch.utils.tensorboard", "sklearn")
 SCRIPTS = ["pretrain/mae.py", "pretrain/dino.py", "pretrain/beit.py", "pretrain/ibot.py", "pretrain/mae_dino.py",
-           "probes/knn.py", "probes/linear.py"]
+           "probes/knn.py", "probes/linear.py", "probes/finetune.py"]
 # each script in a fresh interpreter would cost seconds apiece: one interpreter runs them in turn,
 # and a library imported by any of them stays in sys.modules for the check
 CHECK = """
