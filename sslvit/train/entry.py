@@ -60,8 +60,6 @@ def run_pretraining(config_cls, preset: str | None = None, argv=None, stop: Stop
         cfg.train.validate()
     if cfg.resume:
         check_same_run(cfg)
-    from sslvit.train.loop import pretrain  # timm, torchvision, faiss: here, so --help and a bad key answer at once
-
     train_set = training_set(cfg)
     picture_set = build_dataset(cfg.data, "val" if cfg.data == "digits" else "all", cfg.model.img_size,
                                 transform=eval_transform(cfg.model.img_size))
@@ -69,6 +67,8 @@ def run_pretraining(config_cls, preset: str | None = None, argv=None, stop: Stop
     if not picture_imgs:
         raise DataError(f"No readable sample in '{cfg.data}': every image failed to decode; check the data.")
     picture_imgs = torch.stack(picture_imgs)
+    from sslvit.train.loop import pretrain  # timm, torchvision, faiss: here, so --help and bad input answer at once
+
     with removed_if_it_fails(Path(cfg.out).expanduser()):
         set_seed(cfg.train.seed)  # the initial weights are part of what a seed reproduces
         objective = cfg.build_objective()  # BEiT fits (and writes) its tokenizer here
