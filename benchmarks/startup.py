@@ -2,20 +2,23 @@
 work starts, so their time is all imports.
 
 Times, as fresh processes (``python CMD``, nothing cached in the process), round-robin, one
-warm-up round (the page cache) then ``--reps`` timed rounds, median and min:
+warm-up round (the page cache) then ``--reps`` timed rounds: median and min of the wall time, and
+the median CPU time (user + system of the child), which a loaded shared machine inflates less:
   mae --help        python pretrain/mae.py --help
   knn --help        python probes/knn.py --help
   mae bad key       python pretrain/mae.py --train.epochs 0   (one sentence, exit code 2)
 Each command also reports which heavy libraries it imported (timm, torchvision, faiss,
-tensorboard, sklearn), from ``-X importtime``. ``--repo DIR`` times another checkout (e.g. the
-commit before the lazy imports: ``git worktree add /tmp/before <commit>``) with its own sslvit.
+tensorboard, sklearn), from ``-X importtime``. ``--compare DIR`` times another checkout too (e.g.
+the commit before the lazy imports: ``git archive <commit> | tar -x -C DIR``), each with its own
+sslvit, interleaved with this one command by command, so a shared machine's load hits both alike.
 
-    python benchmarks/startup.py [--reps 5] [--repo DIR]
+    python benchmarks/startup.py [--reps 5] [--compare DIR]
 """
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -33,13 +36,19 @@ COMMANDS = {
 HEAVY = ("timm", "torchvision", "faiss", "tensorboard", "sklearn")
 
 
-def run(repo: Path, args: list[str], importtime: bool = False) -> tuple[float, str]:
-    """-> (wall seconds, stderr) of ``python ARGS`` in ``repo`` with that repo's sslvit first on the path."""
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(repo: Path, args: list[str], importtime: bool = False) -> tuple[float, float, str]:
+    """-> (wall seconds, CPU seconds, stderr) of ``python ARGS`` in ``repo`` with that repo's sslvit
+    first on the path."""
     env = {**os.environ, "PYTHONPATH": str(repo)}
     cmd = [sys.executable, *(["-X", "importtime"] if importtime else []), *args]
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), _children_cpu()
     done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
-    return time.perf_counter() - t, done.stderr
+    return time.perf_counter() - t, _children_cpu() - cpu, done.stderr
 
 
 def heavy_imports(stderr: str) -> list[str]:
@@ -52,20 +61,32 @@ def heavy_imports(stderr: str) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--repo", type=Path, default=Path(__file__).resolve().parents[1])
+    ap.add_argument("--compare", type=Path, help="another checkout, timed interleaved with this one")
     args = ap.parse_args()
-    print_machine(f"repo {args.repo}")
-    times = {name: [] for name in COMMANDS}
-    for r in range(args.reps + 1):
+    repos = {"this": Path(__file__).resolve().parents[1]}
+    if args.compare:
+        repos["compare"] = args.compare.resolve()
+    print_machine(" | ".join(f"{k}: {v}" for k, v in repos.items()))
+    times = {(r, name): [] for r in repos for name in COMMANDS}
+    cpus = {(r, name): [] for r in repos for name in COMMANDS}
+    for rep in range(args.reps + 1):
         for name, cmd in COMMANDS.items():
-            seconds, _ = run(args.repo, cmd)
-            if r:  # round 0 warms the page cache
-                times[name].append(seconds)
+            for r, repo in repos.items():
+                seconds, cpu, _ = run(repo, cmd)
+                if rep:  # round 0 warms the page cache
+                    times[(r, name)].append(seconds)
+                    cpus[(r, name)].append(cpu)
     for name, cmd in COMMANDS.items():
-        _, report = run(args.repo, cmd, importtime=True)
-        t = times[name]
-        print(f"{name:12s} median {statistics.median(t):5.2f} s  min {min(t):5.2f} s   imports "
-              f"{', '.join(heavy_imports(report)) or 'none of ' + '/'.join(HEAVY)}")
+        for r, repo in repos.items():
+            _, _, report = run(repo, cmd, importtime=True)
+            t = times[(r, name)]
+            print(f"{r:8s} {name:12s} wall median {statistics.median(t):5.2f} s  min {min(t):5.2f} s  CPU median "
+                  f"{statistics.median(cpus[(r, name)]):5.2f} s   imports "
+                  f"{', '.join(heavy_imports(report)) or 'none of ' + '/'.join(HEAVY)}")
+        if args.compare:
+            wall, cpu = ((statistics.median(m[("compare", name)]) / statistics.median(m[("this", name)]))
+                         for m in (times, cpus))
+            print(f"{'':8s} {name:12s} this checkout {wall:.2f}x faster (wall), {cpu:.2f}x less CPU")
     print("load average at the end: %.2f %.2f %.2f" % os.getloadavg())
 
 
