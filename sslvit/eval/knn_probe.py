@@ -14,8 +14,6 @@ from sslvit.eval.feature_cache import cached_features, feature_key
 from sslvit.eval.features import extract_features, finish_probe, raw_pixel_features
 from sslvit.eval.knn import KS, TEMPERATURE, knn_classify, knn_search
 from sslvit.eval.retrieval import neighbours_picture, retrieval_metrics
-from sslvit.models.export import load_backbone, resolve_backbone_path, run_data_of
-from sslvit.models.vit import build_backbone
 from sslvit.files import existing, write_json_atomic
 from sslvit.runtime.devices import build_accelerator
 
@@ -36,6 +34,9 @@ class KNNProbeConfig:
 
 
 def run_knn_probe(cfg: KNNProbeConfig) -> dict:
+    from sslvit.models.export import load_backbone, resolve_backbone_path, run_data_of  # timm: not for --help
+    from sslvit.models.vit import build_backbone
+
     if cfg.index not in ("auto", "flat", "ivf"):
         raise ValueError(f"index '{cfg.index}' is unknown; use auto, flat or ivf.")
     weights = resolve_backbone_path(cfg.ckpt)
@@ -112,8 +113,10 @@ def _picture_caption(weights, pretrained: dict) -> str:
 
 
 def format_table(report: dict) -> str:
+    first = next(iter(next(iter(report["results"].values())).values()))
+    top_n = f"top-{first.get('top_n', 5)}"  # top-min(5, classes): top-3 when there are 3 classes
     rows = [f"k-NN ({report['num_train']} train / {report['num_val']} val, pool={report['pool']}, "
-            f"T={report['temperature']})", f"{'features':<14}{'k':>6}{'top-1':>9}{'top-5':>9}"]
+            f"T={report['temperature']})", f"{'features':<14}{'k':>6}{'top-1':>9}{top_n:>9}"]
     for name, by_k in report["results"].items():
         for k, r in by_k.items():
             rows.append(f"{name:<14}{k:>6}{r['top1']:>9.2f}{r['top5']:>9.2f}")

@@ -24,7 +24,6 @@ from sslvit.models.checkpoint_layouts import WeightsError, import_file
 from sslvit.models.init_from import load_imported
 from sslvit.train.checkpoint import latest_checkpoint
 from sslvit.runtime.errors import USER_ERRORS, TrainingDiverged
-from sslvit.train.loop import pretrain
 from sslvit.train.run_lock import run_dir_lock
 from sslvit.train.stop_signals import RunStopped, StopRequest, follow_launcher
 
@@ -75,6 +74,8 @@ def run_pretraining(config_cls, preset: str | None = None, argv=None, stop: Stop
     if not picture_imgs:
         raise DataError(f"No readable sample in '{cfg.data}': every image failed to decode; check the data.")
     picture_imgs = torch.stack(picture_imgs)
+    from sslvit.train.loop import pretrain  # timm, torchvision, faiss: here, so --help and bad input answer at once
+
     with removed_if_it_fails(Path(cfg.out).expanduser()):
         set_seed(cfg.train.seed)  # the initial weights are part of what a seed reproduces
         objective = cfg.build_objective()  # BEiT fits (and writes) its tokenizer here

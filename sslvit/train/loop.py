@@ -31,12 +31,14 @@ from sslvit.train.checkpoint import (check_writable, latest_checkpoint, read_met
 from sslvit.train.compiled import compile_objective
 from sslvit.runtime.devices import build_accelerator, process_state
 from sslvit.train.optim import build_adamw, clip_grad_per_param_, init_adamw_state
+from sslvit.train.parameters import format_counts, parameter_counts
 from sslvit.train.precision import PrecisionChoice, measure_step, resolve_precision
 from sslvit.train.run_outputs import (check_shard_counts, export, gathered, machine, online_knn, save_pictures,
                                       sharded, too_many_unreadable, write_report)
 from sslvit.runtime.errors import CheckpointError, TrainingDiverged
 from sslvit.runtime.schedules import cosine_schedule, scaled_lr
 from sslvit.train.stop_signals import RunStopped, StopRequest
+from sslvit.train.tracking import tracked_scalars, write_hparams
 from sslvit.train.train_config import TrainConfig
 
 __all__ = ["TrainConfig", "TrainingDiverged", "RunStopped", "pretrain"]
@@ -212,22 +214,26 @@ class Trainer:
         if self.main:
             self.log_file.write(json.dumps(record) + "\n")
             self.log_file.flush()
-        self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=self.p.step)
+        self.accelerator.log(tracked_scalars(record), step=self.p.step)
 
     def run(self, stop: Optional[StopRequest] = None) -> Path:
         stop = stop or StopRequest()
         self.p = self._resume()
         acc, tc = self.accelerator, self.tc
-        acc.init_trackers("tensorboard", config=_flat(to_dict(self.cfg)))
+        acc.init_trackers("tensorboard")  # one entry per run: hparams below, not in a folder of their own
+        if self.resume_from is None:  # a resumed run's entry has them already
+            write_hparams(acc, _flat(to_dict(self.cfg)))
         self.log_file = open(self.run_dir / "log.jsonl", "a") if self.main else None
         if self.main:
             acc.print(f"Run directory: {self.run_dir}  |  {acc.num_processes} process(es)"
                       f"{', parameters sharded (FSDP2),' if sharded(acc) else ''} on {acc.device}, precision "
                       f"{self.choice.name} ({self.choice.reason}), effective batch {self.effective_batch}, "
                       f"lr {self.base_lr:.3g}, {self.steps_per_epoch} steps/epoch")
+        counts = parameter_counts(self.raw)
+        acc.print(format_counts(counts))
         c = self.choice
-        self.log({"step": self.p.step, "precision": c.name, "precision_reason": c.reason, "machine": machine(acc),
-                  "objective": type(self.raw).__name__,
+        self.log({"step": self.p.step, "parameters": counts, "precision": c.name, "precision_reason": c.reason,
+                  "machine": machine(acc), "objective": type(self.raw).__name__,
                   **({"precision_timings_s": c.timings, "precision_choice_s": c.cost_s} if c.timings else {})})
         last_epoch = tc.epochs - 1 if tc.stop_after is None else min(tc.epochs, self.p.epoch + tc.stop_after) - 1
         try:
