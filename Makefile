@@ -17,9 +17,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	rm -rf $(DEMO_OUT)
-	$(BIN)/accelerate launch --config_file launch/cpu.yaml pretrain/mae.py --data cluttered --out $(DEMO_OUT)
+	$(BIN)/python pretrain/mae.py --data cluttered --out $(DEMO_OUT)
 	$(BIN)/python probes/knn.py --ckpt $(DEMO_OUT) --pool avg
-	@echo "Outputs: $(DEMO_OUT)/ (backbone.safetensors, knn.json, pictures_*.png, log.jsonl, checkpoints/)"
+	@echo "Outputs: $(DEMO_OUT)/ (report.html: the run on one page; backbone.safetensors, knn.json, pictures_*.png, curves.png, log.jsonl, checkpoints/)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

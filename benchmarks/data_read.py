@@ -134,7 +134,7 @@ def main() -> None:
         make_jpegs(src, args.n, args.px)
         size = sum(p.stat().st_size for p in src.rglob("*.jpg")) / args.n
         t = time.perf_counter()
-        write_shards(src, out, max_count=args.max_count, workers=args.workers, progress=False)
+        write_shards(src, out, val_fraction=0, max_count=args.max_count, workers=args.workers, progress=False)
         write_rate = args.n / (time.perf_counter() - t)
         tf = mae_train_transform(args.img)
         folder = build_dataset(str(src), "all", args.img, transform=tf)

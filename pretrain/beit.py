@@ -1,4 +1,5 @@
-"""BEiT pretraining: ``accelerate launch pretrain/beit.py [--config FILE.yaml] [--key value ...]``.
+"""BEiT pretraining: ``python pretrain/beit.py [--config FILE.yaml] [--key value ...]``
+(several processes: ``accelerate launch --config_file launch/multi_gpu.yaml pretrain/beit.py ...``).
 
 With no arguments it pretrains a ViT-Ti/4 on the embedded digits, fitting a pixel k-means
 tokenizer on them first; ``--tokenizer.path FILE`` uses one fitted with

@@ -1,4 +1,5 @@
-"""MAE pretraining: ``accelerate launch pretrain/mae.py [--config FILE.yaml] [--key value ...]``.
+"""MAE pretraining: ``python pretrain/mae.py [--config FILE.yaml] [--key value ...]``
+(several processes: ``accelerate launch --config_file launch/multi_gpu.yaml pretrain/mae.py ...``).
 
 With no arguments it pretrains a ViT-Ti/4 on the embedded digits; ``--data DIR`` trains on
 your own folder of images with the MAE reference defaults. ``--help`` lists every key."""

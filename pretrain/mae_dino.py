@@ -1,4 +1,5 @@
-"""MAE + DINO in one step: ``accelerate launch pretrain/mae_dino.py [--weights.mae W] [--weights.dino W] ...``.
+"""MAE + DINO in one step: ``python pretrain/mae_dino.py [--weights.mae W] [--weights.dino W] ...``
+(several processes: ``accelerate launch --config_file launch/multi_gpu.yaml pretrain/mae_dino.py ...``).
 
 With no arguments it pretrains a ViT-Ti/4 on the embedded digits with both presets' keys."""
 from sslvit.recipes.mae_dino import MAEDINORunConfig

@@ -1,4 +1,4 @@
-"""Fine-tuning: ``accelerate launch probes/finetune.py --ckpt RUN_DIR [--mode full|attention]
+"""Fine-tuning: ``python probes/finetune.py --ckpt RUN_DIR [--mode full|attention]
 [--img_size N]``.
 
 Full fine-tuning with layer-wise lr decay, drop path, label smoothing and DeiT III's 3-Augment,

@@ -1,6 +1,9 @@
 """Writes that are whole or absent: every output is written under a temporary name in its own
 folder and renamed into place, so a kill or a full disk never leaves a half-written file under
-the real name. Lowest layer: data, models, train, eval and tokenizers all use it."""
+the real name. Lowest layer: data, models, train, eval and tokenizers all use it.
+
+Every file written here gets the mode the user's umask gives (0644 under the usual 022), as
+``open`` would: safetensors writes its files 0600, which colleagues could not read."""
 from __future__ import annotations
 
 import contextlib
@@ -13,14 +16,40 @@ import torch
 from safetensors.torch import save_file
 
 
+def current_umask() -> int:
+    """The process's umask: Linux shows it in /proc/self/status; elsewhere POSIX can only read it
+    by setting it, so it is set straight back (a file another thread creates in between would get 022)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(root: Path) -> None:
+    """Give ``root`` (a file, or a folder and everything under it) the modes ``open`` and
+    ``mkdir`` give under the umask: files 0o666 & ~umask, folders 0o777 & ~umask."""
+    mask = current_umask()
+    root = Path(root)
+    paths = [root, *root.rglob("*")] if root.is_dir() else [root]
+    for p in paths:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` when the body succeeds,
-    remove it when it fails."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` (with the umask's mode)
+    when the body succeeds, remove it when it fails."""
     path = Path(path)
     tmp = path.with_name(f".tmp_{path.name}")
     try:
         yield tmp
+        honour_umask(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -35,6 +64,12 @@ def save_safetensors_atomic(state: dict[str, torch.Tensor], path: Path, metadata
 def write_json_atomic(obj, path: Path) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2))
+
+
+def save_figure_atomic(fig, path: Path, dpi: int) -> None:
+    """A matplotlib ``Figure`` as a PNG at ``dpi`` (its size in inches x dpi = its pixels)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
 
 
 def existing(paths: Iterable[Path]) -> list[str]:

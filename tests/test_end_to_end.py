@@ -24,7 +24,7 @@ def test_two_epoch_run_writes_every_artifact(tmp_path, image_folder, fresh_accel
     run = _run(tmp_path / "run", image_folder)
     names = {p.name for p in run.iterdir()}
     assert {"config.yaml", "log.jsonl", "backbone.safetensors", "backbone.json", "checkpoints", "tensorboard",
-            "pictures_epoch0001.png", "pictures_epoch0002.png"} <= names
+            "pictures_epoch0001.png", "pictures_epoch0002.png", "curves.png", "report.html"} <= names
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 2
     lines = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     steps = [r for r in lines if "loss" in r]

@@ -97,3 +97,17 @@ def test_the_probe_takes_the_index_kind_and_refuses_an_unknown_one(tmp_path):
     assert knn_classify(train, labels, query, qlabels, ks=(10,)) == exact  # auto is exact at this size
     ivf = knn_classify(train, labels, query, qlabels, ks=(10,), index_kind="ivf")
     assert abs(ivf[10]["top1"] - exact[10]["top1"]) <= 10
+
+
+@pytest.mark.parametrize("num_classes, column", [(3, "top-3"), (10, "top-5")])
+def test_table_names_the_top_n_column_by_the_n_it_uses(num_classes, column):
+    from sslvit.eval.knn_probe import format_table
+
+    rng = np.random.default_rng(4)
+    ytr, yq = np.arange(60) % num_classes, np.arange(20) % num_classes
+    train, query = rng.normal(size=(60, 8)), rng.normal(size=(20, 8))
+    results = knn_classify(train, ytr, query, yq, ks=(10,))
+    assert results[10]["top_n"] == min(5, num_classes)
+    report = {"num_train": 60, "num_val": 20, "pool": "cls", "temperature": 0.07, "results": {"pretrained": results}}
+    header = format_table(report).splitlines()[1].split()
+    assert header == ["features", "k", "top-1", column]

@@ -6,7 +6,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "sslvit"
 # each package may import only those of a lower rank (and itself)
 RANK = {"config": 0, "files": 0, "masking": 0, "data": 1, "models": 1, "runtime": 2, "pictures": 2,
-        "tokenizers": 3, "eval": 3, "objectives": 4, "train": 5, "recipes": 6, "presets": 0}
+        "report": 2, "tokenizers": 3, "eval": 3, "objectives": 4, "train": 5, "recipes": 6, "presets": 0}
 
 
 def _imports() -> list[tuple[str, str, str]]:

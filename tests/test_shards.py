@@ -74,7 +74,7 @@ def test_writer_round_trips_counts_labels_and_bytes(split_folder, tmp_path):
 def test_same_seed_same_bytes_and_another_seed_another_order(split_folder, tmp_path):
     digests = []
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        write_shards(split_folder / "train", tmp_path / name, seed=seed, max_count=10, progress=False)
+        write_shards(split_folder / "train", tmp_path / name, val_fraction=0, seed=seed, max_count=10, progress=False)
         digests.append([hashlib.sha256((tmp_path / name / f"train-{i:06d}.tar").read_bytes()).hexdigest()
                         for i in range(5)])
     assert digests[0] == digests[1]
@@ -97,21 +97,21 @@ def test_an_interrupted_write_resumes_and_never_exposes_a_half_shard(split_folde
 
     monkeypatch.setattr(shards, "write_shard", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
-        write_shards(split_folder / "train", out, max_count=10, progress=False)
+        write_shards(split_folder / "train", out, val_fraction=0, max_count=10, progress=False)
     assert sorted(p.name for p in out.glob("*.tar")) == ["train-000000.tar", "train-000001.tar"]
     assert not (out / "train.json").exists()  # readers find no index, so they trust nothing yet
     with pytest.raises(DataError, match="cannot be read"):
         resolve_shards(str(out / "train.json"), "train")
     monkeypatch.setattr(shards, "write_shard", real)
     calls.clear()
-    write_shards(split_folder / "train", out, max_count=10, progress=False)
+    write_shards(split_folder / "train", out, val_fraction=0, max_count=10, progress=False)
     fresh = tmp_path / "fresh"
-    write_shards(split_folder / "train", fresh, max_count=10, progress=False)
+    write_shards(split_folder / "train", fresh, val_fraction=0, max_count=10, progress=False)
     for i in range(5):
         assert (out / f"train-{i:06d}.tar").read_bytes() == (fresh / f"train-{i:06d}.tar").read_bytes()
     # a different write into the same folder is refused instead of mixing two sets
     with pytest.raises(DataError, match="different write"):
-        write_shards(split_folder / "train", out, max_count=7, progress=False)
+        write_shards(split_folder / "train", out, val_fraction=0, max_count=7, progress=False)
 
 
 def _sample_ids(dataset: ShardDataset, num_workers: int) -> list:
@@ -121,7 +121,7 @@ def _sample_ids(dataset: ShardDataset, num_workers: int) -> list:
 
 def test_two_nodes_two_workers_read_every_sample_once_per_epoch(split_folder, tmp_path):
     out = tmp_path / "shards"
-    write_shards(split_folder / "train", out, max_count=4, progress=False)  # 12 shards, uneven 4/4/.../1
+    write_shards(split_folder / "train", out, val_fraction=0, max_count=4, progress=False)  # 12 shards, uneven 4/4/.../1
     urls, n, _ = resolve_shards(str(out), "train")
     expected = sorted(pixel_id(Image.open(p).convert("RGB")) for p in (split_folder / "train").rglob("*.png"))
     orders = []
@@ -138,7 +138,7 @@ def test_two_nodes_two_workers_read_every_sample_once_per_epoch(split_folder, tm
 
 def test_every_process_takes_the_same_number_of_batches_when_counts_are_uneven(split_folder, tmp_path):
     out = tmp_path / "shards"
-    write_shards(split_folder / "train", out, max_count=20, progress=False)  # 20 + 20 + 5 samples
+    write_shards(split_folder / "train", out, val_fraction=0, max_count=20, progress=False)  # 20 + 20 + 5 samples
     urls, n, _ = resolve_shards(str(out), "train")
     lengths = []
     for rank in (0, 1):
@@ -231,7 +231,7 @@ def test_a_shard_set_with_no_good_sample_stops_with_one_sentence(tmp_path, fresh
 
 def test_missing_shard_empty_pattern_and_empty_folder_each_give_one_clear_error(split_folder, tmp_path):
     out = tmp_path / "shards"
-    write_shards(split_folder / "train", out, max_count=10, progress=False)
+    write_shards(split_folder / "train", out, val_fraction=0, max_count=10, progress=False)
     with pytest.raises(DataError, match="does not exist"):
         build_dataset(str(out / "train-{000000..000009}.tar"), "train", 16)
     with pytest.raises(DataError, match="expands to no shards|empty"):
@@ -247,7 +247,7 @@ def test_missing_shard_empty_pattern_and_empty_folder_each_give_one_clear_error(
 
 def test_a_brace_pattern_reads_the_named_shards_and_finds_its_index(split_folder, tmp_path):
     out = tmp_path / "shards"
-    write_shards(split_folder / "train", out, max_count=10, progress=False)
+    write_shards(split_folder / "train", out, val_fraction=0, max_count=10, progress=False)
     urls, n, classes = resolve_shards(str(out / "train-{000000..000002}.tar"), "train")
     assert len(urls) == 3 and n == 30 and classes == ["c0", "c1", "c2"]
     urls, n, _ = resolve_shards(f"pipe:cat {out}/train-{{000003..000004}}.tar", "train")
@@ -292,7 +292,7 @@ with open(f"{sys.argv[2]}/rank{state.process_index}.json", "w") as f:
 
 def test_a_real_two_process_gloo_run_splits_shards_and_never_hangs(split_folder, tmp_path):
     out = tmp_path / "shards"
-    write_shards(split_folder / "train", out, max_count=20, progress=False)  # 3 shards for 2 x 2 slots: uneven
+    write_shards(split_folder / "train", out, val_fraction=0, max_count=20, progress=False)  # 3 shards for 2 x 2 slots: uneven
     script = tmp_path / "reader.py"
     script.write_text(TWO_PROCESS_READER)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -314,7 +314,7 @@ def test_a_resumed_shard_run_reaches_the_same_weights(split_folder, tmp_path, fr
     from tests.test_end_to_end import _run
 
     out = tmp_path / "shards"
-    write_shards(split_folder / "train", out, max_count=10, progress=False)
+    write_shards(split_folder / "train", out, val_fraction=0, max_count=10, progress=False)
     extra = ["--train.num_workers", "2", "--train.shuffle_buffer", "8"]
     straight = _run(tmp_path / "straight", out, extra)
     fresh_accelerate()
@@ -375,7 +375,7 @@ def test_items_at_follows_the_feature_extractors_order_of_a_stream(split_folder,
     from sslvit.data.dataset import items_at
 
     out = tmp_path / "shards"
-    write_shards(split_folder / "train", out, max_count=4, progress=False)
+    write_shards(split_folder / "train", out, val_fraction=0, max_count=4, progress=False)
     ds = ShardDataset(*resolve_shards(str(out), "train")[:2], transform=pixel_id, shuffle=False)
     order = [x for batch in DataLoader(ds, batch_size=8, num_workers=2) for x in batch[0]]  # as extract_features
     wanted = [0, 7, 8, 30, 44]
@@ -386,7 +386,7 @@ def test_items_at_follows_the_feature_extractors_order_of_a_stream(split_folder,
 
 def test_resampled_mode_gives_a_full_epoch_reproducibly(split_folder, tmp_path):
     out = tmp_path / "shards"
-    write_shards(split_folder / "train", out, max_count=10, progress=False)
+    write_shards(split_folder / "train", out, val_fraction=0, max_count=10, progress=False)
     urls, n, _ = resolve_shards(str(out), "train")
 
     def epoch(seed, e):
@@ -407,7 +407,7 @@ def test_wrong_counts_in_the_index_are_a_warning_naming_shards_and_true_counts(c
     from tests.test_end_to_end import _run
 
     out = tmp_path / "shards"
-    write_shards(split_folder / "train", out, max_count=10, progress=False)  # 45 images: 10, 10, 10, 10, 5
+    write_shards(split_folder / "train", out, val_fraction=0, max_count=10, progress=False)  # 45 images: 10, 10, 10, 10, 5
     index = json.loads((out / "train.json").read_text())
     true = {s["name"]: s["count"] for s in index["shards"]}
     for s in index["shards"]:
@@ -427,7 +427,7 @@ def test_a_correct_index_gives_no_count_warning(split_folder, tmp_path, fresh_ac
     from tests.test_end_to_end import _run
 
     out = tmp_path / "shards"
-    write_shards(split_folder / "train", out, max_count=10, progress=False)
+    write_shards(split_folder / "train", out, val_fraction=0, max_count=10, progress=False)
     run = _run(tmp_path / "run", out, ["--train.batch_size", "4", "--train.epochs", "1", "--train.knn_every", "0"])
     assert "shard index's sample counts are wrong" not in capsys.readouterr().out
     assert "shard_counts_wrong" not in (run / "log.jsonl").read_text()
@@ -458,7 +458,7 @@ def test_a_shard_run_stopped_mid_epoch_resumes_to_the_same_weights(split_folder,
     from tests.test_end_to_end import TINY
 
     out = tmp_path / "shards"
-    write_shards(split_folder / "train", out, max_count=10, progress=False)
+    write_shards(split_folder / "train", out, val_fraction=0, max_count=10, progress=False)
     argv = [*TINY, "--data", str(out), "--train.num_workers", "2", "--train.shuffle_buffer", "8", "--train.epochs", "3"]
     straight = run_pretraining(MAERunConfig, "mae", argv=[*argv, "--out", str(tmp_path / "straight")])
     fresh_accelerate()
@@ -471,3 +471,24 @@ def test_a_shard_run_stopped_mid_epoch_resumes_to_the_same_weights(split_folder,
     run_pretraining(MAERunConfig, "mae", argv=[*argv, "--out", str(run), "--resume"])
     a, b = load_file(str(straight / "backbone.safetensors")), load_file(str(run / "backbone.safetensors"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) == 0.0
+
+
+def test_a_labelled_folder_is_written_with_the_val_images_reading_it_directly_holds_out(split_folder, tmp_path, capsys):
+    """The folder reader and the writer hold out the same 20%: the val shards hold exactly the
+    bytes of the images ``build_dataset(folder, 'val')`` holds out, the train shards the rest."""
+    from sslvit.data.dataset import build_dataset
+
+    folder, out = split_folder / "train", tmp_path / "shards"  # 3 class folders, no train/ and val/
+    shards_main([str(folder), str(out), "--max-count", "4", "--workers", "1"])  # the command's own default
+    held = {split: sorted(Path(p).read_bytes() for p in build_dataset(str(folder), split, 12).items)
+            for split in ("train", "val")}
+    assert len(held["val"]) == 9 and len(held["train"]) == 36
+    for split in ("train", "val"):
+        index = json.loads((out / f"{split}.json").read_text())
+        written = sorted(data for s in index["shards"] for name, data in _members(out / s["name"]).items()
+                         if name.endswith(".png"))
+        assert written == held[split] and index["num_samples"] == len(held[split])
+    assert "val: 9 samples" in capsys.readouterr().out
+    shards_main([str(folder), str(tmp_path / "whole"), "--val_fraction", "0"])
+    assert json.loads((tmp_path / "whole" / "train.json").read_text())["num_samples"] == 45
+    assert not (tmp_path / "whole" / "val.json").exists()

@@ -10,13 +10,12 @@ from itertools import islice
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from sslvit.data.cluttered import cluttered_split, parse_spec
 from sslvit.data.digits import digits_split
-from sslvit.data.folder import DataError, load_rgb, scan_folder
+from sslvit.data.folder import SPLIT_SEED, VAL_FRACTION, DataError, held_out_split, load_rgb, scan_folder
 from sslvit.data.shard_reader import ShardDataset, build_shard_dataset, is_shard_spec
 
 EMBEDDED = ("digits", "cluttered")
@@ -83,8 +82,8 @@ class ImageDataset(Dataset):
         return bad
 
 
-def build_dataset(data: str, split: str, img_size: int, transform=None, val_fraction: float = 0.2,
-                  seed: int = 0) -> ImageDataset | ShardDataset:
+def build_dataset(data: str, split: str, img_size: int, transform=None, val_fraction: float = VAL_FRACTION,
+                  seed: int = SPLIT_SEED) -> ImageDataset | ShardDataset:
     """``data`` is 'cluttered' / 'digits' (embedded), a folder or a shard set (see ``shard_reader``). split 'train' | 'val' | 'all'.
 
     A shard set comes back in its written order, unshuffled, bad samples skipped with a warning:
@@ -110,10 +109,8 @@ def build_dataset(data: str, split: str, img_size: int, transform=None, val_frac
     paths, labels, classes = scan_folder(root)
     if split == "all":
         return ImageDataset(paths, labels, transform, classes)
-    order = np.random.default_rng(seed).permutation(len(paths))
-    n_val = max(1, int(round(len(paths) * val_fraction)))
-    keep = order[:n_val] if split == "val" else order[n_val:]
-    keep = sorted(keep.tolist())
+    train, val = held_out_split(len(paths), val_fraction, seed)
+    keep = val if split == "val" else train
     return ImageDataset([paths[i] for i in keep], [labels[i] for i in keep], transform, classes)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
-from sklearn.datasets import load_digits
 
 NUM_VAL = 297  # fixed split: 1,500 train / 297 val
 
@@ -13,6 +12,8 @@ def digits_split(split: str, img_size: int) -> tuple[list[Image.Image], list[int
     """RGB PIL images (img_size x img_size, white digit on black) and labels of a fixed split."""
     if split not in ("train", "val"):
         raise ValueError(f"split '{split}' is unknown; use 'train' or 'val'.")
+    from sklearn.datasets import load_digits  # here: scikit-learn takes a second to import
+
     digits = load_digits()
     order = np.random.default_rng(0).permutation(len(digits.target))
     idx = order[NUM_VAL:] if split == "train" else order[:NUM_VAL]

@@ -5,11 +5,14 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from sslvit.data.decode import to_rgb
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+VAL_FRACTION = 0.2  # held out of a folder without train/ and val/: the probes' queries, never trained on
+SPLIT_SEED = 0  # fixed, so the folder reader and the shard writer hold out the same images
 
 
 class DataError(ValueError):
@@ -46,3 +49,12 @@ def load_rgb(path: Path) -> Image.Image | None:
     except Exception as e:  # PIL raises many types for corrupt files
         warnings.warn(f"Skipping unreadable image '{path}' ({e.__class__.__name__}).", stacklevel=2)
         return None
+
+
+def held_out_split(n: int, val_fraction: float = VAL_FRACTION, seed: int = SPLIT_SEED) -> tuple[list[int], list[int]]:
+    """-> (train, val): the sample numbers (into ``scan_folder``'s sorted paths) of the two parts of
+    a folder without train/ and val/, each sorted. val is the first round(n * val_fraction), at
+    least one, of a seeded permutation; the folder reader and the shard writer both use this."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(n * val_fraction)))
+    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torchvision.transforms import v2
 
 from sslvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -45,6 +44,8 @@ def _blur_kernel(size: int, max_sigma: float) -> int:
 
 
 def _view(size: int, scale, blur_p: float, solarize_p: float, cfg: MultiCropConfig) -> v2.Compose:
+    from torchvision.transforms import v2  # here, not at the top: --help needs no torchvision
+
     b, c, s, h = cfg.color_jitter
     ops = [
         v2.ToImage(),  # uint8 tensor: every op below runs on tensors, none through PIL

@@ -3,7 +3,9 @@
 ``python -m sslvit.data.shards SRC OUT`` turns an image folder into ``OUT/<split>-%06d.tar``
 shards plus ``OUT/<split>.json``, the index the readers take the epoch length, the progress bar
 and the class names from. A folder with ``train/`` and ``val/`` sub-folders gives both splits;
-any other folder gives one split (``--split``, default ``train``).
+any other folder is split as reading it directly splits it (``folder.held_out_split``: a seeded
+``--val_fraction``, default 20%, becomes ``val``, the rest ``train``), so pretraining and the
+probes see the same images either way; ``--val_fraction 0`` writes it whole as ``--split``.
 
 Each sample is ``<key>.<ext>`` (the image file's own bytes, not re-encoded) and, when the
 folder is labelled, ``<key>.cls`` (the class index as text). Samples are assigned to shards in a
@@ -28,7 +30,7 @@ import numpy as np
 import webdataset as wds
 from tqdm.auto import tqdm
 
-from sslvit.data.folder import DataError, scan_folder
+from sslvit.data.folder import VAL_FRACTION, DataError, held_out_split, scan_folder
 
 INDEX_FORMAT = "sslvit-shards/1"
 TAR_OVERHEAD = 1024  # bytes per member beside its data: a 512-byte header plus padding, at most
@@ -101,10 +103,11 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def write_split(src: Path, out: Path, split: str, seed: int = 0, max_count: int = 10000,
-                max_bytes: int = 1 << 30, workers: int = 1, progress: bool = True) -> dict:
-    """Write one split's shards and its index ``out/<split>.json``; -> the index."""
-    paths, labels, classes = scan_folder(src)
+def write_split(found: tuple[list[Path], list[int], list[str]], out: Path, split: str, seed: int = 0,
+                max_count: int = 10000, max_bytes: int = 1 << 30, workers: int = 1, progress: bool = True) -> dict:
+    """Write one split's shards and its index ``out/<split>.json``; ``found``: (paths, labels,
+    classes) as ``scan_folder`` gives them. -> the index."""
+    paths, labels, classes = found
     plans = plan_shards(paths, labels, split, seed, max_count, max_bytes)
     out.mkdir(parents=True, exist_ok=True)
     digest = _plan_digest(plans)
@@ -149,16 +152,32 @@ def write_split(src: Path, out: Path, split: str, seed: int = 0, max_count: int 
     return {**index, **index_stats}
 
 
-def write_shards(src: str | Path, out: str | Path, split: str = "train", **kw) -> list[dict]:
-    """A folder with train/ and val/ gives both splits; any other folder gives ``split``."""
+def write_shards(src: str | Path, out: str | Path, split: str = "train", val_fraction: float = VAL_FRACTION,
+                 **kw) -> list[dict]:
+    """A folder with train/ and val/ gives both splits; any other folder gives train and val held
+    out as the folder reader holds them out (``val_fraction``), or, with ``val_fraction`` 0, ``split``."""
     src, out = Path(src).expanduser(), Path(out).expanduser()
     if not src.is_dir():
         raise DataError(f"Image folder '{src}' does not exist; pass the folder that holds your images.")
     if out.exists() and not out.is_dir():
         raise DataError(f"The output '{out}' is a file; pass a folder (new or holding this write's shards).")
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"--val_fraction {val_fraction} must be in [0, 1): the share of the images held out as val.")
     if (src / "train").is_dir() and (src / "val").is_dir():
-        return [write_split(src / s, out, s, **kw) for s in ("train", "val")]
-    return [write_split(src, out, split, **kw)]
+        return [write_split(scan_folder(src / s), out, s, **kw) for s in ("train", "val")]
+    found = scan_folder(src)
+    if val_fraction == 0:
+        return [write_split(found, out, split, **kw)]
+    if split != "train":
+        raise DataError(f"--split {split} names the one split of a write with --val_fraction 0; this write makes "
+                        "train and val: drop --split, or add --val_fraction 0.")
+    paths, labels, classes = found
+    parts = dict(zip(("train", "val"), held_out_split(len(paths), val_fraction)))
+    if not parts["train"]:
+        raise DataError(f"'{src}' holds {len(paths)} image(s), too few to hold out {val_fraction:.0%} as val; "
+                        "add images, or pass --val_fraction 0.")
+    return [write_split(([paths[i] for i in keep], [labels[i] for i in keep], classes), out, name, **kw)
+            for name, keep in parts.items()]
 
 
 def read_index(location: str) -> dict:
@@ -179,7 +198,10 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m sslvit.data.shards", description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="image folder (labels from first-level sub-folders, optional)")
     ap.add_argument("out", help="output folder for <split>-%%06d.tar and <split>.json")
-    ap.add_argument("--split", default="train", help="split name when SRC has no train/ and val/ (default train)")
+    ap.add_argument("--val_fraction", type=float, default=VAL_FRACTION,
+                    help="share of a folder without train/ and val/ written as val, the same images reading the "
+                         f"folder directly holds out (default {VAL_FRACTION}; 0 writes it whole as --split)")
+    ap.add_argument("--split", default="train", help="split name with --val_fraction 0 (default train)")
     ap.add_argument("--max-count", type=int, default=10000, help="samples per shard at most (default 10000)")
     ap.add_argument("--max-size", type=float, default=1.0, help="GB per shard, about (default 1.0)")
     ap.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)), help="writer processes")
@@ -189,8 +211,8 @@ def main(argv=None) -> None:
         print("error: --max-count and --max-size must be positive.", file=sys.stderr)
         raise SystemExit(2)
     try:
-        results = write_shards(args.src, args.out, args.split, seed=args.seed, max_count=args.max_count,
-                               max_bytes=int(args.max_size * 1e9), workers=args.workers)
+        results = write_shards(args.src, args.out, args.split, args.val_fraction, seed=args.seed,
+                               max_count=args.max_count, max_bytes=int(args.max_size * 1e9), workers=args.workers)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

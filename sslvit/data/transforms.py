@@ -1,21 +1,26 @@
-"""Image transforms (torchvision.transforms.v2)."""
+"""Image transforms (torchvision.transforms.v2). torchvision is imported by the functions that
+build them, so the constants and ``denormalize`` come without it (and a command's ``--help``
+without its import time)."""
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
-from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _to_normalized_tensor():
+    from torchvision.transforms import v2
+
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
 
 def mae_train_transform(img_size: int, scale=(0.2, 1.0)) -> v2.Compose:
     """MAE pretraining augmentation: RandomResizedCrop(scale 0.2-1, bicubic) + horizontal flip."""
+    from torchvision.transforms import v2
+
     return v2.Compose([
         v2.RandomResizedCrop(img_size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
         v2.RandomHorizontalFlip(),
@@ -25,6 +30,8 @@ def mae_train_transform(img_size: int, scale=(0.2, 1.0)) -> v2.Compose:
 
 def eval_transform(img_size: int) -> v2.Compose:
     """Resize the short side to img_size / 0.875, centre-crop img_size (the usual 224/256 protocol)."""
+    from torchvision.transforms import v2
+
     return v2.Compose([
         v2.Resize(int(round(img_size / 0.875)), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
         v2.CenterCrop(img_size),

@@ -6,10 +6,8 @@ block are recomputed here from its own ``qkv`` projection."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from timm.models.vision_transformer import Block, ParallelThingsBlock
 
-from sslvit.data.transforms import denormalize
 from sslvit.models.vit import SSLViT
 
 
@@ -42,25 +40,20 @@ def cls_attention(backbone: SSLViT, imgs: torch.Tensor) -> torch.Tensor:
     return torch.cat(maps, 1).reshape(B, -1, H // p, W // p).float()
 
 
-def hot_colormap(a: torch.Tensor) -> torch.Tensor:
-    """(B, h, w) in [0, 1] -> (B, 3, h, w): black -> red -> yellow -> white."""
-    return torch.stack([(3 * a).clamp(0, 1), (3 * a - 1).clamp(0, 1), (3 * a - 2).clamp(0, 1)], 1)
-
-
 def attention_columns(backbone: SSLViT, imgs: torch.Tensor) -> tuple[dict, dict]:
-    """imgs (B, 3, H, W) normalised -> picture columns: the image, then one heat map per head
-    (each rescaled to [0, 1] per image, upsampled to pixels), then their mean.
+    """imgs (B, 3, H, W) normalised -> picture columns: the image, then one heat map (B, H/P, W/P)
+    per head, each rescaled to [0, 1] per image, then their mean; ``save_columns`` draws the maps
+    over the image with a colour bar.
 
     Returns ``(columns, normalized)`` as ``save_columns`` takes them."""
     attn = cls_attention(backbone, imgs)
     lo = attn.flatten(2).min(-1).values[..., None, None]
     hi = attn.flatten(2).max(-1).values[..., None, None]
     scaled = (attn - lo) / (hi - lo).clamp_min(1e-12)
-    up = F.interpolate(scaled, size=imgs.shape[-2:], mode="nearest")  # one block per patch, as DINO draws it
-    gray = denormalize(imgs.float()).mean(1)
     columns = {"image": imgs}
-    for h in range(up.shape[1]):
-        columns[f"head {h + 1}"] = 0.25 * gray[:, None] + 0.75 * hot_colormap(up[:, h])
-    columns["mean"] = 0.25 * gray[:, None] + 0.75 * hot_colormap(up.mean(1))
-    normalized = {name: name == "image" for name in columns}
-    return columns, normalized
+    for h in range(scaled.shape[1]):
+        columns[f"head {h + 1}"] = scaled[:, h]
+    mean = scaled.mean(1)
+    lo, hi = mean.flatten(1).min(-1).values[:, None, None], mean.flatten(1).max(-1).values[:, None, None]
+    columns["mean of heads"] = (mean - lo) / (hi - lo).clamp_min(1e-12)
+    return columns, {"image": True}

@@ -10,8 +10,9 @@ from typing import Optional
 import torch
 from torchvision.transforms import v2
 
-from sslvit.data.dataset import build_dataset, first_items
+from sslvit.data.dataset import build_dataset
 from sslvit.data.folder import DataError, load_rgb
+from sslvit.data.sample import spread_sample
 from sslvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from sslvit.eval.attention import attention_columns
 from sslvit.models.export import load_backbone, resolve_backbone_path, run_data_of
@@ -23,7 +24,7 @@ from sslvit.pictures import save_columns
 @dataclass
 class AttentionConfig:
     ckpt: str = "runs/dino-digits"  # run directory or its backbone.safetensors
-    image: Optional[str] = None  # an image file; None: the first images of the run's validation data
+    image: Optional[str] = None  # an image file; None: a seeded sample of the run's val data spread over classes
     data: Optional[str] = None  # with no --image: 'digits' or a folder; None: the run's own data
     num_images: int = 8
     img_size: Optional[int] = None  # short side in pixels; None: the backbone's training size
@@ -54,13 +55,18 @@ def run_attention(cfg: AttentionConfig) -> dict:
     else:
         data = cfg.data or run_data_of(weights)
         dataset = build_dataset(data, "val", size, transform=eval_transform(size))
-        imgs = torch.stack(first_items(dataset, cfg.num_images))
+        imgs = torch.stack(spread_sample(dataset, cfg.num_images))  # seeded, spread over the classes
     columns, normalized = attention_columns(backbone, imgs)
     out = Path(cfg.out).expanduser() if cfg.out else weights.parent / "attention.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     replaced = existing([out])
-    save_columns(columns, out, normalized)
-    return {"picture": str(out), "images": imgs.shape[0], "heads": len(columns) - 2, "replaced": replaced,
+    where = Path(cfg.image).name if cfg.image else f"{imgs.shape[0]} val images of {Path(data).name or data}"
+    caption = (f"{weights.parent.resolve().name} · cls-token attention of the last block per head, over {where} "
+               f"at {imgs.shape[2]}x{imgs.shape[3]} px ({imgs.shape[2] // bcfg.patch_size}x"
+               f"{imgs.shape[3] // bcfg.patch_size} patches)")
+    save_columns(columns, out, normalized, caption=caption)
+    return {"picture": str(out), "ckpt": str(weights), "images": imgs.shape[0], "heads": len(columns) - 2,
+            "replaced": replaced,
             "grid": [imgs.shape[2] // bcfg.patch_size, imgs.shape[3] // bcfg.patch_size]}
 
 

@@ -2,6 +2,7 @@
 ``--weights FILE`` (a checkpoint from elsewhere, in any layout ``--init`` reads) in place of ``--ckpt RUN``."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -9,7 +10,6 @@ from accelerate import PartialState
 
 from sslvit.config import ConfigError, build_config
 from sslvit.models.checkpoint_layouts import WeightsError
-from sslvit.models.export import import_backbone
 from sslvit.runtime.errors import USER_ERRORS
 
 WEIGHTS_HELP = ("  --weights FILE  a checkpoint from elsewhere (timm, official MAE / DINO, DINOv2, sslvit) instead of "
@@ -34,6 +34,8 @@ def weights_as_ckpt(argv: list[str]) -> list[str]:
     if any(a == "--ckpt" or a.startswith("--ckpt=") for a in args):
         raise ConfigError("--weights and --ckpt were both given: --ckpt takes an sslvit run, --weights a checkpoint "
                           "file from elsewhere; pass one of them.")
+    from sslvit.models.export import import_backbone  # lazily: --help and a bad key never load timm
+
     file = Path(weights).expanduser()
     out = file.parent / f"{file.stem}_sslvit"
     state = PartialState()
@@ -61,3 +63,18 @@ def main(config_cls, run, fmt, argv=None) -> None:
         print(fmt(report))
         if report.get("replaced"):
             print(f"(replaced the earlier {', '.join(report['replaced'])} of a previous probe run)")
+        if "ckpt" in report and int(os.environ.get("RANK", "0")) == 0:
+            refresh(Path(report["ckpt"]).parent)
+
+
+def refresh(run_dir: Path) -> None:
+    """The run's report.html with this probe's results; a report that fails is a warning only."""
+    from sslvit.report import refresh_report
+
+    try:
+        path = refresh_report(run_dir)
+    except Exception as e:  # noqa: BLE001 - the probe's results are written; its report must not hide them
+        print(f"warning: {run_dir}/report.html could not be refreshed ({type(e).__name__}: {e}).", file=sys.stderr)
+        return
+    if path is not None:
+        print(f"report: {path}")

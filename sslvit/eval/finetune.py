@@ -14,13 +14,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn as nn
-from timm.layers import resample_abs_pos_embed
 from torch.utils.data import DataLoader
-from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from sslvit.data.dataset import build_dataset
@@ -28,11 +26,13 @@ from sslvit.data.loaders import training_loader
 from sslvit.data.shard_reader import ShardDataset
 from sslvit.data.stream_loader import StreamLoader
 from sslvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
-from sslvit.models.export import load_backbone, read_backbone_config, resolve_backbone_path, run_data_of
-from sslvit.models.vit import SSLViT, check_img_size
+from sslvit.models.backbone_config import check_img_size
 from sslvit.files import existing, save_safetensors_atomic, write_json_atomic
 from sslvit.runtime.devices import build_accelerator
 from sslvit.runtime.schedules import cosine_schedule, scaled_lr
+
+if TYPE_CHECKING:
+    from sslvit.models.vit import SSLViT
 
 
 @dataclass
@@ -69,6 +69,8 @@ class FinetuneConfig:
 def three_augment(size: int, scale=(0.08, 1.0)) -> v2.Compose:
     """DeiT III's 3-Augment: random resized crop + flip, then one of grayscale / solarisation /
     Gaussian blur, then colour jitter 0.3."""
+    from torchvision.transforms import v2  # here, not at the top: --help needs no torchvision
+
     return v2.Compose([
         v2.ToImage(),
         v2.RandomResizedCrop(size, scale=tuple(scale), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
@@ -82,6 +84,8 @@ def three_augment(size: int, scale=(0.08, 1.0)) -> v2.Compose:
 
 
 def rrc_augment(size: int, scale=(0.08, 1.0)) -> v2.Compose:
+    from torchvision.transforms import v2  # here, not at the top: --help needs no torchvision
+
     return v2.Compose([
         v2.ToImage(),
         v2.RandomResizedCrop(size, scale=tuple(scale), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
@@ -159,6 +163,8 @@ def interpolate_pos_embed(state: dict, grid: tuple[int, int], old_grid: tuple[in
                           num_prefix_tokens: int = 1) -> dict:
     """The checkpoint's position table resampled (bicubic) to a new patch grid (the cls and
     register rows kept as they are)."""
+    from timm.layers import resample_abs_pos_embed  # timm: imported to build, not for --help
+
     if tuple(grid) != tuple(old_grid):
         state = dict(state)
         state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], new_size=list(grid),
@@ -168,6 +174,8 @@ def interpolate_pos_embed(state: dict, grid: tuple[int, int], old_grid: tuple[in
 
 def build_classifier(weights: Path, num_classes: int, cfg: FinetuneConfig) -> tuple[Classifier, dict]:
     """Load the backbone at ``cfg.img_size`` with a trainable position embedding and drop path."""
+    from sslvit.models.export import load_backbone, read_backbone_config  # timm: not for --help
+
     bcfg = read_backbone_config(weights)
     size = check_img_size(bcfg.img_size if cfg.img_size is None else cfg.img_size, bcfg.patch_size)
     backbone, _ = load_backbone(weights, img_size=size, pos_embed="learned", drop_path_rate=cfg.drop_path_rate,
@@ -206,6 +214,8 @@ def evaluate(model, loader, accelerator) -> tuple[float, float]:
 
 def _labelled_sets(cfg: FinetuneConfig, weights: Path):
     """-> (data, train set with the fine-tuning augmentation, val set, number of classes)."""
+    from sslvit.models.export import read_backbone_config, run_data_of  # timm: not for --help
+
     data = cfg.data or run_data_of(weights)
     bcfg = read_backbone_config(weights)
     size = check_img_size(bcfg.img_size if cfg.img_size is None else cfg.img_size, bcfg.patch_size)
@@ -221,6 +231,8 @@ def _labelled_sets(cfg: FinetuneConfig, weights: Path):
 
 
 def run_finetune(cfg: FinetuneConfig) -> dict:
+    from sslvit.models.export import resolve_backbone_path  # timm: not for --help
+
     cfg.validate()
     weights = resolve_backbone_path(cfg.ckpt)
     data, train_set, val_set, num_classes = _labelled_sets(cfg, weights)

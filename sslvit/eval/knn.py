@@ -1,12 +1,16 @@
 """Weighted k-NN classification on l2-normalized features (DINO's ``eval_knn.py`` protocol),
-with faiss doing the search."""
+with faiss doing the search (imported by the functions that search)."""
 from __future__ import annotations
 
 import contextlib
 import io
 
-import faiss
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import faiss
 
 KS = (10, 20, 100, 200)
 TEMPERATURE = 0.07
@@ -29,6 +33,8 @@ def build_index(train: np.ndarray, kind: str = "auto", nlist: int | None = None,
     per query, by default the smallest power of two whose recall@k against exact search reaches
     ``IVF_RECALL`` on 256 train vectors used as queries (themselves excluded). "auto": flat below
     ``IVF_MIN_SIZE`` vectors, else ivf."""
+    import faiss  # here, not at the top: a probe's --help needs no faiss (and torch comes first)
+
     n, d = train.shape
     if kind == "auto":
         kind = "flat" if n < IVF_MIN_SIZE else "ivf"
@@ -67,6 +73,8 @@ def index_search(index: faiss.Index, query: np.ndarray, k: int) -> tuple[np.ndar
     inverted list, faiss's big-batch search instead (one BLAS product per list against all the
     queries probing it, instead of scanning the lists query by query). Queries left short of k
     results (their probed lists held fewer vectors) are searched again with every list probed."""
+    import faiss  # here, not at the top: a probe's --help needs no faiss (and torch comes first)
+
     ivf = isinstance(index, faiss.IndexIVF)
     if ivf and len(query) * index.nprobe >= BIG_BATCH_MIN * index.nlist:
         from faiss.contrib.big_batch_search import big_batch_search
@@ -103,9 +111,9 @@ def knn_vote(sims: np.ndarray, nbrs: np.ndarray, train_labels: np.ndarray, num_c
 
 def knn_classify(train_feats, train_labels, query_feats, query_labels, ks=KS, temperature=TEMPERATURE,
                  index_kind: str = "auto") -> dict:
-    """-> {k: {"top1": %, "top5": %}} for each k (capped at the train size; duplicates dropped).
-
-    Any number of classes and of queries; top-5 is top-min(5, C)."""
+    """-> {k: {"top1": %, "top5": %, "top_n": n}} for each k (capped at the train size; duplicates
+    dropped). Any number of classes and of queries; "top5" is top-n with n = min(5, C), so a
+    table names its column by ``top_n`` (top-3 for 3 classes)."""
     train_labels = np.asarray(train_labels, dtype=np.int64)
     query_labels = np.asarray(query_labels, dtype=np.int64)
     num_classes = int(max(train_labels.max(), query_labels.max())) + 1
@@ -116,6 +124,7 @@ def knn_classify(train_feats, train_labels, query_feats, query_labels, ks=KS, te
         scores = knn_vote(sims, nbrs, train_labels, num_classes, k, temperature)
         order = np.argsort(-scores, axis=1, kind="stable")
         top1 = (order[:, 0] == query_labels).mean() * 100
-        top5 = (order[:, : min(5, num_classes)] == query_labels[:, None]).any(1).mean() * 100
-        out[k] = {"top1": float(top1), "top5": float(top5)}
+        top_n = min(5, num_classes)
+        top5 = (order[:, :top_n] == query_labels[:, None]).any(1).mean() * 100
+        out[k] = {"top1": float(top1), "top5": float(top5), "top_n": top_n}
     return out

@@ -7,14 +7,13 @@ from typing import Optional
 
 import torch  # before faiss: faiss imported first makes forked workers that call it hang
 
-from sslvit.data.dataset import build_dataset, first_items, items_at
+from sslvit.data.dataset import build_dataset, items_at
+from sslvit.data.sample import spread_order
 from sslvit.data.transforms import eval_transform
 from sslvit.eval.feature_cache import cached_features, feature_key
 from sslvit.eval.features import extract_features, finish_probe, raw_pixel_features
 from sslvit.eval.knn import KS, TEMPERATURE, knn_classify, knn_search
 from sslvit.eval.retrieval import neighbours_picture, retrieval_metrics
-from sslvit.models.export import load_backbone, resolve_backbone_path, run_data_of
-from sslvit.models.vit import build_backbone
 from sslvit.files import existing, write_json_atomic
 from sslvit.runtime.devices import build_accelerator
 
@@ -35,6 +34,9 @@ class KNNProbeConfig:
 
 
 def run_knn_probe(cfg: KNNProbeConfig) -> dict:
+    from sslvit.models.export import load_backbone, resolve_backbone_path, run_data_of  # timm: not for --help
+    from sslvit.models.vit import build_backbone
+
     if cfg.index not in ("auto", "flat", "ivf"):
         raise ValueError(f"index '{cfg.index}' is unknown; use auto, flat or ivf.")
     weights = resolve_backbone_path(cfg.ckpt)
@@ -82,27 +84,39 @@ def run_knn_probe(cfg: KNNProbeConfig) -> dict:
               "replaced": existing([weights.parent / "knn.json"] +
                                    ([weights.parent / "knn_neighbours.png"] if cfg.picture_queries > 0 else []))}
     if cfg.picture_queries > 0:
-        report["picture"] = str(_neighbours_picture(feats, train_set, val_set, cfg,
-                                                    weights.parent / "knn_neighbours.png"))
+        picture = _neighbours_picture(feats, train_set, val_set, cfg, weights.parent / "knn_neighbours.png",
+                                      _picture_caption(weights, results["pretrained"]))
+        report["picture"] = str(picture)
     write_json_atomic(report, weights.parent / "knn.json")
     return finish_probe(accelerator, report)
 
 
-def _neighbours_picture(feats, train_set, val_set, cfg: KNNProbeConfig, path):
+def _neighbours_picture(feats, train_set, val_set, cfg: KNNProbeConfig, path, caption: str):
+    """knn_neighbours.png: a seeded sample of val queries spread over the classes, each with its
+    8 nearest train images."""
     ftr, ytr, fva, yva = feats
-    queries = torch.stack(first_items(val_set, cfg.picture_queries))
-    q = len(queries)
-    _, nbrs = knn_search(ftr.numpy(), fva[:q].numpy(), 8)
+    picked = spread_order(yva.numpy(), cfg.picture_queries, cfg.seed)
     # the extractor's batch size and workers give a stream the same order as the features
+    queries = items_at(val_set, picked, cfg.batch_size, cfg.num_workers)
+    sims, nbrs = knn_search(ftr.numpy(), fva[picked].numpy(), 8)
     found = items_at(train_set, nbrs.flatten(), cfg.batch_size, cfg.num_workers)
     neighbours = torch.stack([torch.stack([found[int(j)] for j in row]) for row in nbrs])
-    neighbours_picture(queries, yva[:q], neighbours, ytr.numpy()[nbrs], train_set.classes, path)
+    neighbours_picture(torch.stack([queries[i] for i in picked]), yva[picked], neighbours, ytr.numpy()[nbrs], sims,
+                       train_set.classes, path, caption)
     return path
 
 
+def _picture_caption(weights, pretrained: dict) -> str:
+    k, r = next(iter(pretrained.items()))
+    return (f"{weights.parent.resolve().name} · k-NN probe: top-1 {r['top1']:.1f}% (k={k}) · val queries and their 8 "
+            "nearest train images; under each: class · cosine similarity (green: the query's class, red: another)")
+
+
 def format_table(report: dict) -> str:
+    first = next(iter(next(iter(report["results"].values())).values()))
+    top_n = f"top-{first.get('top_n', 5)}"  # top-min(5, classes): top-3 when there are 3 classes
     rows = [f"k-NN ({report['num_train']} train / {report['num_val']} val, pool={report['pool']}, "
-            f"T={report['temperature']})", f"{'features':<14}{'k':>6}{'top-1':>9}{'top-5':>9}"]
+            f"T={report['temperature']})", f"{'features':<14}{'k':>6}{'top-1':>9}{top_n:>9}"]
     for name, by_k in report["results"].items():
         for k, r in by_k.items():
             rows.append(f"{name:<14}{k:>6}{r['top1']:>9.2f}{r['top5']:>9.2f}")

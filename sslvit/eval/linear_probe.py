@@ -17,7 +17,6 @@ from sslvit.data.transforms import eval_transform, mae_train_transform
 from sslvit.eval.feature_cache import cached_features, feature_key
 from sslvit.eval.features import extract_features, finish_probe
 from sslvit.eval.linear_heads import grid_accuracy, train_head_grid
-from sslvit.models.export import load_backbone, resolve_backbone_path, run_data_of
 from sslvit.files import existing, write_json_atomic
 from sslvit.runtime.devices import build_accelerator
 
@@ -56,6 +55,8 @@ class LinearProbeConfig:
 
 
 def run_linear_probe(cfg: LinearProbeConfig) -> dict:
+    from sslvit.models.export import load_backbone, resolve_backbone_path, run_data_of  # timm: not for --help
+
     cfg.validate()
     weights = resolve_backbone_path(cfg.ckpt)
     backbone, bcfg = load_backbone(weights)

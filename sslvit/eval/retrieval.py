@@ -40,33 +40,26 @@ def retrieval_metrics(train_feats, train_labels, query_feats, query_labels, reca
     return out
 
 
-def neighbours_picture(queries, query_labels, neighbours, neighbour_labels, classes, path) -> None:
-    """One row per query: the query, then its nearest train images, each captioned with its class
-    (green: same class as the query, red: another). queries (Q, 3, H, W) and neighbours
-    (Q, n, 3, H, W) are normalised tensors; written atomically as PNG."""
-    import torch
-    from PIL import Image, ImageDraw
+def neighbours_picture(queries, query_labels, neighbours, neighbour_labels, sims, classes, path,
+                       caption: str = "") -> None:
+    """One row per query: the query, then its nearest train images, each with its class and
+    cosine similarity under it (green: the query's class, red: another). queries (Q, 3, H, W)
+    and neighbours (Q, n, 3, H, W) are normalised tensors, sims (Q, n); written atomically as PNG."""
+    from sslvit.files import save_figure_atomic
+    from sslvit.pictures import DPI, tile_figure, to_rgb
 
-    from sslvit.data.transforms import denormalize
-    from sslvit.files import atomic_path
-
-    Q, n = neighbours.shape[:2]
-    tiles = denormalize(torch.cat([queries[:, None], neighbours], 1).flatten(0, 1).float())
-    scale = max(1, 64 // tiles.shape[-1])  # small images (digits) are enlarged to be legible
-    tiles = torch.nn.functional.interpolate(tiles, scale_factor=scale, mode="nearest")
-    h, w = tiles.shape[-2:]
-    cap, pad = 14, 4
-    sheet = Image.new("RGB", ((n + 1) * (w + pad) + pad, Q * (h + cap + pad) + pad), "white")
-    draw = ImageDraw.Draw(sheet)
-    arrays = (tiles.permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
+    n = neighbours.shape[1]
     names = list(classes) if classes else None
-    for i in range(Q):
-        for j in range(n + 1):
-            x, y = pad + j * (w + pad), pad + i * (h + cap + pad)
-            sheet.paste(Image.fromarray(arrays[i * (n + 1) + j]), (x, y))
-            label = int(query_labels[i]) if j == 0 else int(neighbour_labels[i][j - 1])
-            text = names[label] if names and 0 <= label < len(names) else str(label)
-            color = "black" if j == 0 else ("green" if label == int(query_labels[i]) else "red")
-            draw.text((x, y + h), ("query: " if j == 0 else "") + text, fill=color)
-    with atomic_path(Path(path)) as tmp:
-        sheet.save(tmp, format="PNG")
+
+    def name(label) -> str:
+        label = int(label)
+        return names[label] if names and 0 <= label < len(names) else str(label)
+
+    columns = {"query (val)": to_rgb(queries)}
+    for j in range(n):
+        columns[f"neighbour {j + 1}"] = to_rgb(neighbours[:, j])
+    notes = [[(f"class {name(query_labels[i])}", "black")]
+             + [(f"{name(neighbour_labels[i][j])} · {float(sims[i][j]):.3f}",
+                 "green" if int(neighbour_labels[i][j]) == int(query_labels[i]) else "red") for j in range(n)]
+             for i in range(len(queries))]
+    save_figure_atomic(tile_figure(columns, caption, notes=notes), Path(path), DPI)

@@ -19,13 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Format, LayerNorm2d, nchw_to, to_2tuple
 
-
-def hmlp_kernels(patch_size: int) -> Tuple[int, int, int]:
-    """Kernel (== stride) of the three convolutions: P/4, 2, 2 (16 -> 4,2,2; 8 -> 2,2,2; 4 -> 1,2,2)."""
-    if patch_size % 4 != 0 or patch_size < 4:
-        raise ValueError(f"hMLP stem needs a patch size that is a multiple of 4 (got {patch_size}); "
-                         "use patch_size 4, 8, 16, ... or stem='linear'.")
-    return patch_size // 4, 2, 2
+from sslvit.models.backbone_config import hmlp_kernels
 
 
 class HMLPStem(nn.Module):

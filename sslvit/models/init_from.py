@@ -13,10 +13,9 @@ import re
 
 import torch
 import torch.nn as nn
-from timm.layers import resample_abs_pos_embed
 
+from sslvit.models.backbone_config import VIT_SIZES, BackboneConfig
 from sslvit.models.checkpoint_layouts import Imported, WeightsError
-from sslvit.models.vit import VIT_SIZES, BackboneConfig
 
 LINEAR_INTO_HMLP = ("The file's patch stem is linear (patch_embed.proj.weight, one projection) and this run's "
                     "model.stem is hmlp, a stack of three convolutions that cannot take it; pass --model.stem linear")
@@ -90,6 +89,8 @@ def fit_pos_table(table: torch.Tensor, prefix: int, rows: int) -> tuple[torch.Te
     patches = table[:, have:]
     note = None
     if side != want:
+        from timm.layers import resample_abs_pos_embed  # lazily: a run without --init never needs timm here
+
         patches = resample_abs_pos_embed(patches.float(), new_size=[want, want], old_size=[side, side],
                                          num_prefix_tokens=0).to(table.dtype)
         note = f"position table resampled from {side}x{side} to {want}x{want} (bicubic)"

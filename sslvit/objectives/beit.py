@@ -9,7 +9,7 @@ BEiT's DALL-E dVAE is a download), computed per batch under no_grad inside the f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn as nn
@@ -17,9 +17,11 @@ import torch.nn.functional as F
 
 from sslvit.config import ConfigError
 from sslvit.masking import block_masking, scaled_min_block
-from sslvit.models.vit import SSLViT
 from sslvit.objectives.base import Objective
-from sslvit.tokenizers.base import Tokenizer
+
+if TYPE_CHECKING:  # annotations only: --help needs neither timm nor faiss
+    from sslvit.models.vit import SSLViT
+    from sslvit.tokenizers.base import Tokenizer
 
 
 @dataclass
@@ -94,6 +96,8 @@ class BEiT(Objective):
         B, _, H, W = imgs.shape
         p = self.backbone.patch_size
         m = F.interpolate(mask.float().view(B, 1, H // p, W // p), scale_factor=p, mode="nearest")
-        columns = {"original": imgs, "block mask": imgs * (1 - m), "tokens": self.tokenizer.draw(ids, imgs),
-                   "predicted tokens": self.tokenizer.draw(predicted, imgs)}
-        return columns, {"tokens": False, "predicted tokens": False}
+        # titles say how to read the token maps: each patch drawn as its code (tokenizer.draw)
+        tokens, guessed = "tokens: each patch as its code", "model's tokens in the masked patches"
+        columns = {"original": imgs, "block mask": imgs * (1 - m), tokens: self.tokenizer.draw(ids, imgs),
+                   guessed: self.tokenizer.draw(predicted, imgs)}
+        return columns, {tokens: False, guessed: False}

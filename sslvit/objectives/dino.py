@@ -9,18 +9,18 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.utils import ModelEmaV3
 
-from sslvit.eval.attention import attention_columns
-from sslvit.models.vit import SSLViT
 from sslvit.objectives.base import Objective, StepInfo
 from sslvit.runtime.schedules import cosine_schedule
+
+if TYPE_CHECKING:
+    from sslvit.models.vit import SSLViT
 
 
 @dataclass
@@ -247,6 +247,8 @@ class DINO(Objective):
     """Objective: ``forward(groups)`` with groups = [globals (2B, C, G, G), locals (nB, C, L, L)]."""
 
     def __init__(self, student: SSLViT, teacher: SSLViT, cfg: DINOConfig):
+        from timm.utils import ModelEmaV3  # here, not at the top: --help needs no timm
+
         super().__init__()
         self.cfg = cfg
         self.student = self.with_heads(student)
@@ -324,4 +326,6 @@ class DINO(Objective):
     @torch.no_grad()
     def pictures(self, imgs: torch.Tensor):
         """The teacher's last-block cls attention per head over ``imgs`` (B, C, H, W)."""
+        from sslvit.eval.attention import attention_columns
+
         return attention_columns(self.exported_backbone(), imgs)

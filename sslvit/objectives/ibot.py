@@ -12,15 +12,18 @@ ViT-S recipe); otherwise the patches get their own (``patch_out_dim`` prototypes
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from sslvit.masking import keyed_crop_masks, scaled_min_block
-from sslvit.models.vit import SSLViT
 from sslvit.objectives.base import StepInfo
 from sslvit.objectives.dino import DINO, DINOConfig, HeadedViT, ema_to_window_mean
+
+if TYPE_CHECKING:
+    from sslvit.models.vit import SSLViT
 
 
 @dataclass

@@ -7,15 +7,16 @@ a light decoder fills the masked places with a shared mask token and regresses t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn as nn
-from timm.models.vision_transformer import Block
 
 from sslvit.masking import global_batch_rows, random_masking
-from sslvit.models.vit import SSLViT, sincos_pos_embed
 from sslvit.objectives.base import Objective, StepInfo
+
+if TYPE_CHECKING:
+    from sslvit.models.vit import SSLViT
 
 
 @dataclass
@@ -63,6 +64,10 @@ class MAEDecoder(nn.Module):
 
     def __init__(self, embed_dim: int, grid_size, patch_dim: int, dim: int = 512, depth: int = 8,
                  heads: int = 16, mlp_ratio: float = 4.0, num_prefix_tokens: int = 1):
+        from timm.models.vision_transformer import Block  # here, not at the top: --help needs no timm
+
+        from sslvit.models.vit import sincos_pos_embed
+
         super().__init__()
         num_patches = grid_size[0] * grid_size[1]
         self.num_prefix_tokens = num_prefix_tokens  # cls, and the backbone's registers

@@ -8,10 +8,9 @@ from pathlib import Path
 
 from sslvit.data.collates import BlockMaskCollate
 from sslvit.data.transforms import mae_train_transform
-from sslvit.models.vit import BackboneConfig, build_backbone
+from sslvit.models.backbone_config import BackboneConfig
 from sslvit.objectives.beit import BEiT, BEiTConfig
-from sslvit.recipes.run_tokenizer import run_tokenizer
-from sslvit.tokenizers.fit import TokenizerConfig
+from sslvit.tokenizers.tokenizer_config import TokenizerConfig
 from sslvit.train.train_config import TrainConfig
 
 
@@ -34,6 +33,9 @@ class BEiTRunConfig:
         clip_grad=3.0))
 
     def build_objective(self) -> BEiT:
+        from sslvit.models.vit import build_backbone  # timm and faiss: imported to build, not for --help
+        from sslvit.recipes.run_tokenizer import run_tokenizer
+
         self.model.validate()
         tokenizer = run_tokenizer(self.tokenizer, self.data, self.model.img_size, self.model.patch_size,
                                   Path(self.out).expanduser(), self.resume)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from sslvit.data.multicrop import MultiCropConfig, MultiCropTransform, multicrop_collate
-from sslvit.models.vit import BackboneConfig, build_backbone
+from sslvit.models.backbone_config import BackboneConfig
 from sslvit.objectives.dino import DINO, DINOConfig
 from sslvit.train.train_config import TrainConfig
 
@@ -46,6 +46,8 @@ class DINORunConfig:
                              "interpolated to their grid); set it, or crops.local_number 0.")
 
     def build_objective(self) -> DINO:
+        from sslvit.models.vit import build_backbone  # timm: imported to build, not for --help
+
         self.validate()
         student = build_backbone(self.model)
         teacher = build_backbone(dataclasses.replace(self.model, drop_path_rate=0.0))

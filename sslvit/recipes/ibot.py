@@ -5,7 +5,6 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from sslvit.data.multicrop import MultiCropConfig
-from sslvit.models.vit import build_backbone
 from sslvit.objectives.dino import DINOConfig
 from sslvit.objectives.ibot import IBOT, IBOTConfig
 from sslvit.recipes.dino import DINORunConfig
@@ -32,6 +31,8 @@ class IBOTRunConfig(DINORunConfig):
         self.ibot.validate()
 
     def build_objective(self) -> IBOT:
+        from sslvit.models.vit import build_backbone  # timm: imported to build, not for --help
+
         self.validate()
         student = build_backbone(self.model)
         teacher = build_backbone(dataclasses.replace(self.model, drop_path_rate=0.0))

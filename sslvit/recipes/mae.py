@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from sslvit.data.transforms import mae_train_transform
-from sslvit.models.vit import VIT_SIZES, BackboneConfig, build_backbone
+from sslvit.models.backbone_config import VIT_SIZES, BackboneConfig
 from sslvit.objectives.mae import MAE, MAEConfig
 from sslvit.train.train_config import TrainConfig
 
@@ -29,6 +29,8 @@ class MAERunConfig:
         self.mae.validate((self.model.img_size // self.model.patch_size) ** 2, VIT_SIZES[self.model.size][0])
 
     def build_objective(self) -> MAE:
+        from sslvit.models.vit import build_backbone  # timm: imported to build, not for --help
+
         return MAE(build_backbone(self.model), self.mae)
 
     def train_transform(self):

@@ -9,7 +9,7 @@ from typing import Optional
 from sslvit.data.collates import CompositeCollate
 from sslvit.data.multicrop import MultiCropConfig, MultiCropTransform, multicrop_collate
 from sslvit.data.transforms import CompositeTransform, mae_train_transform
-from sslvit.models.vit import VIT_SIZES, BackboneConfig, build_backbone
+from sslvit.models.backbone_config import VIT_SIZES, BackboneConfig
 from sslvit.objectives.composite import Composite
 from sslvit.objectives.dino import DINO, DINOConfig
 from sslvit.objectives.mae import MAE, MAEConfig
@@ -56,6 +56,8 @@ class MAEDINORunConfig:
             self.crops.validate(self.model.img_size, self.model.patch_size)
 
     def build_objective(self) -> Composite:
+        from sslvit.models.vit import build_backbone  # timm: imported to build, not for --help
+
         self.validate()
         backbone, parts = build_backbone(self.model), {}
         if "mae" in self.parts():  # first: MAE's xavier init of the backbone comes before DINO copies its teacher

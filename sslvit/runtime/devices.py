@@ -1,12 +1,16 @@
 """The one way sslvit builds its ``Accelerator``: for pretraining, fine-tuning and the probes."""
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
+from sslvit.config import ConfigError
 from sslvit.runtime.cpu_allocator import keep_freed_memory
 
 
@@ -57,4 +61,28 @@ def build_accelerator(**kwargs) -> Accelerator:
     accelerator = Accelerator(cpu=not has_accelerator(), **kwargs)
     if accelerator.device.type == "cpu":
         keep_freed_memory()
+        shard_on_the_cpu(accelerator)
     return accelerator
+
+
+def shard_on_the_cpu(accelerator: Accelerator) -> None:
+    """An FSDP launch (``distributed_type: FSDP``, ``use_cpu: true``) on the CPU runs FSDP2.
+
+    accelerate 1.15 turns only GPU-like process groups into FSDP: with ``cpu=True`` the state
+    stays ``MULTI_CPU`` and the launch's FSDP plugin is dropped without a word, so the run would
+    be plain gloo DDP. torch's FSDP2 (``fully_shard``) runs on the CPU with gloo, and so do
+    accelerate's FSDP2 ``prepare``, ``save_state``, ``load_state`` and ``get_state_dict``: the
+    state is set here as accelerate sets it on a GPU, from the launch's ``FSDP_*`` variables."""
+    state = AcceleratorState()
+    if state.distributed_type != DistributedType.MULTI_CPU or os.environ.get("ACCELERATE_USE_FSDP", "").lower() != "true":
+        return
+    plugin = FullyShardedDataParallelPlugin()  # reads FSDP_* as accelerate launch set them
+    if plugin.fsdp_version != 2:
+        raise ConfigError("FSDP on the CPU needs torch's FSDP2: set fsdp_version: 2 in the launch config's "
+                          "fsdp_config (launch/fsdp_cpu_2proc.yaml is one); FSDP1 runs on GPUs only.")
+    if state.mixed_precision != "no":
+        plugin.set_mixed_precision(state.mixed_precision)
+    # both singletons hold the type (accelerate copies PartialState's into AcceleratorState)
+    PartialState._shared_state["distributed_type"] = AcceleratorState._shared_state["distributed_type"] = \
+        DistributedType.FSDP
+    AcceleratorState._shared_state["fsdp_plugin"] = plugin

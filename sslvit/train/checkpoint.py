@@ -17,6 +17,7 @@ from typing import Optional
 from accelerate.utils import load as accelerate_load
 from safetensors import safe_open
 
+from sslvit.files import honour_umask
 from sslvit.runtime.errors import CheckpointError
 
 CKPT_DIR = "checkpoints"
@@ -69,6 +70,7 @@ def save_checkpoint(accelerator, run_dir: Path, epoch: int, step: int, keep: int
             time.sleep(float(os.environ["SSLVIT_TEST_CHECKPOINT_PAUSE"]))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            honour_umask(tmp)  # safetensors writes model.safetensors 0600: colleagues could not read it
             meta = {"epoch": epoch, "step": step, "precision": accelerator.mixed_precision}
             (tmp / "meta.json").write_text(json.dumps({**meta, **({"progress": progress} if progress else {})}))
             _fsync_dir(tmp)

@@ -38,13 +38,13 @@ def fitted_small_recipe(preset: dict, shape: DataShape) -> dict:
     scale = (32 if shape.side < 48 else 64) // TUNED_SIZE  # 1 or 2
     for section, key in PIXEL_KEYS:
         if key in recipe.get(section, {}):
-            recipe[section][key] = recipe[section][key] * scale
+            recipe[section][key] = int(recipe[section][key]) * scale  # preset values are text until typed
     train = recipe.setdefault("train", {})
     if "epochs" in train:
         factor = min(MAX_EPOCH_SCALE, max(1.0, TUNED_COUNT / max(shape.count, 1)))
-        train["epochs"] = int(round(train["epochs"] * factor))
+        train["epochs"] = int(round(int(train["epochs"]) * factor))
     if "batch_size" in train:  # a batch of at most half the images: a few dozen images still train
-        train["batch_size"] = min(train["batch_size"], max(2, 1 << max(0, (shape.count // 2).bit_length() - 1)))
+        train["batch_size"] = min(int(train["batch_size"]), max(2, 1 << max(0, (shape.count // 2).bit_length() - 1)))
     train["knn_every"] = 0  # your data's labels, if any, are for the probes; turn it on with train.knn_every
     return recipe
 

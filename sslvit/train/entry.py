@@ -15,7 +15,8 @@ from accelerate import PartialState
 from accelerate.utils import set_seed
 
 from sslvit.config import ConfigError, build_config, load_text_yaml, plain_dict
-from sslvit.data.dataset import build_dataset, first_items, is_embedded
+from sslvit.data.dataset import build_dataset, is_embedded
+from sslvit.data.sample import spread_sample
 from sslvit.data.folder import DataError
 from sslvit.data.shard_reader import build_shard_dataset, is_shard_spec
 from sslvit.data.transforms import eval_transform
@@ -24,7 +25,6 @@ from sslvit.models.init_from import load_imported
 from sslvit.train.checkpoint import latest_checkpoint
 from sslvit.train.data_recipe import preset_for
 from sslvit.runtime.errors import USER_ERRORS, TrainingDiverged
-from sslvit.train.loop import pretrain
 from sslvit.train.run_lock import run_dir_lock
 from sslvit.train.stop_signals import RunStopped, StopRequest, follow_launcher
 
@@ -80,10 +80,12 @@ def run_pretraining(config_cls, preset: str | None = None, argv=None, stop: Stop
     train_set = training_set(cfg)
     picture_set = build_dataset(cfg.data, "val" if is_embedded(cfg.data) else "all", cfg.model.img_size,
                                 transform=eval_transform(cfg.model.img_size))
-    picture_imgs = first_items(picture_set, NUM_PICTURES)
+    picture_imgs = spread_sample(picture_set, NUM_PICTURES, cfg.train.seed)  # spread over classes
     if not picture_imgs:
         raise DataError(f"No readable sample in '{cfg.data}': every image failed to decode; check the data.")
     picture_imgs = torch.stack(picture_imgs)
+    from sslvit.train.loop import pretrain  # timm, torchvision, faiss: here, so --help and bad input answer at once
+
     with removed_if_it_fails(Path(cfg.out).expanduser()):
         set_seed(cfg.train.seed)  # the initial weights are part of what a seed reproduces
         objective = cfg.build_objective()  # BEiT fits (and writes) its tokenizer here
@@ -191,4 +193,4 @@ def main(config_cls, preset: str | None = None) -> None:
         raise SystemExit(e.exit_code) from None
     if PartialState().is_main_process:
         print(f"Done. Outputs in {run_dir}/ : backbone.safetensors, backbone.json, config.yaml, log.jsonl, "
-              "checkpoints/, pictures_*.png, tensorboard/")
+              "checkpoints/, pictures_*.png, curves.png, report.html, tensorboard/")

@@ -30,12 +30,15 @@ from sslvit.train.checkpoint import (check_writable, latest_checkpoint, read_met
                                      save_checkpoint, verify_loadable)
 from sslvit.train.compiled import compile_objective
 from sslvit.runtime.devices import build_accelerator, process_state
-from sslvit.train.optim import build_adamw, clip_grad_per_param_
+from sslvit.train.optim import build_adamw, clip_grad_per_param_, init_adamw_state
+from sslvit.train.parameters import format_counts, parameter_counts
 from sslvit.train.precision import PrecisionChoice, measure_step, resolve_precision
-from sslvit.train.run_outputs import (check_shard_counts, export, online_knn, save_pictures, too_many_unreadable)
+from sslvit.train.run_outputs import (check_shard_counts, export, gathered, machine, online_knn, save_pictures,
+                                      sharded, too_many_unreadable, write_report)
 from sslvit.runtime.errors import CheckpointError, TrainingDiverged
 from sslvit.runtime.schedules import cosine_schedule, scaled_lr
 from sslvit.train.stop_signals import RunStopped, StopRequest
+from sslvit.train.tracking import tracked_scalars, write_hparams
 from sslvit.train.train_config import TrainConfig
 
 __all__ = ["TrainConfig", "TrainingDiverged", "RunStopped", "pretrain"]
@@ -185,6 +188,8 @@ class Trainer:
             self.model, self.optimizer = acc.prepare(objective, optimizer)
             self.loader = loader
         self.raw = acc.unwrap_model(self.model)
+        if sharded(acc):  # a sharded checkpoint resumes only with a state for every parameter
+            init_adamw_state(self.optimizer)
         if tc.compile != "off":
             acc.print(compile_objective(self.raw, tc.compile))
         self.steps_per_epoch = len(self.loader) // tc.accum_steps
@@ -209,20 +214,26 @@ class Trainer:
         if self.main:
             self.log_file.write(json.dumps(record) + "\n")
             self.log_file.flush()
-        self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=self.p.step)
+        self.accelerator.log(tracked_scalars(record), step=self.p.step)
 
     def run(self, stop: Optional[StopRequest] = None) -> Path:
         stop = stop or StopRequest()
         self.p = self._resume()
         acc, tc = self.accelerator, self.tc
-        acc.init_trackers("tensorboard", config=_flat(to_dict(self.cfg)))
+        acc.init_trackers("tensorboard")  # one entry per run: hparams below, not in a folder of their own
+        if self.resume_from is None:  # a resumed run's entry has them already
+            write_hparams(acc, _flat(to_dict(self.cfg)))
         self.log_file = open(self.run_dir / "log.jsonl", "a") if self.main else None
         if self.main:
-            acc.print(f"Run directory: {self.run_dir}  |  {acc.num_processes} process(es) on {acc.device}, precision "
+            acc.print(f"Run directory: {self.run_dir}  |  {acc.num_processes} process(es)"
+                      f"{', parameters sharded (FSDP2),' if sharded(acc) else ''} on {acc.device}, precision "
                       f"{self.choice.name} ({self.choice.reason}), effective batch {self.effective_batch}, "
                       f"lr {self.base_lr:.3g}, {self.steps_per_epoch} steps/epoch")
+        counts = parameter_counts(self.raw)
+        acc.print(format_counts(counts))
         c = self.choice
-        self.log({"step": self.p.step, "precision": c.name, "precision_reason": c.reason,
+        self.log({"step": self.p.step, "parameters": counts, "precision": c.name, "precision_reason": c.reason,
+                  "machine": machine(acc), "objective": type(self.raw).__name__,
                   **({"precision_timings_s": c.timings, "precision_choice_s": c.cost_s} if c.timings else {})})
         last_epoch = tc.epochs - 1 if tc.stop_after is None else min(tc.epochs, self.p.epoch + tc.stop_after) - 1
         try:
@@ -241,6 +252,7 @@ class Trainer:
             if self.log_file is not None:
                 self.log_file.close()
             acc.end_training()
+            write_report(acc, self.run_dir)
         return self.run_dir
 
     def _epoch_batches(self):
@@ -402,8 +414,9 @@ class Trainer:
         if skipped > tc.max_unreadable * tried:
             raise DataError(too_many_unreadable(self.train_set, skipped, tried, tc.max_unreadable, bad_per_shard))
         if tc.knn_every and self.knn_sets is not None and ((epoch + 1) % tc.knn_every == 0 or is_last):
-            if self.main:
-                knn = online_knn(acc, self.raw, self.knn_sets, tc)
+            if self.main or sharded(acc):  # under FSDP every process takes part in each forward
+                with gathered(acc, self.model):
+                    knn = online_knn(acc, self.raw, self.knn_sets, tc)
                 self.log({"epoch": epoch + 1, "step": p.step, **knn})
                 acc.print(f"epoch {epoch + 1}/{tc.epochs}  online k-NN (k={tc.knn_k}) top-1 {knn['knn_top1']:.2f}")
             acc.wait_for_everyone()
@@ -411,9 +424,10 @@ class Trainer:
         if (epoch + 1) % tc.save_every == 0 or is_last:
             save_checkpoint(acc, self.run_dir, epoch, p.step, keep=tc.keep_checkpoints)
             export(acc, self.model, self.raw, self.cfg, self.run_dir)
-        if self.main and self.picture_imgs is not None and \
+        if (self.main or sharded(acc)) and self.picture_imgs is not None and \
                 ((epoch + 1) % tc.picture_every == 0 or is_last):
-            save_pictures(acc, self.raw, self.picture_imgs, self.run_dir / f"pictures_epoch{epoch + 1:04d}.png")
+            with gathered(acc, self.model):
+                save_pictures(acc, self.raw, self.picture_imgs, self.run_dir / f"pictures_epoch{epoch + 1:04d}.png")
 
     def _check_learned(self) -> None:
         if self.p.applied == 0:  # nothing learned: neither checkpoint nor export an untrained backbone

@@ -39,3 +39,27 @@ def clip_grad_per_param_(parameters, max_norm: float) -> torch.Tensor:
     coefs = [(max_norm / (n + 1e-6)).clamp(max=1.0) for n in norms]
     torch._foreach_mul_(grads, coefs)
     return torch.linalg.vector_norm(torch.stack(norms))
+
+
+@torch.no_grad()
+def init_adamw_state(optimizer: torch.optim.AdamW) -> None:
+    """Give every parameter the state AdamW creates before its first update (step 0, zero
+    moments), so a parameter it has not updated yet has one too.
+
+    FSDP needs it: torch.distributed.checkpoint loads an optimizer by first giving every
+    parameter a state and then requiring each in the file, so a checkpoint taken while a
+    parameter had none (DINO's last layer while ``freeze_last_layer`` drops its gradient) fails
+    to resume ("Missing key in checkpoint state_dict: optimizer.state.student.head.last_layer..."). AdamW
+    updates a parameter with this state exactly as one it creates the state for itself."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds the AdamW
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if optimizer.state.get(p):
+                continue
+            # where AdamW keeps ``step``: on the parameter's device when fused or capturable
+            on_device = group["fused"] or group["capturable"]
+            step = torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu")
+            state = {"step": step, "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+            if group["amsgrad"]:
+                state["max_exp_avg_sq"] = torch.zeros_like(p)
+            optimizer.state[p] = state

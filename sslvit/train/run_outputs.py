@@ -3,6 +3,9 @@ backbone, picture grids, the online k-NN, and the data-health messages (shard co
 images)."""
 from __future__ import annotations
 
+import contextlib
+import os
+import platform
 from pathlib import Path
 
 import torch
@@ -13,6 +16,37 @@ from sslvit.eval.features import extract_features
 from sslvit.eval.knn import knn_classify
 from sslvit.models.export import export_backbone
 from sslvit.pictures import save_columns
+from sslvit.report import build_report
+from sslvit.report.curves import save_curves
+from sslvit.report.runlog import read_log, run_caption
+
+
+def sharded(accelerator) -> bool:
+    """FSDP: each process holds shards of the parameters, and every forward is collective."""
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+@contextlib.contextmanager
+def gathered(accelerator, model):
+    """Under FSDP, every unit's full parameters, for code that does not go through ``model(...)``
+    (pictures, the online k-NN): the root unit's (stem, position table, tokens, norms, heads,
+    decoder: what no ``Block`` holds) and each Block's (the attention pictures read the last
+    block's weights without calling it). A Block that runs a forward inside reshards after it,
+    and its next forward gathers again, so every process must enter and run the same forwards.
+    Elsewhere nothing happens."""
+    if not sharded(accelerator):
+        yield
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]  # the same order on every process
+    for unit in units:
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
 
 
 def exported(model) -> torch.nn.Module:
@@ -23,7 +57,7 @@ def export(accelerator, model, raw, cfg, run_dir: Path) -> None:
     """Export the backbone; called on every process, because FSDP gathers the full weights
     from all of them (elsewhere the main process writes what it holds)."""
     backbone, state = exported(raw), None
-    if accelerator.distributed_type == DistributedType.FSDP:
+    if sharded(accelerator):
         full = accelerator.get_state_dict(model)
         prefix = next(name for name, m in raw.named_modules() if m is backbone) + "."
         state = {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
@@ -75,7 +109,26 @@ def online_knn(accelerator, raw, knn_sets, tc) -> dict:
     return {"knn_top1": r["top1"], "knn_top5": r["top5"]}
 
 
+def _cpu_name() -> str:
+    try:  # Linux names the model here; platform.processor() is empty there
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        name = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        name = platform.processor() or platform.machine()
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def machine(accelerator) -> dict:
+    """What the run ran on, for log.jsonl's first record and the report."""
+    device = accelerator.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    return {"device": str(device), "device_name": f"{device.type}: {name}", "processes": accelerator.num_processes,
+            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
+
+
 def save_pictures(accelerator, raw, imgs: torch.Tensor, path: Path) -> None:
+    """The objective's picture grid of ``imgs`` at ``path``, captioned from the run's log, and
+    the run's curves.png redrawn beside it."""
     was_training = raw.training
     raw.eval()
     # pictures draw their own masks: a forked RNG keeps the training stream (and so resume) unchanged
@@ -83,9 +136,24 @@ def save_pictures(accelerator, raw, imgs: torch.Tensor, path: Path) -> None:
     with torch.random.fork_rng(devices=[accelerator.device] if cuda else []), accelerator.autocast():
         columns = raw.pictures(imgs.to(accelerator.device))
     raw.train(was_training)
+    if not accelerator.is_main_process:  # under FSDP every process draws them (see ``gathered``); one writes
+        return
+    save_curves(path.parent)
     if columns is None:  # the objective draws no pictures
         return
     normalized = None
     if isinstance(columns, tuple):
         columns, normalized = columns
-    save_columns(columns, path, normalized)
+    caption = run_caption(path.parent, read_log(path.parent), f"{type(raw).__name__} pictures")
+    save_columns(columns, path, normalized, caption=caption)
+
+
+def write_report(accelerator, run_dir: Path) -> None:
+    """RUN/report.html at the run's end (also a stopped or failed one): a report that cannot be
+    written is a warning, never the run's error."""
+    if not accelerator.is_main_process or not (run_dir / "log.jsonl").is_file():
+        return
+    try:
+        accelerator.print(f"Report: {build_report(run_dir)}")
+    except Exception as e:  # noqa: BLE001 - the run's own outcome must not be hidden by its report
+        accelerator.print(f"warning: the run's report could not be written ({type(e).__name__}: {e}).")
