@@ -143,3 +143,25 @@ def test_picture_sample_of_shards_comes_from_several_shards(image_folder, tmp_pa
     assert len({y for _, y in picked}) == 3
     assert [np.asarray(a).tobytes() for a, _ in spread_items(ds, 8, seed=0)] == \
         [np.asarray(a).tobytes() for a, _ in picked]
+
+
+def test_pixel_tokenizer_codebook_picture_ranks_codes_by_use(tmp_path):
+    """tokenizer_codebook.png: the most used codes first, each tile the code's own pattern, its
+    share of the fitted patches under it."""
+    import torch
+    from PIL import Image
+
+    from sslvit.pictures import grid_size_px
+    from sslvit.tokenizers.codebook_picture import code_tiles, save_codebook_picture
+    from sslvit.tokenizers.pixel import PixelTokenizer
+
+    tok = PixelTokenizer(vocab=40, patch_size=4, pixel_size=4)
+    torch.manual_seed(0)
+    tok.codebook.copy_(torch.randn(40, 48))
+    ids = torch.cat([torch.full((50,), 7), torch.full((30,), 3), torch.arange(40)])  # code 7 most used, then 3
+    path = save_codebook_picture(tok, ids, tmp_path / "codebook.png", "a caption")
+    assert Image.open(path).size == grid_size_px(4, 8, 1, notes=True)
+    tiles = code_tiles(tok, torch.tensor([7, 3]))
+    assert tiles.shape == (2, 4, 4, 3) and tiles.min() == 0.0 and tiles.max() == 1.0
+    v = tok.codebook[7].reshape(3, 4, 4).permute(1, 2, 0)
+    assert np.allclose(tiles[0], ((v - v.min()) / (v.max() - v.min())).numpy(), atol=1e-6)

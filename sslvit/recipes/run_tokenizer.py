@@ -35,6 +35,6 @@ def run_tokenizer(cfg: TokenizerConfig, data: str, img_size: int, patch_size: in
         else:
             print(f"No tokenizer.path given: fitting a {cfg.kind} tokenizer (vocab {cfg.vocab}) on "
                   f"{cfg.fit_images} images of the training data; it is saved as {saved}.")
-            tok, _ = fit_tokenizer(cfg, data, img_size, patch_size)
+            tok, _ = fit_tokenizer(cfg, data, img_size, patch_size, picture=run_dir / "tokenizer_codebook.png")
         tok.save(saved)
     return tok

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,9 +35,10 @@ def sample_fit_batches(data: str, img_size: int, n: int, seed: int, batch_size: 
 
 
 def fit_tokenizer(cfg: TokenizerFitConfig, data: str, img_size: int, patch_size: int,
-                  log=print) -> tuple[Tokenizer, dict]:
+                  log=print, picture: Path | None = None) -> tuple[Tokenizer, dict]:
     """Fit a ``cfg.kind`` tokenizer on ``cfg.fit_images`` images of ``data`` -> (tokenizer, its
-    codebook usage on those images' patches). ``log`` gets progress and collapse warnings."""
+    codebook usage on those images' patches). ``log`` gets progress and collapse warnings;
+    ``picture``: where a pixel tokenizer's most used codes are drawn (``codebook_picture``)."""
     cfg.validate()
     if cfg.kind == "features":
         tok = FeatureTokenizer.from_run(cfg.teacher, cfg.vocab)
@@ -60,4 +62,11 @@ def fit_tokenizer(cfg: TokenizerFitConfig, data: str, img_size: int, patch_size:
     log(format_usage(usage))
     for w in collapse_warnings(usage):
         log(f"warning: {w}")
+    if picture is not None and isinstance(tok, PixelTokenizer):
+        from sslvit.tokenizers.codebook_picture import save_codebook_picture  # matplotlib: only when drawn
+
+        caption = (f"{Path(picture).parent.name} · pixel tokenizer: {tok.vocab} codes of {tok.pixel_size}x"
+                   f"{tok.pixel_size} px patches, fitted on {len(vectors):,} patches · the {min(32, tok.vocab)} most "
+                   "used codes, each stretched to its own range; its share of the patches under it")
+        log(f"codebook picture: {save_codebook_picture(tok.cpu(), ids, Path(picture), caption)}")
     return tok.cpu(), usage
