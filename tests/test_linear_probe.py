@@ -120,3 +120,14 @@ def test_probe_caches_features_by_checkpoint_recipe_and_data(tmp_path, image_fol
     calls["n"] = 0
     third = run_linear_probe(cfg)
     assert calls["n"] == 2 and not third["features_from_cache"]
+
+
+def test_table_names_the_top_n_column_by_the_n_it_uses():
+    from sslvit.eval.linear_probe import format_report
+
+    row = {"lr": 1e-3, "weight_decay": 0.0, "lr_scaled": 1e-3, "holdout_top1": 90.0, "val_top1": 88.0, "val_top5": 99.0}
+    report = {"ckpt": "runs/x/backbone.safetensors", "recipe": "cls", "head": "linear", "optimizer": "sgd",
+              "epochs": 1, "feature_dim": 8, "num_train": 9, "num_holdout": 1, "num_val": 3,
+              "features_from_cache": False, "best": row, "best_index": 0, "grid": [row]}
+    assert "val top-3" in format_report({**report, "top_n": 3}) and "top-5" not in format_report({**report, "top_n": 3})
+    assert "val top-5" in format_report({**report, "top_n": 5})

@@ -115,19 +115,20 @@ def run_linear_probe(cfg: LinearProbeConfig) -> dict:
              "val_top1": float(val_top1[g]), "val_top5": float(val_top5[g])} for g, (lr, wd) in enumerate(grid_pairs)]
     report = {"ckpt": str(weights), "data": data, "recipe": cfg.recipe, "head": cfg.head, "optimizer": cfg.optimizer,
               "epochs": cfg.epochs, "feature_dim": int(val_x.shape[1]), "num_train": len(fit), "num_holdout": n_hold,
-              "num_val": len(val_y), "aug_passes": cfg.aug_passes, "features_from_cache": all(hits),
+              "num_val": len(val_y), "top_n": min(5, num_classes), "aug_passes": cfg.aug_passes,
+              "features_from_cache": all(hits),
               "best": rows[best], "best_index": best, "grid": rows, "replaced": existing([weights.parent / "linear.json"])}
     write_json_atomic(report, weights.parent / "linear.json")
     return finish_probe(accelerator, report)
 
 
 def format_report(report: dict) -> str:
-    b = report["best"]
+    b, n = report["best"], report.get("top_n", 5)  # top-5 is top-min(5, classes); the column says which
     lines = [f"linear probe ({report['recipe']} features, {report['feature_dim']}-d, {report['head']} head, "
              f"{report['optimizer']}, {report['epochs']} epochs; {report['num_train']} train / "
              f"{report['num_holdout']} held out / {report['num_val']} val"
              f"{'; features from cache' if report['features_from_cache'] else ''})",
-             f"{'lr':>10}{'wd':>10}{'held-out':>10}{'val top-1':>11}{'val top-5':>11}"]
+             f"{'lr':>10}{'wd':>10}{'held-out':>10}{'val top-1':>11}{f'val top-{n}':>11}"]
     for i, r in enumerate(report["grid"]):
         mark = "  <- best on held-out" if i == report["best_index"] else ""
         lines.append(f"{r['lr']:>10.0e}{r['weight_decay']:>10.0e}{r['holdout_top1']:>10.2f}"
@@ -135,6 +136,6 @@ def format_report(report: dict) -> str:
     lrs = sorted({r["lr"] for r in report["grid"]})
     if len(lrs) > 1 and b["lr"] in (lrs[0], lrs[-1]):
         lines.append(f"note: the best lr ({b['lr']:g}) is at the edge of the grid; widen --lrs beyond it.")
-    lines.append(f"val top-1 {b['val_top1']:.2f}, top-5 {b['val_top5']:.2f} (lr {b['lr']:g}, wd {b['weight_decay']:g})"
+    lines.append(f"val top-1 {b['val_top1']:.2f}, top-{n} {b['val_top5']:.2f} (lr {b['lr']:g}, wd {b['weight_decay']:g})"
                  f" -> {Path(report['ckpt']).parent / 'linear.json'}")
     return "\n".join(lines)
