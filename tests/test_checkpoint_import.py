@@ -300,6 +300,7 @@ def test_end_to_end_mae_init_from_an_official_file(tmp_path, fresh_accelerate, m
     """pretrain/mae.py --init FILE (digits, 1 epoch): the weights the first step starts from are the file's;
     at an lr too small to move an fp32 weight (1e-30), the run's checkpoint exported --to mae is the file again."""
     import sslvit.train.entry as entry
+    import sslvit.train.loop as loop  # entry imports the loop when it runs (lazily), so patch it there
     from sslvit.recipes.mae import MAERunConfig
 
     raw = official_mae(torch.Generator().manual_seed(7))
@@ -307,13 +308,13 @@ def test_end_to_end_mae_init_from_an_official_file(tmp_path, fresh_accelerate, m
     path = tmp_path / "mae_official.pth"
     torch.save(raw, path)
     started = {}
-    real = entry.pretrain
+    real = loop.pretrain
 
     def first_step_weights(cfg, objective, *args, **kwargs):
         started.update({k: v.clone() for k, v in objective.state_dict().items()})
         return real(cfg, objective, *args, **kwargs)
 
-    monkeypatch.setattr(entry, "pretrain", first_step_weights)
+    monkeypatch.setattr(loop, "pretrain", first_step_weights)
     argv = ["--init", str(path), "--model.stem", "linear", "--model.depth", str(DEPTH), "--mae.decoder_dim", str(DEC),
             "--mae.decoder_depth", str(DEC_DEPTH), "--mae.decoder_heads", "2", "--train.epochs", "1",
             "--train.knn_every", "0", "--train.precision", "fp32", "--train.lr", "1e-30",
