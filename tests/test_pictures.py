@@ -165,3 +165,5 @@ def test_pixel_tokenizer_codebook_picture_ranks_codes_by_use(tmp_path):
     assert tiles.shape == (2, 4, 4, 3) and tiles.min() == 0.0 and tiles.max() == 1.0
     v = tok.codebook[7].reshape(3, 4, 4).permute(1, 2, 0)
     assert np.allclose(tiles[0], ((v - v.min()) / (v.max() - v.min())).numpy(), atol=1e-6)
+    few = save_codebook_picture(tok, torch.tensor([7, 7, 3, 5]), tmp_path / "few.png", "three codes used")
+    assert Image.open(few).size == grid_size_px(1, 3, 1, notes=True)  # only the codes some patch chose

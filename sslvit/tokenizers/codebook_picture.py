@@ -28,12 +28,15 @@ def save_codebook_picture(tok: PixelTokenizer, ids: torch.Tensor, path: Path, ca
     """ids: the codes of the fitted patches (any shape). The 32 most used codes in rows of 8."""
     counts = torch.bincount(ids.flatten().cpu(), minlength=tok.vocab)
     order = counts.argsort(descending=True)[:COLS * ROWS]
-    rows = len(order) // COLS
-    order = order[:rows * COLS]
-    tiles = code_tiles(tok, order).reshape(rows, COLS, tok.pixel_size, tok.pixel_size, 3)
-    share = (counts[order].double() / counts.sum()).reshape(rows, COLS)
-    columns = {f"ranks {j + 1}, {j + 1 + COLS}, ...": tiles[:, j] for j in range(COLS)}
-    notes = [[(f"code {int(order[r * COLS + j])}: {100 * share[r, j]:.1f}%", "black") for j in range(COLS)]
+    order = order[counts[order] > 0]  # codes no fitted patch chose show nothing of the data
+    cols = min(COLS, len(order))
+    rows = len(order) // cols
+    order = order[:rows * cols]
+    tiles = code_tiles(tok, order).reshape(rows, cols, tok.pixel_size, tok.pixel_size, 3)
+    share = (counts[order].double() / counts.sum()).reshape(rows, cols)
+    columns = {f"ranks {j + 1}, {j + 1 + cols}, ..." if rows > 1 else f"rank {j + 1}": tiles[:, j] for j in range(cols)}
+    notes = [[(f"code {int(order[r * cols + j])}: {100 * share[r, j]:.1f}%", "black") for j in range(cols)]
              for r in range(rows)]
+    path.parent.mkdir(parents=True, exist_ok=True)  # a run's folder may not exist yet when its tokenizer is fitted
     save_figure_atomic(tile_figure(columns, caption, notes=notes), path, DPI)
     return path

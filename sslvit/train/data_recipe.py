@@ -66,8 +66,12 @@ def preset_for(presets: dict, data: str) -> tuple[dict | None, str]:
         return None, (f"recipe: the reference defaults ({seen}: more than {SMALL_SIDE} px and at least "
                       f"{FEW_IMAGES:,} images)")
     recipe = fitted_small_recipe(presets["cluttered"], shape)
-    model = recipe.get("model", {})
     why = f"at most {SMALL_SIDE} px" if shape.side <= SMALL_SIDE else f"fewer than {FEW_IMAGES:,} images"
-    return recipe, (f"recipe: small data ({seen}: {why}): ViT-{model.get('size', '?')}/{model.get('patch_size', '?')} "
-                    f"at {model.get('img_size', '?')} px, {recipe.get('train', {}).get('epochs', '?')} epochs; "
-                    "any key you set still wins")
+    return recipe, f"recipe: small data ({seen}: {why}), the cluttered preset fitted to it"
+
+
+def summary(cfg) -> str:
+    """What the resolved config trains, for the recipe line: model, size, epochs, batch."""
+    m, t = cfg.model, cfg.train
+    return (f"this run: ViT-{m.size}/{m.patch_size} at {m.img_size} px, {t.epochs} epochs of batch {t.batch_size} "
+            "(every key stays yours to set)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import shutil
 import sys
 from importlib import resources
@@ -23,7 +24,7 @@ from sslvit.data.transforms import eval_transform
 from sslvit.models.checkpoint_layouts import WeightsError, import_file
 from sslvit.models.init_from import load_imported
 from sslvit.train.checkpoint import latest_checkpoint
-from sslvit.train.data_recipe import preset_for
+from sslvit.train.data_recipe import preset_for, summary
 from sslvit.runtime.errors import USER_ERRORS, TrainingDiverged
 from sslvit.train.run_lock import run_dir_lock
 from sslvit.train.stop_signals import RunStopped, StopRequest, follow_launcher
@@ -55,8 +56,10 @@ def run_config(config_cls, preset: str | None = None, argv=None):
                           "pass one of them.")
     saved_file = Path(cfg.out).expanduser() / "config.yaml"
     if not cfg.resume or not saved_file.is_file():
-        if chosen and PartialState().is_main_process:
-            print(chosen[-1], flush=True)
+        # RANK, not PartialState: built now, before the Accelerator, the state would miss the CPU flag
+        # and make every process the main one
+        if chosen and int(os.environ.get("RANK", "0")) == 0:
+            print(f"{chosen[-1]}; {summary(cfg)}", flush=True)
         return cfg
     saved = load_text_yaml(saved_file.read_text(), source=f"'{saved_file}'") or {}
     known = {f.name for f in dataclasses.fields(config_cls)}
