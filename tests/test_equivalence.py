@@ -44,7 +44,9 @@ OBJECTIVES = {
                                               "--mae.decoder_heads", "2", "--train.blr", "1e-2"]),
     "dino": (DINORunConfig, "pretrain/dino.py", ["--crops.local_number", "2", "--crops.local_size", "8",
                                                  "--dino.out_dim", "128", "--dino.hidden_dim", "64",
-                                                 "--dino.bottleneck_dim", "32", "--dino.use_bn_in_head", "false"]),
+                                                 "--dino.bottleneck_dim", "32", "--dino.use_bn_in_head", "false",
+                                                 # KoLeo (the small-data recipe sets 0.1) is per process batch
+                                                 "--dino.koleo_weight", "0"]),
     "ibot": (IBOTRunConfig, "pretrain/ibot.py", ["--crops.local_number", "2", "--crops.local_size", "8",
                                                  "--dino.out_dim", "128", "--dino.hidden_dim", "64",
                                                  "--dino.bottleneck_dim", "32", "--dino.use_bn_in_head", "false",

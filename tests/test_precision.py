@@ -101,7 +101,7 @@ def test_auto_prints_and_logs_its_choice_keeps_it_on_resume_and_explicit_stays_f
     auto = [a for a in TINY if a not in ("--train.precision", "fp32")]
     argv = [*auto, "--data", str(image_folder), "--out", str(tmp_path / "run"), "--train.epochs", "1"]
     run = run_pretraining(MAERunConfig, "mae", argv=argv)
-    first = capsys.readouterr().out.splitlines()[0]
+    first = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("Run directory"))
     assert "precision bf16 (measured on this CPU: bf16 2.50x the speed of fp32" in first, first
     assert calls == [torch.Size([16, 3, 16, 16])]  # the run's own batch of the training data
     rec = next(r for r in _records(run) if "precision" in r)

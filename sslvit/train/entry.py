@@ -58,8 +58,8 @@ def run_config(config_cls, preset: str | None = None, argv=None):
     if not cfg.resume or not saved_file.is_file():
         # RANK, not PartialState: built now, before the Accelerator, the state would miss the CPU flag
         # and make every process the main one
-        if chosen and int(os.environ.get("RANK", "0")) == 0:
-            print(f"{chosen[-1]}; {summary(cfg)}", flush=True)
+        if chosen:
+            cfg._recipe_line = f"{chosen[-1]}; {summary(cfg)}"  # printed once the config is valid
         return cfg
     saved = load_text_yaml(saved_file.read_text(), source=f"'{saved_file}'") or {}
     known = {f.name for f in dataclasses.fields(config_cls)}
@@ -80,6 +80,8 @@ def run_pretraining(config_cls, preset: str | None = None, argv=None, stop: Stop
         cfg.train.validate()
     if cfg.resume:
         check_same_run(cfg)
+    if getattr(cfg, "_recipe_line", None) and int(os.environ.get("RANK", "0")) == 0:
+        print(cfg._recipe_line, flush=True)  # after validation: a mistake is still its one sentence alone
     train_set = training_set(cfg)
     picture_set = build_dataset(cfg.data, "val" if is_embedded(cfg.data) else "all", cfg.model.img_size,
                                 transform=eval_transform(cfg.model.img_size))
