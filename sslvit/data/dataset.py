@@ -93,7 +93,7 @@ def build_dataset(data: str, split: str, img_size: int, transform=None, val_frac
     for pretraining ('all' and 'train'), and for 'val' a fixed ``val_fraction`` is held out of it
     (the rest then forms 'train' for the probes, which ask with ``labelled=True``).
     """
-    if data == "digits" or parse_spec(data) is not None:
+    if is_embedded(data):
         which = "val" if split == "val" else "train"
         imgs, labels = (digits_split(which, img_size) if data == "digits"
                         else cluttered_split(which, img_size, **parse_spec(data)))
