@@ -133,7 +133,8 @@ def test_sigterm_and_sigint_stop_with_a_checkpoint_and_resume_mid_epoch_exactly(
     for sig, whom, epoch in ((signal.SIGTERM, "launcher", 1), (signal.SIGINT, "trainer", 2)):
         extra = ["--train.save_every", "3"] + (["--resume"] if stops else [])  # no epoch-end checkpoint to fall back on
         proc = _start(run, *extra, launcher=whom == "launcher")
-        target = int(rng.integers(epoch * STEPS_PER_EPOCH + 1, (epoch + 1) * STEPS_PER_EPOCH - 1))
+        # in the first half of the epoch: the signal must land while steps remain (epoch 2 is the last)
+        target = int(rng.integers(epoch * STEPS_PER_EPOCH + 1, epoch * STEPS_PER_EPOCH + STEPS_PER_EPOCH // 2))
         out = _stop(proc, sig, run, target, whom)
         step = _stopped_at(out)
         assert "Traceback" not in out and "KeyboardInterrupt" not in out
