@@ -1,7 +1,9 @@
 """The image-independent part of a backbone's residual stream, block by block: for the stream
-x (B, T, D) after each block (before the final norm), c = the mean over images of each token
-place (T, D), and the rest x - c. Prints rms(c) and rms(x - c) per block; a large ratio means
-every LayerNorm reads mostly c, so all images look alike to the next block and to the probes.
+x (B, T, D) after each block (before the final norm, patch tokens), c = the mean over images of
+each token place (T, D), split into the one vector shared by every place and what each place
+adds, and the rest x - c; then the image-independent part (mean over images) that each block's
+attention and MLP branch write. A large ratio means every LayerNorm reads mostly c, so all
+images look alike to the next block and to the probes.
 
     python benchmarks/residual_stream.py RUN [RUN ...] [--data cluttered] [--images 256]
 
@@ -24,16 +26,31 @@ from sslvit.data.transforms import eval_transform  # noqa: E402
 from sslvit.models.export import load_backbone, run_data_of  # noqa: E402
 
 
+def rms(t: torch.Tensor) -> float:
+    return t.pow(2).mean().sqrt().item()
+
+
+def split(x: torch.Tensor) -> tuple[float, float, float]:
+    """x (B, T, D) -> rms of (the one vector every image has at every token, the part each token
+    place adds to it, what varies between images)."""
+    common = x.mean(0, keepdim=True)  # (1, T, D)
+    everywhere = common.mean(1, keepdim=True)  # (1, 1, D)
+    return rms(everywhere), rms(common - everywhere), rms(x - common)
+
+
 @torch.no_grad()
-def decomposition(backbone, imgs: torch.Tensor) -> list[tuple[float, float]]:
-    """imgs (B, C, H, W) -> per block (rms of the image-independent part, rms of the rest)."""
+def decomposition(backbone, imgs: torch.Tensor) -> list[tuple[float, ...]]:
+    """imgs (B, C, H, W) -> per block: split() of the stream after it (patch tokens), then the
+    image-independent rms written by its attention branch and by its MLP branch."""
     x = backbone.encode(imgs, depth=0, norm=False)  # the embedded tokens, before any block
-    rows = []
-    for block in [None, *backbone.blocks]:
-        if block is not None:
-            x = block(x)
-        common = x.mean(0, keepdim=True)  # (1, T, D): what every image has at each token place
-        rows.append((common.pow(2).mean().sqrt().item(), (x - common).pow(2).mean().sqrt().item()))
+    p = backbone.num_prefix_tokens
+    rows = [(*split(x[:, p:]), 0.0, 0.0)]
+    for b in backbone.blocks:  # timm's Block, unrolled to read each branch's output
+        attn = b.ls1(b.attn(b.norm1(x)))
+        x = x + attn
+        mlp = b.ls2(b.mlp(b.norm2(x)))
+        x = x + mlp
+        rows.append((*split(x[:, p:]), rms(attn.mean(0)), rms(mlp.mean(0))))
     return rows
 
 
@@ -51,9 +68,12 @@ def main() -> None:
         val = build_dataset(data, "val", cfg.img_size, transform=eval_transform(cfg.img_size))
         imgs = torch.stack([val[i][0] for i in range(min(args.images, len(val)))])
         rows = decomposition(backbone, imgs)
-        print(f"\n{run} ({data}, {len(imgs)} val images)\n{'block':>6}{'common rms':>12}{'varying rms':>13}{'ratio':>8}")
-        for i, (c, v) in enumerate(rows):
-            print(f"{'embed' if i == 0 else i:>6}{c:>12.3f}{v:>13.3f}{c / max(v, 1e-12):>8.1f}")
+        print(f"\n{run} ({data}, {len(imgs)} val images; rms of the patch tokens' stream after each block)\n"
+              f"{'block':>6}{'same vector':>12}{'per place':>10}{'varying':>9}{'ratio':>7}{'attn writes':>12}"
+              f"{'mlp writes':>11}")
+        for i, (c, pl, v, a, m) in enumerate(rows):
+            ratio = (c * c + pl * pl) ** 0.5 / max(v, 1e-12)  # the two common parts are orthogonal
+            print(f"{'embed' if i == 0 else i:>6}{c:>12.3f}{pl:>10.3f}{v:>9.3f}{ratio:>7.1f}{a:>12.3f}{m:>11.3f}")
 
 
 if __name__ == "__main__":
