@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	rm -rf $(DEMO_OUT)
-	$(BIN)/python pretrain/mae.py --data cluttered --out $(DEMO_OUT) --train.epochs 6
+	$(BIN)/python pretrain/mae.py --data cluttered --out $(DEMO_OUT) --train.epochs 5
 	$(BIN)/python probes/knn.py --ckpt $(DEMO_OUT) --pool avg
 	@echo "Outputs: $(DEMO_OUT)/ (report.html: the run on one page; backbone.safetensors, knn.json, pictures_*.png, curves.png, log.jsonl, checkpoints/)"
 
