@@ -6,7 +6,8 @@ from random init: trained with labels only).
     python benchmarks/quality.py [--data cluttered] [--objectives mae,beit,dino,ibot]
         [--seeds 0] [--finetune_epochs 20] [--out runs/quality] [--extra "--train.epochs 4"]
 
-Runs that already hold a backbone are probed again, not retrained (delete --out to start over).
+Runs that already hold a backbone are probed again, not retrained, and a fine-tuning of the same
+recipe and epochs is reused (delete --out to start over).
 Every figure is one run's; with several seeds each cell is mean +- spread (max - min) / 2.
 """
 from __future__ import annotations
@@ -94,7 +95,8 @@ def one_seed(args, seed: int) -> dict[str, dict]:
             wall = sh([PY, f"pretrain/{obj}.py", "--data", args.data, "--out", str(run), "--train.seed", str(seed),
                        *shlex.split(args.extra)], root / f"{obj}.log")
             wall_file.write_text(json.dumps(wall))
-        wall = json.loads(wall_file.read_text()) if wall_file.is_file() else None
+        else:
+            wall = json.loads(wall_file.read_text()) if wall_file.is_file() else None
         cls, avg = knn(run, "cls", True), knn(run, "avg", True)
         rows[obj] = {"knn_cls": cls["pretrained"], "knn_avg": avg["pretrained"], "linear": linear(run),
                      "finetune": finetune(run, args.finetune_epochs) if args.finetune_epochs else None,

@@ -46,6 +46,9 @@ def decomposition(backbone, imgs: torch.Tensor) -> list[tuple[float, ...]]:
     p = backbone.num_prefix_tokens
     rows = [(*split(x[:, p:]), 0.0, 0.0)]
     for b in backbone.blocks:  # timm's Block, unrolled to read each branch's output
+        if not hasattr(b, "ls1"):
+            raise SystemExit(f"{type(b).__name__} blocks are not unrolled here; measure a backbone of plain "
+                             "blocks (model.parallel 1).")
         attn = b.ls1(b.attn(b.norm1(x)))
         x = x + attn
         mlp = b.ls2(b.mlp(b.norm2(x)))
