@@ -144,3 +144,72 @@ def test_register_tokens_sit_after_cls_with_their_own_positions_and_export_to_ti
     theirs = timm.create_model(**spec).eval()
     theirs.load_state_dict(model.state_dict(), strict=True)
     torch.testing.assert_close(theirs.forward_features(x), model.encode(x), rtol=1e-5, atol=1e-5)
+
+
+def _zero_conv_biases(stem):
+    for m in stem.proj:
+        if isinstance(m, nn.Conv2d):
+            nn.init.zeros_(m.bias)
+    return stem
+
+
+def test_the_old_inner_layernorm_erases_how_strongly_a_patch_responds():
+    """Why stem_norm 'none' is the default: with the per-position LayerNorm after the first
+    convolution (and no conv bias), a patch at 10 % of the contrast embeds as the full one,
+    so faint background noise weighs as much as strokes; without it the contrast reaches the output."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    old = _zero_conv_biases(HMLPStem(img_size=32, patch_size=8, embed_dim=64, inner_norm="layer")).eval()
+    new = _zero_conv_biases(HMLPStem(img_size=32, patch_size=8, embed_dim=64)).eval()
+    torch.testing.assert_close(old(0.1 * x), old(x), rtol=1e-3, atol=1e-3)
+    assert (new(0.1 * x) - new(x)).abs().mean() > 0.1
+    assert not any(isinstance(m, nn.modules.normalization.LayerNorm) or type(m).__name__ == "LayerNorm2d"
+                   for m in list(new.proj)[:-1])
+    assert [type(m).__name__ for m in old.proj].count("LayerNorm2d") == 3
+    with pytest.raises(ValueError, match="inner_norm 'batch' is unknown"):
+        HMLPStem(img_size=32, patch_size=8, embed_dim=64, inner_norm="batch")
+
+
+def test_an_older_backbone_with_the_inner_layernorms_still_loads(tmp_path):
+    """A backbone.json written before ``stem_norm`` existed describes the stem of then; its
+    weights load strictly, and --init from it into a run of today's stem names the key to pass."""
+    import json
+
+    from sslvit.models.checkpoint_layouts import WeightsError
+    from sslvit.models.export import export_backbone, load_backbone
+    from sslvit.models.init_from import check_backbone
+
+    cfg = BackboneConfig(size="tiny", patch_size=8, img_size=32, depth=1, stem_norm="layer")
+    old = build_backbone(cfg)
+    export_backbone(old, cfg, tmp_path)
+    spec = json.loads((tmp_path / "backbone.json").read_text())
+    assert spec["timm"]["embed_layer_kwargs"] == {"inner_norm": "layer"}
+    del spec["backbone"]["stem_norm"]
+    (tmp_path / "backbone.json").write_text(json.dumps(spec))
+    model, read = load_backbone(tmp_path)
+    assert read.stem_norm == "layer"
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(model.eval()(x), old.eval()(x))
+    today = build_backbone(BackboneConfig(size="tiny", patch_size=8, img_size=32, depth=1))
+    assert "patch_embed.proj.1.weight" not in today.state_dict()
+    with pytest.raises(WeightsError, match="--model.stem_norm layer"):
+        check_backbone(old.state_dict(), today.state_dict())
+
+
+def test_resuming_a_run_from_before_stem_norm_keeps_its_stem(tmp_path):
+    """--resume of a run whose config.yaml predates ``model.stem_norm`` rebuilds the stem it was
+    trained with; a fresh run gets today's."""
+    import yaml
+
+    from sslvit.config import save_yaml
+    from sslvit.recipes.mae import MAERunConfig
+    from sslvit.train import entry
+
+    cfg = entry.run_config(MAERunConfig, "mae", argv=["--data", "digits", "--out", str(tmp_path)])
+    assert cfg.model.stem_norm == "none"
+    save_yaml(cfg, tmp_path / "config.yaml")
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del saved["model"]["stem_norm"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    resumed = entry.run_config(MAERunConfig, "mae", argv=["--data", "digits", "--out", str(tmp_path), "--resume"])
+    assert resumed.model.stem_norm == "layer"

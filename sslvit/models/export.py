@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -33,7 +34,10 @@ def export_backbone(backbone: SSLViT, cfg: BackboneConfig, out_dir: Path, state:
     """Write ``backbone.json`` and ``backbone.safetensors`` (the classifier head left out);
     ``state`` replaces ``backbone.state_dict()`` (FSDP gathers it from the shards)."""
     spec = timm_spec(cfg)
-    spec["embed_layer"] = f"{spec['embed_layer'].__module__}.{spec['embed_layer'].__name__}"
+    stem = spec["embed_layer"]
+    if isinstance(stem, functools.partial):  # an older stem: its class and the argument that builds it
+        spec["embed_layer_kwargs"], stem = stem.keywords, stem.func
+    spec["embed_layer"] = f"{stem.__module__}.{stem.__name__}"
     spec["block_fn"] = getattr(spec["block_fn"], "__name__", str(spec["block_fn"]))
     write_json_atomic({"backbone": dataclasses.asdict(cfg), "timm": spec}, out_dir / SPEC)
     state = backbone.state_dict() if state is None else state
@@ -81,7 +85,9 @@ def read_backbone_config(path: str | Path) -> BackboneConfig:
     weights = resolve_backbone_path(path)
     spec = weights.parent / SPEC
     try:
-        cfg = BackboneConfig(**json.loads(spec.read_text())["backbone"])
+        entries = json.loads(spec.read_text())["backbone"]
+        entries.setdefault("stem_norm", "layer")  # written before the key existed, with the stem of then
+        cfg = BackboneConfig(**entries)
         cfg.validate()
     except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
         why = {KeyError: f"no {e} entry", TypeError: "an entry BackboneConfig does not take"}.get(type(e), str(e))

@@ -2,12 +2,18 @@
 Vision Transformers"), shaped to plug into timm's ``VisionTransformer(embed_layer=...)``.
 
 Every convolution has kernel == stride, so each output token is a function of its own
-P x P patch only. The DeiT reference normalises with (Sync)BatchNorm; batch statistics
-in train mode would mix pixels across patches and images (a masked patch's pixels would
-shift how visible patches are normalised), so this stem uses a per-position LayerNorm
-over channels instead (timm's ``LayerNorm2d``). It has no running state and no batch
-coupling, so the stem is strictly patch-independent in train and eval mode alike, needs
-no process group, and masking before or after the stem is the same thing.
+P x P patch only. The DeiT reference normalises after each convolution with (Sync)BatchNorm;
+batch statistics in train mode would mix pixels across patches and images (a masked patch's
+pixels would shift how visible patches are normalised), so this stem has no norm after its
+first two convolutions (``inner_norm='none'``, the default) and a per-position LayerNorm over
+channels (timm's ``LayerNorm2d``) on its output. It has no running state and no batch
+coupling, so the stem is strictly patch-independent in train and eval mode alike, needs no
+process group, and masking before or after the stem is the same thing.
+
+``inner_norm='layer'`` puts a per-position LayerNorm after the first two convolutions too
+(sslvit's stem before 2026-12, kept to read its backbones). It is no stand-in for BatchNorm:
+it rescales each 2x2 pixel block's response to unit spread, so flat background and noise
+weigh as much as strokes, and a ViT learns much slower from it (``BackboneConfig.stem_norm``).
 """
 from __future__ import annotations
 
@@ -45,6 +51,7 @@ class HMLPStem(nn.Module):
         bias: bool = True,
         strict_img_size: bool = True,
         dynamic_img_pad: bool = False,
+        inner_norm: str = "none",
         device=None,
         dtype=None,
         **kwargs,
@@ -66,15 +73,21 @@ class HMLPStem(nn.Module):
         self.strict_img_size = strict_img_size
         self.dynamic_img_pad = dynamic_img_pad
 
+        if inner_norm not in ("none", "layer"):
+            raise ValueError(f"hMLP stem inner_norm '{inner_norm}' is unknown; use 'none' or 'layer'.")
         k1, k2, k3 = hmlp_kernels(self.patch_size[0])
         hidden = embed_dim // 4
-        # parameter names proj.{0,1,3,4,6,7} follow DeiT's hMLP_stem
+
+        def inner() -> nn.Module:
+            return LayerNorm2d(hidden, **dd) if inner_norm == "layer" else nn.Identity()
+
+        # parameter names proj.{0,1,3,4,6,7} follow DeiT's hMLP_stem (1 and 4: its inner norms)
         self.proj = nn.Sequential(
             nn.Conv2d(in_chans, hidden, kernel_size=k1, stride=k1, **dd),
-            LayerNorm2d(hidden, **dd),
+            inner(),
             nn.GELU(),
             nn.Conv2d(hidden, hidden, kernel_size=k2, stride=k2, **dd),
-            LayerNorm2d(hidden, **dd),
+            inner(),
             nn.GELU(),
             nn.Conv2d(hidden, embed_dim, kernel_size=k3, stride=k3, bias=bias, **dd),
             LayerNorm2d(embed_dim, **dd),

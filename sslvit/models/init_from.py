@@ -32,6 +32,7 @@ def backbone_shape(state: dict) -> dict:
     patch = state["patch_embed.proj.0.weight"].shape[-1] * 4 if hmlp else state["patch_embed.proj.weight"].shape[-1]
     return {"model.size": size, "model.depth": max(blocks) + 1, "model.parallel": max(len(parallel), 1),
             "model.patch_size": patch, "model.stem": "hmlp" if hmlp else "linear",
+            "model.stem_norm": "layer" if "patch_embed.proj.1.weight" in state else "none",
             "model.reg_tokens": state["reg_token"].shape[1] if "reg_token" in state else 0,
             "model.init_values": "set" if any(re.search(r"\.ls\d?\.gamma$", k) for k in state) else "null"}
 
@@ -55,7 +56,8 @@ def backbone_config_of(state: dict) -> BackboneConfig:
                            f"sizes ({', '.join(f'{n} {w}' for n, (w, _, _) in VIT_SIZES.items())}).")
     _, side = table_grid(state["pos_embed"].shape[1], 1 + shape["model.reg_tokens"]) or (0, 1)
     return BackboneConfig(size=shape["model.size"], depth=shape["model.depth"], parallel=shape["model.parallel"],
-                          patch_size=shape["model.patch_size"], stem=shape["model.stem"], pos_embed="learned",
+                          patch_size=shape["model.patch_size"], stem=shape["model.stem"],
+                          stem_norm=shape["model.stem_norm"], pos_embed="learned",
                           img_size=side * shape["model.patch_size"], reg_tokens=shape["model.reg_tokens"],
                           init_values=1.0e-5 if shape["model.init_values"] == "set" else None)
 

@@ -6,6 +6,7 @@ patches; every parameter keeps timm's name, so a state dict loads with ``strict=
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Optional
 
 import torch
@@ -34,12 +35,19 @@ def timm_spec(cfg: BackboneConfig) -> dict:
         drop_path_rate=cfg.drop_path_rate,
         dynamic_img_size=cfg.dynamic_img_size,
         reg_tokens=cfg.reg_tokens,
-        embed_layer=HMLPStem if cfg.stem == "hmlp" else PatchEmbed,
+        embed_layer=_stem(cfg),
         block_fn=Block,
     )
     if cfg.parallel > 1:
         kwargs["block_fn"] = _parallel_block(cfg.parallel)
     return kwargs
+
+
+def _stem(cfg: BackboneConfig):
+    """timm's ``embed_layer``: HMLPStem itself for today's stem, so ``embed_layer=HMLPStem`` loads it."""
+    if cfg.stem == "linear":
+        return PatchEmbed
+    return HMLPStem if cfg.stem_norm == "none" else partial(HMLPStem, inner_norm=cfg.stem_norm)
 
 
 def _parallel_block(n: int):

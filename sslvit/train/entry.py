@@ -68,6 +68,8 @@ def run_config(config_cls, preset: str | None = None, argv=None):
         raise ConfigError(f"'{saved_file.parent}' holds a run of another objective (its config.yaml has the section "
                           f"'{foreign[0]}', which {config_cls.__name__} lacks); resume it with its own pretrain/ script, "
                           "or pass a new --out.")
+    if isinstance(saved.get("model"), dict):
+        saved["model"].setdefault("stem_norm", "layer")  # a run from before the key: the stem it was built with
     return build_config(config_cls, argv, base=saved)
 
 
