@@ -15,6 +15,8 @@ def hmlp_kernels(patch_size: int) -> Tuple[int, int, int]:
     return patch_size // 4, 2, 2
 
 
+STEM_NORMS = ("none", "layer")  # HMLPStem's inner_norm
+
 # width, depth, heads of the standard ViT sizes
 VIT_SIZES = {
     "tiny": (192, 12, 3),
@@ -30,12 +32,8 @@ class BackboneConfig:
     patch_size: int = 16
     img_size: int = 224
     stem: str = "hmlp"  # hmlp | linear
-    # hmlp only: the norm after its 1st and 2nd convolution. none: no norm there; layer: a per-position
-    # LayerNorm over channels (sslvit's stem before 2026-12; a backbone.json without this key has it).
-    # DeiT's stem has BatchNorm there, which couples patches and images, so sslvit cannot use it; a
-    # per-position LayerNorm is not its stand-in: it rescales every 2x2 pixel block's response to unit
-    # spread, so flat background and noise weigh as much as strokes. A ViT-Ti/8 trained with labels on
-    # `cluttered` for 10 epochs: 31.5 % with layer, 45.8 % with none.
+    # hmlp only, the norm after its 1st and 2nd convolution: none | layer (sslvit's stem before 2026-12,
+    # which a backbone.json without this key has; why it went: HMLPStem's docstring)
     stem_norm: str = "none"
     pos_embed: str = "sincos"  # sincos (fixed, MAE) | learned
     depth: Optional[int] = None  # None: the size's standard depth
@@ -51,7 +49,7 @@ class BackboneConfig:
             raise ValueError(f"model.size '{self.size}' is unknown; use one of {sorted(VIT_SIZES)}.")
         if self.stem not in ("hmlp", "linear"):
             raise ValueError(f"model.stem '{self.stem}' is unknown; use 'hmlp' or 'linear'.")
-        if self.stem_norm not in ("none", "layer"):
+        if self.stem_norm not in STEM_NORMS:
             raise ValueError(f"model.stem_norm '{self.stem_norm}' is unknown; use 'none' or 'layer'.")
         if self.pos_embed not in ("sincos", "learned"):
             raise ValueError(f"model.pos_embed '{self.pos_embed}' is unknown; use 'sincos' or 'learned'.")
