@@ -43,14 +43,14 @@ def _blur_kernel(size: int, max_sigma: float) -> int:
     return max(3, k)
 
 
-def _view(size: int, scale, blur_p: float, solarize_p: float, cfg: MultiCropConfig) -> v2.Compose:
+def _view(size: int, scale, blur_p: float, solarize_p: float, cfg: MultiCropConfig, hflip: bool) -> v2.Compose:
     from torchvision.transforms import v2  # here, not at the top: --help needs no torchvision
 
     b, c, s, h = cfg.color_jitter
     ops = [
         v2.ToImage(),  # uint8 tensor: every op below runs on tensors, none through PIL
         v2.RandomResizedCrop(size, scale=tuple(scale), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-        v2.RandomHorizontalFlip(),
+        *([v2.RandomHorizontalFlip()] if hflip else []),
     ]
     if any(cfg.color_jitter) and cfg.color_jitter_p > 0:  # hue alone costs ~1 ms per crop
         ops.append(v2.RandomApply([v2.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h)],
@@ -70,12 +70,12 @@ class MultiCropTransform:
     """PIL image -> list of 2 global crops (3, G, G) then ``local_number`` local crops (3, L, L).
 
     Blur p 1.0 / 0.1 / 0.5 (global 1, global 2, locals) and solarisation p 0.2 on global 2 only,
-    as DINO's ``DataAugmentationDINO``."""
+    as DINO's ``DataAugmentationDINO``; every view flips left-right with p 0.5 when ``hflip``."""
 
-    def __init__(self, global_size: int, cfg: MultiCropConfig):
-        self.global1 = _view(global_size, cfg.global_scale, 1.0, 0.0, cfg)
-        self.global2 = _view(global_size, cfg.global_scale, 0.1, 0.2, cfg)
-        self.local = _view(cfg.local_size, cfg.local_scale, 0.5, 0.0, cfg)
+    def __init__(self, global_size: int, cfg: MultiCropConfig, hflip: bool = True):
+        self.global1 = _view(global_size, cfg.global_scale, 1.0, 0.0, cfg, hflip)
+        self.global2 = _view(global_size, cfg.global_scale, 0.1, 0.2, cfg, hflip)
+        self.local = _view(cfg.local_size, cfg.local_scale, 0.5, 0.0, cfg, hflip)
         self.local_number = cfg.local_number
 
     def __call__(self, img) -> list[torch.Tensor]:

@@ -3,7 +3,7 @@ build them, so the constants and ``denormalize`` come without it (and a command'
 without its import time)."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -17,13 +17,22 @@ def _to_normalized_tensor():
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
 
-def mae_train_transform(img_size: int, scale=(0.2, 1.0)) -> v2.Compose:
-    """MAE pretraining augmentation: RandomResizedCrop(scale 0.2-1, bicubic) + horizontal flip."""
+def hflip_for(data: str, hflip: Optional[bool] = None) -> bool:
+    """Whether augmentation flips images left-right: ``hflip`` when set, else yes, but not for the
+    embedded digit sets, where a mirrored digit is another digit or none (a 2 reads as a 5)."""
+    from sslvit.data.dataset import is_embedded  # here: the data sets' imports are not for --help
+
+    return (not is_embedded(data)) if hflip is None else bool(hflip)
+
+
+def mae_train_transform(img_size: int, scale=(0.2, 1.0), hflip: bool = True) -> v2.Compose:
+    """MAE pretraining augmentation: RandomResizedCrop(scale 0.2-1, bicubic) + horizontal flip
+    (``hflip``)."""
     from torchvision.transforms import v2
 
     return v2.Compose([
         v2.RandomResizedCrop(img_size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-        v2.RandomHorizontalFlip(),
+        *([v2.RandomHorizontalFlip()] if hflip else []),
         *_to_normalized_tensor(),
     ])
 

@@ -34,11 +34,14 @@ def cache_key(weights: Path, **fields) -> tuple[str, dict]:
 
 
 def feature_key(recipe: str, n_last_blocks: int, data: str, split: str, img_size: int,
-                aug_pass: int | None = None, aug_seed: int | None = None) -> dict:
+                aug_pass: int | None = None, aug_seed: int | None = None, aug_hflip: bool = True) -> dict:
     """The fields the features depend on besides the weights; every probe builds its key here,
     so the k-NN and linear probes read each other's cache."""
-    return dict(recipe=recipe, n_last_blocks=n_last_blocks, data=str(data), split=split, img_size=img_size,
-                aug_pass=aug_pass, aug_seed=aug_seed)
+    key = dict(recipe=recipe, n_last_blocks=n_last_blocks, data=str(data), split=split, img_size=img_size,
+               aug_pass=aug_pass, aug_seed=aug_seed)
+    if aug_pass is not None and not aug_hflip:  # only then: the keys of every cache written before stay valid
+        key["aug_hflip"] = False
+    return key
 
 
 def cached_features(weights: Path, compute: Callable[[], tuple[torch.Tensor, torch.Tensor]], write: bool = True,

@@ -25,7 +25,7 @@ from sslvit.data.dataset import build_dataset
 from sslvit.data.loaders import training_loader
 from sslvit.data.shard_reader import ShardDataset
 from sslvit.data.stream_loader import StreamLoader
-from sslvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from sslvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, hflip_for
 from sslvit.models.backbone_config import check_img_size
 from sslvit.files import existing, save_safetensors_atomic, write_json_atomic
 from sslvit.runtime.devices import build_accelerator
@@ -43,6 +43,7 @@ class FinetuneConfig:
     img_size: Optional[int] = None  # None: the pretraining size; larger: position embedding interpolated
     pool: str = "avg"  # cls | avg (MAE fine-tunes on the average pool)
     augment: str = "3aug"  # 3aug (DeiT III) | rrc (RandomResizedCrop + flip)
+    hflip: Optional[bool] = None  # the augmentation's left-right flip; None: yes, but not the embedded digit sets
     crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range; small images want more
     epochs: int = 100
     batch_size: int = 64  # per process
@@ -66,15 +67,15 @@ class FinetuneConfig:
             raise ValueError(f"layer_decay must be in (0, 1] (got {self.layer_decay}).")
 
 
-def three_augment(size: int, scale=(0.08, 1.0)) -> v2.Compose:
-    """DeiT III's 3-Augment: random resized crop + flip, then one of grayscale / solarisation /
-    Gaussian blur, then colour jitter 0.3."""
+def three_augment(size: int, scale=(0.08, 1.0), hflip: bool = True) -> v2.Compose:
+    """DeiT III's 3-Augment: random resized crop + flip (``hflip``), then one of grayscale /
+    solarisation / Gaussian blur, then colour jitter 0.3."""
     from torchvision.transforms import v2  # here, not at the top: --help needs no torchvision
 
     return v2.Compose([
         v2.ToImage(),
         v2.RandomResizedCrop(size, scale=tuple(scale), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-        v2.RandomHorizontalFlip(),
+        *([v2.RandomHorizontalFlip()] if hflip else []),
         v2.RandomChoice([v2.Grayscale(num_output_channels=3), v2.RandomSolarize(128, p=1.0),
                          v2.GaussianBlur(max(3, (size // 20) * 2 + 1), sigma=(0.1, 2.0))]),
         v2.ColorJitter(0.3, 0.3, 0.3),
@@ -83,13 +84,13 @@ def three_augment(size: int, scale=(0.08, 1.0)) -> v2.Compose:
     ])
 
 
-def rrc_augment(size: int, scale=(0.08, 1.0)) -> v2.Compose:
+def rrc_augment(size: int, scale=(0.08, 1.0), hflip: bool = True) -> v2.Compose:
     from torchvision.transforms import v2  # here, not at the top: --help needs no torchvision
 
     return v2.Compose([
         v2.ToImage(),
         v2.RandomResizedCrop(size, scale=tuple(scale), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-        v2.RandomHorizontalFlip(),
+        *([v2.RandomHorizontalFlip()] if hflip else []),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
@@ -219,7 +220,7 @@ def _labelled_sets(cfg: FinetuneConfig, weights: Path):
     data = cfg.data or run_data_of(weights)
     bcfg = read_backbone_config(weights)
     size = check_img_size(bcfg.img_size if cfg.img_size is None else cfg.img_size, bcfg.patch_size)
-    aug = (three_augment if cfg.augment == "3aug" else rrc_augment)(size, cfg.crop_scale)
+    aug = (three_augment if cfg.augment == "3aug" else rrc_augment)(size, cfg.crop_scale, hflip_for(data, cfg.hflip))
     train_set = build_dataset(data, "train", size, transform=aug)
     val_set = build_dataset(data, "val", size, transform=eval_transform(size))
     if not train_set.labelled:

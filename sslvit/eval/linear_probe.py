@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from sslvit.data.dataset import build_dataset
-from sslvit.data.transforms import eval_transform, mae_train_transform
+from sslvit.data.transforms import eval_transform, hflip_for, mae_train_transform
 from sslvit.eval.feature_cache import cached_features, feature_key
 from sslvit.eval.features import extract_features, finish_probe
 from sslvit.eval.linear_heads import grid_accuracy, train_head_grid
@@ -39,6 +39,7 @@ class LinearProbeConfig:
     batch_size: int = 256
     holdout_fraction: float = 0.1  # of the train split, to pick the best head
     aug_passes: int = 0  # 0: centre-crop features; N: N cached passes of RandomResizedCrop + flip
+    hflip: Optional[bool] = None  # the aug passes' left-right flip; None: yes, but not the embedded digit sets
     extract_batch_size: int = 256
     num_workers: int = 0
     seed: int = 0
@@ -74,13 +75,13 @@ def run_linear_probe(cfg: LinearProbeConfig) -> dict:
     def features(dataset, split: str, aug_pass: Optional[int] = None):
         def compute():
             if aug_pass is not None:
-                dataset.transform = mae_train_transform(size, scale=(0.08, 1.0))
+                dataset.transform = mae_train_transform(size, scale=(0.08, 1.0), hflip=hflip_for(data, cfg.hflip))
                 torch.manual_seed(cfg.seed * 1000 + aug_pass)  # each pass is its own reproducible draw
             return extract_features(backbone, dataset, pool=cfg.recipe, n_last_blocks=cfg.n_last_blocks,
                                     batch_size=cfg.extract_batch_size, num_workers=cfg.num_workers,
                                     desc=f"features: {split}", accelerator=accelerator)
         key = feature_key(cfg.recipe, cfg.n_last_blocks, data, split, size, aug_pass,
-                          cfg.seed if aug_pass is not None else None)
+                          cfg.seed if aug_pass is not None else None, hflip_for(data, cfg.hflip))
         feats, labels, hit = cached_features(weights, compute, write=main, **key)
         hits.append(hit)
         return feats, labels

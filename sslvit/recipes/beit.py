@@ -7,7 +7,7 @@ from typing import Optional
 from pathlib import Path
 
 from sslvit.data.collates import BlockMaskCollate
-from sslvit.data.transforms import mae_train_transform
+from sslvit.data.transforms import hflip_for, mae_train_transform
 from sslvit.models.backbone_config import BackboneConfig
 from sslvit.objectives.beit import BEiT, BEiTConfig
 from sslvit.tokenizers.tokenizer_config import TokenizerConfig
@@ -42,7 +42,7 @@ class BEiTRunConfig:
         return BEiT(build_backbone(self.model), tokenizer, self.beit)
 
     def train_transform(self):
-        return mae_train_transform(self.model.img_size)
+        return mae_train_transform(self.model.img_size, hflip=hflip_for(self.data, self.train.hflip))
 
     def collate_fn(self):
         grid = (self.model.img_size // self.model.patch_size,) * 2

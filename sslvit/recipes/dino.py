@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from sslvit.data.multicrop import MultiCropConfig, MultiCropTransform, multicrop_collate
+from sslvit.data.transforms import hflip_for
 from sslvit.models.backbone_config import BackboneConfig
 from sslvit.objectives.dino import DINO, DINOConfig
 from sslvit.train.train_config import TrainConfig
@@ -54,7 +55,7 @@ class DINORunConfig:
         return DINO(student, teacher, self.dino)
 
     def train_transform(self):
-        return MultiCropTransform(self.model.img_size, self.crops)
+        return MultiCropTransform(self.model.img_size, self.crops, hflip_for(self.data, self.train.hflip))
 
     def collate_fn(self):
         return multicrop_collate

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from sslvit.data.transforms import mae_train_transform
+from sslvit.data.transforms import hflip_for, mae_train_transform
 from sslvit.models.backbone_config import VIT_SIZES, BackboneConfig
 from sslvit.objectives.mae import MAE, MAEConfig
 from sslvit.train.train_config import TrainConfig
@@ -34,4 +34,4 @@ class MAERunConfig:
         return MAE(build_backbone(self.model), self.mae)
 
     def train_transform(self):
-        return mae_train_transform(self.model.img_size)
+        return mae_train_transform(self.model.img_size, hflip=hflip_for(self.data, self.train.hflip))

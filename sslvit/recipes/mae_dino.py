@@ -8,7 +8,7 @@ from typing import Optional
 
 from sslvit.data.collates import CompositeCollate
 from sslvit.data.multicrop import MultiCropConfig, MultiCropTransform, multicrop_collate
-from sslvit.data.transforms import CompositeTransform, mae_train_transform
+from sslvit.data.transforms import CompositeTransform, hflip_for, mae_train_transform
 from sslvit.models.backbone_config import VIT_SIZES, BackboneConfig
 from sslvit.objectives.composite import Composite
 from sslvit.objectives.dino import DINO, DINOConfig
@@ -69,8 +69,9 @@ class MAEDINORunConfig:
         return Composite(parts, dataclasses.asdict(self.weights), export)
 
     def train_transform(self):
-        size = self.model.img_size
-        make = {"mae": lambda: mae_train_transform(size), "dino": lambda: MultiCropTransform(size, self.crops)}
+        size, hflip = self.model.img_size, hflip_for(self.data, self.train.hflip)
+        make = {"mae": lambda: mae_train_transform(size, hflip=hflip),
+                "dino": lambda: MultiCropTransform(size, self.crops, hflip)}
         return CompositeTransform({name: make[name]() for name in self.parts()})
 
     def collate_fn(self):

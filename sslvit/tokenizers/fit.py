@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from sslvit.data.dataset import build_dataset, is_embedded
-from sslvit.data.transforms import mae_train_transform
+from sslvit.data.transforms import hflip_for, mae_train_transform
 from sslvit.tokenizers.base import FAISS_MIN_POINTS_PER_CODE, Tokenizer
 from sslvit.tokenizers.features import FeatureTokenizer
 from sslvit.tokenizers.pixel import PixelTokenizer
@@ -26,7 +26,7 @@ def sample_fit_batches(data: str, img_size: int, n: int, seed: int, batch_size: 
     """Batches (B, C, H, W) of ``n`` training images drawn without replacement, with the pretraining
     augmentation (the tokenizer encodes augmented crops during training, so it is fitted on them)."""
     dataset = build_dataset(data, "train" if is_embedded(data) else "all", img_size,
-                            transform=mae_train_transform(img_size))
+                            transform=mae_train_transform(img_size, hflip=hflip_for(data)))
     pick = np.sort(np.random.default_rng(seed).choice(len(dataset), min(n, len(dataset)), replace=False))
     loader = DataLoader(Subset(dataset, pick.tolist()), batch_size=batch_size, shuffle=False)
     with torch.random.fork_rng(devices=[]):  # fitting leaves the caller's RNG stream as it was

@@ -22,6 +22,7 @@ from sslvit.data.cluttered import parse_spec
 from sslvit.data.folder import DataError
 from sslvit.data.shape import DataShape, data_shape
 from sslvit.data.shard_reader import is_shard_spec
+from sslvit.data.transforms import hflip_for
 
 SMALL_SIDE = 64
 FEW_IMAGES = 20_000
@@ -73,5 +74,6 @@ def preset_for(presets: dict, data: str) -> tuple[dict | None, str]:
 def summary(cfg) -> str:
     """What the resolved config trains, for the recipe line: model, size, epochs, batch."""
     m, t = cfg.model, cfg.train
-    return (f"this run: ViT-{m.size}/{m.patch_size} at {m.img_size} px, {t.epochs} epochs of batch {t.batch_size} "
-            "(every key stays yours to set)")
+    flip = "flips left-right" if hflip_for(cfg.data, t.hflip) else "no left-right flips"
+    return (f"this run: ViT-{m.size}/{m.patch_size} at {m.img_size} px, {t.epochs} epochs of batch {t.batch_size}, "
+            f"{flip} (every key stays yours to set)")

@@ -70,6 +70,8 @@ def run_config(config_cls, preset: str | None = None, argv=None):
                           "or pass a new --out.")
     if isinstance(saved.get("model"), dict):
         saved["model"].setdefault("stem_norm", "layer")  # a run from before the key: the stem it was built with
+    if isinstance(saved.get("train"), dict):
+        saved["train"].setdefault("hflip", True)  # a run from before the key flipped every image
     return build_config(config_cls, argv, base=saved)
 
 

@@ -38,6 +38,7 @@ class TrainConfig:
     max_unreadable: float = 0.5  # share of an epoch's images that may be unreadable (skipped) before the run stops
     shuffle_buffer: int = 1000  # shards: samples held per data-loader worker for shuffling
     data_resampled: bool = False  # shards: draw shards with replacement forever (epoch = the index's count)
+    hflip: Optional[bool] = None  # augmentation flips left-right; None: yes, but not the embedded digit sets
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
