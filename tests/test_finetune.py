@@ -56,7 +56,7 @@ def test_attention_only_leaves_every_other_backbone_parameter_unchanged(exported
 def test_higher_resolution_interpolates_the_position_embedding(exported):
     low, _ = build_classifier(exported, 5, FinetuneConfig())
     high, sizes = build_classifier(exported, 5, FinetuneConfig(img_size=24))
-    assert sizes == {"img_size": 24, "pretrain_img_size": 16}
+    assert sizes == {"img_size": 24, "pretrain_img_size": 16, "head_init_std": 0.02}
     assert high.backbone.pos_embed.shape == (1, 1 + 36, 192) and low.backbone.pos_embed.shape == (1, 17, 192)
     torch.testing.assert_close(high.backbone.pos_embed[:, 0], low.backbone.pos_embed[:, 0])  # cls row kept
     assert high.backbone.pos_embed.requires_grad
@@ -98,3 +98,24 @@ def test_average_pool_head_is_maes_global_pool():
         expected = model.head(model.fc_norm(tokens[:, 1:].mean(1)))
         assert torch.allclose(model(x), expected, atol=1e-5)
         assert not any(m is final_norm for m in model.modules())
+
+
+def test_head_init_follows_the_image_size_and_the_key(exported, tmp_path):
+    """MAE starts its head at std 2e-5 for 100-epoch ImageNet fine-tunes; at small image sizes (a
+    short fine-tune on few images) the head starts at 0.02, and --head_init_std always wins."""
+    from sslvit.eval.finetune import head_init_for
+
+    assert head_init_for(224) == 2e-5 and head_init_for(65) == 2e-5
+    assert head_init_for(64) == 0.02 and head_init_for(16) == 0.02
+    assert head_init_for(16, 2e-5) == 2e-5 and head_init_for(224, 0.02) == 0.02
+    small, sizes = build_classifier(exported, 10, FinetuneConfig())  # a 16 px backbone
+    assert sizes["head_init_std"] == 0.02
+    assert 0.015 < small.head.weight.std().item() < 0.025  # 1,920 draws of a truncated N(0, 0.02)
+    tiny, _ = build_classifier(exported, 10, FinetuneConfig(head_init_std=2e-5))
+    assert tiny.head.weight.abs().max().item() < 1e-4
+    big = tmp_path / "big"
+    big.mkdir()
+    cfg = BackboneConfig(size="tiny", depth=1, patch_size=16, img_size=80)
+    export_backbone(build_backbone(cfg), cfg, big)
+    mae, sizes = build_classifier(big / "backbone.safetensors", 10, FinetuneConfig())
+    assert sizes["head_init_std"] == 2e-5 and mae.head.weight.abs().max().item() < 1e-4
