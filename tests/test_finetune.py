@@ -76,6 +76,7 @@ def test_finetune_run_reports_and_writes(exported, image_folder, fresh_accelerat
         assert 0 <= r["val_top1"] <= r["val_top5"] <= 100 and r["step_time_s"] > 0 and r["peak_memory_mb"] > 0
     written = json.loads((exported.parent / "finetune_attention" / "finetune.json").read_text())
     assert written["trainable_params"] == attn["trainable_params"]
+    assert full["lr"] == pytest.approx(4e-3 * 8 / 256) and written["head_init_std"] == 0.02  # 16 px: small images
 
 
 def test_average_pool_head_is_maes_global_pool():
@@ -119,3 +120,12 @@ def test_head_init_follows_the_image_size_and_the_key(exported, tmp_path):
     export_backbone(build_backbone(cfg), cfg, big)
     mae, sizes = build_classifier(big / "backbone.safetensors", 10, FinetuneConfig())
     assert sizes["head_init_std"] == 2e-5 and mae.head.weight.abs().max().item() < 1e-4
+
+
+def test_base_lr_follows_the_image_size_and_the_key():
+    """MAE's blr 5e-4 above 64 px; 4e-3 (lr 1e-3 at batch 64) for small images; --blr always wins."""
+    from sslvit.eval.finetune import blr_for
+
+    assert blr_for(224) == 5e-4 and blr_for(65) == 5e-4
+    assert blr_for(64) == 4e-3 and blr_for(32) == 4e-3
+    assert blr_for(32, 1e-3) == 1e-3 and blr_for(224, 4e-3) == 4e-3
