@@ -12,6 +12,7 @@ from PIL import Image
 from sslvit.data.folder import scan_folder
 from sslvit.data.shard_reader import build_shard_dataset, is_shard_spec, resolve_shards
 
+SMALL_SIDE = 64  # px: images whose short side is at most this get the small-data recipes (pretraining, fine-tuning)
 SAMPLED = 16  # images whose size is read: the median side of these is the data's
 
 

@@ -78,7 +78,7 @@ def head_init_for(img_size: int, head_init_std: Optional[float] = None) -> float
     until it has grown, which a short fine-tune on small images cannot afford: a random-init 6-block
     ViT-Ti/8 fine-tuned on ``cluttered`` for 10 epochs (rrc 0.5-1, blr 4e-3, layer decay 0.9) reached
     80.8 % with 0.02 and 59.9 % with 2e-5 (README, "Fine-tuning")."""
-    from sslvit.train.data_recipe import SMALL_SIDE  # the one threshold for small images
+    from sslvit.data.shape import SMALL_SIDE  # the one threshold for small images
 
     if head_init_std is not None:
         return float(head_init_std)
@@ -93,7 +93,7 @@ def blr_for(img_size: int, blr: Optional[float] = None) -> float:
     """The base lr: ``blr`` when set, else MAE's 5e-4, but 4e-3 at most SMALL_SIDE px. With the 0.02
     head, blr 1e-3 instead of 4e-3 cost 8 points (random-init ViT-Ti/8, cluttered, 10 epochs), and
     under 4e-3 the pretrained MAE and BEiT backbones fine-tune to 82.3 and 91.8 (20 epochs)."""
-    from sslvit.train.data_recipe import SMALL_SIDE  # the one threshold for small images
+    from sslvit.data.shape import SMALL_SIDE  # the one threshold for small images
 
     if blr is not None:
         return float(blr)

@@ -20,11 +20,10 @@ from pathlib import Path
 
 from sslvit.data.cluttered import parse_spec
 from sslvit.data.folder import DataError
-from sslvit.data.shape import DataShape, data_shape
+from sslvit.data.shape import SMALL_SIDE, DataShape, data_shape
 from sslvit.data.shard_reader import is_shard_spec
 from sslvit.data.transforms import hflip_for
 
-SMALL_SIDE = 64
 FEW_IMAGES = 20_000
 TUNED_COUNT = 4_500  # training images of the embedded 'cluttered' set
 TUNED_SIZE = 32
