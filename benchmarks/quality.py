@@ -65,10 +65,10 @@ def finetune(run: Path, epochs: int) -> float:
     result = run / "finetune_full" / "finetune.json"
     recipe = [*FINETUNE, "--epochs", str(epochs)]
     stamp = run / "finetune_full" / "quality_recipe.json"
-    # a result without head_init_std predates the probe's head init by image size: not the same recipe
-    if result.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == recipe \
-            and "head_init_std" in json.loads(result.read_text()):
-        return json.loads(result.read_text())["val_top1"]
+    if result.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == recipe:
+        kept = json.loads(result.read_text())
+        if "head_init_std" in kept:  # without it, from before the probe's head init by image size
+            return kept["val_top1"]
     sh([PY, "probes/finetune.py", "--ckpt", str(run), *recipe, "--eval_every", str(epochs)], run / "finetune.log")
     stamp.write_text(json.dumps(recipe))
     return json.loads(result.read_text())["val_top1"]

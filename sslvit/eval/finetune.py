@@ -72,17 +72,23 @@ MAE_HEAD_INIT = 2e-5  # models_vit / main_finetune: the head starts near zero, f
 SMALL_HEAD_INIT = 0.02  # DeiT's and timm's head init
 
 
-def head_init_for(img_size: int, head_init_std: Optional[float] = None) -> float:
-    """The head's init std: ``head_init_std`` when set, else MAE's 2e-5, but 0.02 at most SMALL_SIDE
-    px (the small-data recipe's threshold). A near-zero head passes almost no gradient to the backbone
-    until it has grown, which a short fine-tune on small images cannot afford: a random-init 6-block
-    ViT-Ti/8 fine-tuned on ``cluttered`` for 10 epochs (rrc 0.5-1, blr 4e-3, layer decay 0.9) reached
-    80.8 % with 0.02 and 59.9 % with 2e-5 (README, "Fine-tuning")."""
+def by_image_size(img_size: int, value: Optional[float], small: float, reference: float) -> float:
+    """``value`` when set, else ``small`` at most SMALL_SIDE px (the small-data recipes' threshold),
+    else the ``reference`` (ImageNet-size) default."""
     from sslvit.data.shape import SMALL_SIDE  # the one threshold for small images
 
-    if head_init_std is not None:
-        return float(head_init_std)
-    return SMALL_HEAD_INIT if img_size <= SMALL_SIDE else MAE_HEAD_INIT
+    if value is not None:
+        return float(value)
+    return small if img_size <= SMALL_SIDE else reference
+
+
+def head_init_for(img_size: int, head_init_std: Optional[float] = None) -> float:
+    """The head's init std: MAE's 2e-5, but 0.02 for small images (``by_image_size``). A near-zero
+    head passes almost no gradient to the backbone until it has grown, which a short fine-tune on
+    small images cannot afford: a random-init 6-block ViT-Ti/8 fine-tuned on ``cluttered`` for 10
+    epochs (rrc 0.5-1, blr 4e-3, layer decay 0.9) reached 80.8 % with 0.02 and 59.9 % with 2e-5
+    (README, "Fine-tuning")."""
+    return by_image_size(img_size, head_init_std, SMALL_HEAD_INIT, MAE_HEAD_INIT)
 
 
 MAE_BLR = 5e-4  # main_finetune.py's, for ViT-B at 224 px
@@ -90,14 +96,10 @@ SMALL_BLR = 4e-3  # lr 1e-3 at batch 64: what a short fine-tune on small images 
 
 
 def blr_for(img_size: int, blr: Optional[float] = None) -> float:
-    """The base lr: ``blr`` when set, else MAE's 5e-4, but 4e-3 at most SMALL_SIDE px. With the 0.02
-    head, blr 1e-3 instead of 4e-3 cost 8 points (random-init ViT-Ti/8, cluttered, 10 epochs), and
-    under 4e-3 the pretrained MAE and BEiT backbones fine-tune to 82.3 and 91.8 (20 epochs)."""
-    from sslvit.data.shape import SMALL_SIDE  # the one threshold for small images
-
-    if blr is not None:
-        return float(blr)
-    return SMALL_BLR if img_size <= SMALL_SIDE else MAE_BLR
+    """The base lr: MAE's 5e-4, but 4e-3 for small images (``by_image_size``). With the 0.02 head,
+    blr 1e-3 instead of 4e-3 cost 8 points (random-init ViT-Ti/8, cluttered, 10 epochs), and under
+    4e-3 the pretrained MAE and BEiT backbones fine-tune to 82.3 and 91.8 (20 epochs)."""
+    return by_image_size(img_size, blr, SMALL_BLR, MAE_BLR)
 
 
 def three_augment(size: int, scale=(0.08, 1.0), hflip: bool = True) -> v2.Compose:
@@ -216,12 +218,12 @@ def build_classifier(weights: Path, num_classes: int, cfg: FinetuneConfig) -> tu
                                 state_hook=lambda s: interpolate_pos_embed(
                                     s, (size // bcfg.patch_size,) * 2, (bcfg.img_size // bcfg.patch_size,) * 2,
                                     1 + bcfg.reg_tokens))
-    model = Classifier(backbone, num_classes, cfg.pool, head_init_for(size, cfg.head_init_std))
+    head_init_std = head_init_for(size, cfg.head_init_std)
+    model = Classifier(backbone, num_classes, cfg.pool, head_init_std)
     if cfg.mode == "attention":
         for name, p in model.named_parameters():
             p.requires_grad_(is_attention_param(name))
-    return model, {"img_size": size, "pretrain_img_size": bcfg.img_size,
-                   "head_init_std": head_init_for(size, cfg.head_init_std)}
+    return model, {"img_size": size, "pretrain_img_size": bcfg.img_size, "head_init_std": head_init_std}
 
 
 def _peak_memory_mb(device: torch.device) -> float:
