@@ -60,10 +60,11 @@ FINETUNE = ["--augment", "rrc", "--crop_scale", "[0.5, 1.0]", "--warmup_epochs",
             "--blr", "4e-3"]
 
 
-def finetune(run: Path, epochs: int) -> float:
-    """Full fine-tuning val top-1; a result of the same recipe and epochs already in ``run`` is reused."""
+def finetune(run: Path, epochs: int, seed: int) -> float:
+    """Full fine-tuning val top-1; a result of the same recipe, epochs and seed already in ``run`` is reused."""
     result = run / "finetune_full" / "finetune.json"
-    recipe = [*FINETUNE, "--epochs", str(epochs)]
+    # seed 0 is the probe's default: left out, so that fine-tunings kept from before the seed was passed still count
+    recipe = [*FINETUNE, "--epochs", str(epochs), *(["--seed", str(seed)] if seed else [])]
     stamp = run / "finetune_full" / "quality_recipe.json"
     if result.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == recipe:
         kept = json.loads(result.read_text())
@@ -74,8 +75,8 @@ def finetune(run: Path, epochs: int) -> float:
     return json.loads(result.read_text())["val_top1"]
 
 
-def random_init_run(out: Path, like: Path) -> Path:
-    """A run folder whose backbone is the shape of ``like``'s, at its initial (random) weights."""
+def random_init_run(out: Path, like: Path, seed: int) -> Path:
+    """A run folder whose backbone is the shape of ``like``'s, at its initial (random) weights drawn with ``seed``."""
     sys.path.insert(0, str(ROOT))
     from sslvit.models.export import export_backbone, read_backbone_config
     from sslvit.models.vit import build_backbone
@@ -83,7 +84,7 @@ def random_init_run(out: Path, like: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "backbone.safetensors").is_file():
         cfg = read_backbone_config(like / "backbone.safetensors")
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         export_backbone(build_backbone(cfg), cfg, out)
         (out / "config.yaml").write_text((like / "config.yaml").read_text())
     return out
@@ -104,14 +105,14 @@ def one_seed(args, seed: int) -> dict[str, dict]:
             wall = json.loads(wall_file.read_text()) if wall_file.is_file() else None
         cls, avg = knn(run, "cls", True), knn(run, "avg", True)
         rows[obj] = {"knn_cls": cls["pretrained"], "knn_avg": avg["pretrained"], "linear": linear(run),
-                     "finetune": finetune(run, args.finetune_epochs) if args.finetune_epochs else None,
+                     "finetune": finetune(run, args.finetune_epochs, seed) if args.finetune_epochs else None,
                      "wall_min": None if wall is None else wall / 60}
         rows.setdefault("raw pixels", {"knn_cls": cls["raw_pixels"], "knn_avg": avg["raw_pixels"]})
         rows.setdefault("random init", {"knn_cls": cls["random_init"], "knn_avg": avg["random_init"]})
-    rand = random_init_run(root / "random_init", run)
+    rand = random_init_run(root / "random_init", run, seed)
     rows["random init"]["linear"] = linear(rand)
     if args.finetune_epochs:
-        rows["supervised (random init + labels)"] = {"finetune": finetune(rand, args.finetune_epochs)}
+        rows["supervised (random init + labels)"] = {"finetune": finetune(rand, args.finetune_epochs, seed)}
     return rows
 
 
