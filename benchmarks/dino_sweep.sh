@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # DINO on the embedded cluttered set: the preset against the changes tried to make its k-NN rise
-# within the 10-minute budget (depth, lr, centring, grey crops, fixed sin-cos positions, clean
-# variant, longer run). Each run prints its online k-NN (k = 20, teacher cls) after every epoch,
-# then the final k-NN (k = 20) of the teacher's cls and average-pooled features.
+# within the 10-minute budget (depth, lr, centring, grey crops, stronger colour jitter, fixed sin-cos
+# positions, clean variant, clean variant with grey crops, longer run). Each run prints its online
+# k-NN (k = 20, teacher cls) after every epoch, then the final k-NN (k = 20) of the teacher's cls and
+# average-pooled features.
 #   bash benchmarks/dino_sweep.sh [OUT_ROOT] [NAME ...]      (default: every run below)
 # One thread per run (OMP_NUM_THREADS=1): the figures are about learning per step, not speed.
 set -euo pipefail
@@ -19,9 +20,13 @@ declare -A RUNS=(
   [d6_batch16_3ep]="--model.depth 6 --train.batch_size 16 --train.blr 4e-3 --train.epochs 3"
   [d4_blr2e-3_12ep]="--model.depth 4 --train.blr 2e-3 --train.epochs 12"
   [d6_strength0_4ep]="--data cluttered:strength=0 --model.depth 6 --train.epochs 4"
+  [d6_strongcolour_4ep]="--model.depth 6 --train.epochs 4 --crops.color_jitter [0.8,0.8,0.8,0.5] --crops.grayscale_p 0.5"
+  [d6_strength0_grey_4ep]="--data cluttered:strength=0 --model.depth 6 --train.epochs 4 --crops.grayscale_p 1.0"
+  [d6_strength0_grey_10ep]="--data cluttered:strength=0 --model.depth 6 --train.epochs 10 --crops.grayscale_p 1.0"
 )
 names=("$@"); [ ${#names[@]} -gt 0 ] || names=(d6_blr4e-3_8ep d6_sinkhorn_4ep d6_grey_4ep d6_sincos_6ep d4_blr2e-3_12ep
-                                               d6_strength0_4ep d6_batch16_3ep)
+                                               d6_strength0_4ep d6_batch16_3ep d6_strongcolour_4ep d6_strength0_grey_4ep
+                                               d6_strength0_grey_10ep)
 mkdir -p "$root"
 echo "| run | keys over the cluttered preset | online k-NN by epoch | k-NN cls | k-NN avg |"
 echo "|---|---|---|---|---|"
