@@ -26,9 +26,15 @@ def _start(out: Path, *extra, env_extra=None, launcher=True) -> subprocess.Popen
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch/cpu.yaml"),
               "--num_cpu_threads_per_process", "1"] if launcher else [sys.executable]
     cmd = [*launch, str(REPO / "pretrain/mae.py"), "--out", str(out), *ARGS, *extra]
-    # a new session: kill -9 reaches the launcher's child (the training process) too
+    # a new session: kill -9 reaches the launcher's child (the training process) too. SIGINT as a
+    # terminal's foreground job has it: a suite started in the background (`make test &`) inherits it
+    # ignored, and the trainer rightly keeps an ignored Ctrl-C ignored (stop_signals.StopRequest)
     return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _kill(proc: subprocess.Popen) -> str:
