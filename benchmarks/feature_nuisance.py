@@ -25,6 +25,7 @@ from sslvit.data.dataset import build_dataset  # noqa: E402
 from sslvit.data.transforms import eval_transform  # noqa: E402
 from sslvit.eval.feature_cache import cached_features, feature_key  # noqa: E402
 from sslvit.eval.features import extract_features, raw_pixel_features  # noqa: E402
+from sslvit.eval.knn import knn_search  # noqa: E402
 
 BORDER, BRIGHTEST = 2, 100
 
@@ -36,13 +37,6 @@ def nuisances(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     flat = images.reshape(n, -1, 3)
     brightest = np.argsort(flat.sum(-1), axis=1)[:, -BRIGHTEST:]
     return border.mean(1), np.take_along_axis(flat, brightest[..., None], 1).mean(1)
-
-
-def nearest(train: np.ndarray, val: np.ndarray) -> np.ndarray:
-    """(N, F), (M, F) -> (M,) index of each val row's most cosine-similar train row."""
-    a = train / np.maximum(np.linalg.norm(train, axis=1, keepdims=True), 1e-12)
-    b = val / np.maximum(np.linalg.norm(val, axis=1, keepdims=True), 1e-12)
-    return (b @ a.T).argmax(1)
 
 
 def row(name: str, nn: np.ndarray, rnd: np.ndarray, tr: tuple, va: tuple, acc: float) -> str:
@@ -77,7 +71,7 @@ def main() -> None:
 
     def report(name, feats):
         (ftr, ytr), (fva, yva) = feats
-        nn = nearest(ftr.numpy(), fva.numpy())
+        nn = knn_search(ftr.numpy(), fva.numpy(), 1)[1][:, 0]  # the k-NN probe's cosine search
         print(row(name, nn, rnd, tr, va, float((ytr.numpy()[nn] == yva.numpy()).mean() * 100)))
 
     report("raw pixels", [raw_pixel_features(sets[s]) for s in ("train", "val")])
