@@ -4,7 +4,8 @@ next to raw pixels, a random-init backbone and the supervised ceiling (the same 
 from random init: trained with labels only).
 
     python benchmarks/quality.py [--data cluttered] [--objectives mae,beit,dino,ibot]
-        [--seeds 0] [--finetune_epochs 20] [--out runs/quality] [--extra "--train.epochs 4"]
+        [--seeds 0] [--finetune_epochs 20] [--ceiling_epochs 60] [--out runs/quality]
+        [--extra "--train.epochs 4"]
 
 Runs that already hold a backbone are probed again, not retrained, and a fine-tuning of the same
 recipe and epochs is reused (delete --out to start over).
@@ -113,6 +114,9 @@ def one_seed(args, seed: int) -> dict[str, dict]:
     rows["random init"]["linear"] = linear(rand)
     if args.finetune_epochs:
         rows["supervised (random init + labels)"] = {"finetune": finetune(rand, args.finetune_epochs, seed)}
+    if args.ceiling_epochs:  # the same weights in their own folder, so both fine-tunings are kept
+        longer = random_init_run(root / "random_init_long", run, seed)
+        rows[f"supervised, {args.ceiling_epochs} epochs"] = {"finetune": finetune(longer, args.ceiling_epochs, seed)}
     return rows
 
 
@@ -142,6 +146,8 @@ def main() -> None:
     p.add_argument("--objectives", default="mae,beit,dino,ibot")
     p.add_argument("--seeds", default="0", help="comma-separated training seeds")
     p.add_argument("--finetune_epochs", type=int, default=20, help="0: no fine-tuning")
+    p.add_argument("--ceiling_epochs", type=int, default=0,
+                   help="also the supervised row trained this many epochs: what the set allows, past the budget")
     p.add_argument("--out", default="runs/quality")
     p.add_argument("--extra", default="", help="more keys for every pretraining run, e.g. '--train.epochs 4'")
     args = p.parse_args()
