@@ -75,13 +75,20 @@ def loss_with_shared_scaled(run: str, scales=(0.0, 0.5, 1.0, 2.0), images: int =
     checkpoint, with the shared vector at the encoder's output (before its norm) scaled."""
     from safetensors.torch import load_file
 
+    from sslvit.config import ConfigError
     from sslvit.recipes.mae import MAERunConfig
     from sslvit.train.checkpoint import latest_checkpoint
     from sslvit.train.entry import run_config
 
-    cfg = run_config(MAERunConfig, "mae", ["--out", run, "--resume", "true"])
+    try:
+        cfg = run_config(MAERunConfig, "mae", ["--out", run, "--resume", "true"])
+    except ConfigError as e:
+        raise SystemExit(f"--loss measures MAE runs only: {e}") from None
+    ckpt = latest_checkpoint(Path(run))
+    if ckpt is None:
+        raise SystemExit(f"--loss: '{run}' holds no checkpoint (checkpoints/epoch_*); give an MAE run directory.")
     mae = cfg.build_objective().eval()
-    mae.load_state_dict(load_file(latest_checkpoint(Path(run)) / "model.safetensors"))
+    mae.load_state_dict(load_file(ckpt / "model.safetensors"))
     data = build_dataset(cfg.data, "train", cfg.model.img_size, transform=eval_transform(cfg.model.img_size))
     imgs = torch.stack([data[i][0] for i in range(min(images, len(data)))])
     p, out = mae.backbone.num_prefix_tokens, {}
@@ -92,6 +99,7 @@ def loss_with_shared_scaled(run: str, scales=(0.0, 0.5, 1.0, 2.0), images: int =
         out[scale] = mae(imgs)["loss"].item()
         hook.remove()
     return out
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
