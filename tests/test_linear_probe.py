@@ -131,3 +131,27 @@ def test_table_names_the_top_n_column_by_the_n_it_uses():
               "features_from_cache": False, "best": row, "best_index": 0, "grid": [row]}
     assert "val top-3" in format_report({**report, "top_n": 3}) and "top-5" not in format_report({**report, "top_n": 3})
     assert "val top-5" in format_report({**report, "top_n": 5})
+
+
+def test_pixels_recipe_is_the_raw_pixel_baseline_through_the_same_heads(tmp_path, image_folder, fresh_accelerate,
+                                                                        monkeypatch):
+    import json
+
+    from sslvit.eval import linear_probe
+    from sslvit.eval.linear_probe import LinearProbeConfig, run_linear_probe
+    from sslvit.recipes.mae import MAERunConfig
+    from sslvit.train.entry import run_pretraining
+
+    run = run_pretraining(MAERunConfig, "mae", argv=[*TINY_MAE, "--data", str(image_folder),
+                                                     "--out", str(tmp_path / "run")])
+
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("the pixel baseline ran the backbone")
+
+    monkeypatch.setattr(linear_probe, "extract_features", no_backbone)
+    report = run_linear_probe(LinearProbeConfig(ckpt=str(run), recipe="pixels", head="mae", epochs=30,
+                                                lrs=(0.1, 1.0), batch_size=16))
+    assert report["feature_dim"] == 3 * 16 * 16  # every pixel of the 16 px image, nothing pooled
+    assert report["best"]["val_top1"] > 90  # the fixture's classes differ by brightness: pixels separate them
+    assert json.loads((run / "linear_pixels.json").read_text())["recipe"] == "pixels"
+    assert not (run / "linear.json").exists()  # the backbone's own result is not overwritten by the baseline

@@ -15,7 +15,7 @@ import torch
 from sslvit.data.dataset import build_dataset
 from sslvit.data.transforms import eval_transform, hflip_for, mae_train_transform
 from sslvit.eval.feature_cache import cached_features, feature_key
-from sslvit.eval.features import extract_features, finish_probe
+from sslvit.eval.features import extract_features, finish_probe, raw_pixel_features
 from sslvit.eval.linear_heads import grid_accuracy, train_head_grid
 from sslvit.files import existing, write_json_atomic
 from sslvit.runtime.devices import build_accelerator
@@ -28,7 +28,9 @@ DEFAULT_LRS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2,
 class LinearProbeConfig:
     ckpt: str = "runs/mae-digits"  # run directory or its backbone.safetensors
     data: Optional[str] = None  # labelled data; None: the run's own
-    recipe: str = "cls"  # cls | avg | dino (cls of the last n blocks) | dino_avg (+ average pool)
+    # cls | avg | dino (cls of the last n blocks) | dino_avg (+ average pool) | pixels (the raw-pixel
+    # baseline: each image's normalized pixels at the run's size, through the same heads and grid)
+    recipe: str = "cls"
     n_last_blocks: int = 4
     head: str = "linear"  # linear | mae (BatchNorm1d without affine, then linear)
     optimizer: str = "sgd"  # sgd (DINO) | lars (MAE)
@@ -45,8 +47,8 @@ class LinearProbeConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        if self.recipe not in ("cls", "avg", "dino", "dino_avg"):
-            raise ValueError(f"recipe '{self.recipe}' is unknown; use cls, avg, dino or dino_avg.")
+        if self.recipe not in ("cls", "avg", "dino", "dino_avg", "pixels"):
+            raise ValueError(f"recipe '{self.recipe}' is unknown; use cls, avg, dino, dino_avg or pixels.")
         if self.head not in ("linear", "mae"):
             raise ValueError(f"head '{self.head}' is unknown; use linear or mae.")
         if not 0 < self.holdout_fraction < 1:
@@ -77,6 +79,8 @@ def run_linear_probe(cfg: LinearProbeConfig) -> dict:
             if aug_pass is not None:
                 dataset.transform = mae_train_transform(size, scale=(0.08, 1.0), hflip=hflip_for(data, cfg.hflip))
                 torch.manual_seed(cfg.seed * 1000 + aug_pass)  # each pass is its own reproducible draw
+            if cfg.recipe == "pixels":
+                return raw_pixel_features(dataset)
             return extract_features(backbone, dataset, pool=cfg.recipe, n_last_blocks=cfg.n_last_blocks,
                                     batch_size=cfg.extract_batch_size, num_workers=cfg.num_workers,
                                     desc=f"features: {split}", accelerator=accelerator)
@@ -118,14 +122,17 @@ def run_linear_probe(cfg: LinearProbeConfig) -> dict:
               "epochs": cfg.epochs, "feature_dim": int(val_x.shape[1]), "num_train": len(fit), "num_holdout": n_hold,
               "num_val": len(val_y), "top_n": min(5, num_classes), "aug_passes": cfg.aug_passes,
               "features_from_cache": all(hits),
-              "best": rows[best], "best_index": best, "grid": rows, "replaced": existing([weights.parent / "linear.json"])}
-    write_json_atomic(report, weights.parent / "linear.json")
+              "best": rows[best], "best_index": best, "grid": rows}
+    out = weights.parent / ("linear_pixels.json" if cfg.recipe == "pixels" else "linear.json")  # not the backbone's
+    report["replaced"] = existing([out])
+    write_json_atomic(report, out)
     return finish_probe(accelerator, report)
 
 
 def format_report(report: dict) -> str:
     b, n = report["best"], report.get("top_n", 5)  # top-5 is top-min(5, classes); the column says which
-    lines = [f"linear probe ({report['recipe']} features, {report['feature_dim']}-d, {report['head']} head, "
+    what = "raw pixels (the baseline)" if report["recipe"] == "pixels" else f"{report['recipe']} features"
+    lines = [f"linear probe ({what}, {report['feature_dim']}-d, {report['head']} head, "
              f"{report['optimizer']}, {report['epochs']} epochs; {report['num_train']} train / "
              f"{report['num_holdout']} held out / {report['num_val']} val"
              f"{'; features from cache' if report['features_from_cache'] else ''})",
@@ -137,6 +144,7 @@ def format_report(report: dict) -> str:
     lrs = sorted({r["lr"] for r in report["grid"]})
     if len(lrs) > 1 and b["lr"] in (lrs[0], lrs[-1]):
         lines.append(f"note: the best lr ({b['lr']:g}) is at the edge of the grid; widen --lrs beyond it.")
-    lines.append(f"val top-1 {b['val_top1']:.2f}, top-{n} {b['val_top5']:.2f} (lr {b['lr']:g}, wd {b['weight_decay']:g})"
-                 f" -> {Path(report['ckpt']).parent / 'linear.json'}")
+    written = "linear_pixels.json" if report["recipe"] == "pixels" else "linear.json"
+    lines.append(f"val top-1 {b['val_top1']:.2f}, top-{n} {b['val_top5']:.2f} (lr {b['lr']:g}, "
+                 f"wd {b['weight_decay']:g}) -> {Path(report['ckpt']).parent / written}")
     return "\n".join(lines)
