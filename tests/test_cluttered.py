@@ -39,6 +39,31 @@ def test_variants_differ_and_the_generator_is_seeded():
     assert np.abs(flat.astype(float) - a.astype(float)).mean() > 1.0
 
 
+def test_pose_rng_decides_the_glyph_alone(monkeypatch):
+    """draw(..., pose_rng=): the digit's size, rotation and place follow pose_rng's state alone, the
+    background, colour and clutter follow rng (benchmarks/dino_redraw.py keeps a pose per sample)."""
+    from sslvit.data import cluttered
+
+    pool, _ = cluttered.sources("val")
+    pasted = []  # (top, left, alpha) of every paste; the glyph is the last one of a drawing
+    real = cluttered._paste
+    monkeypatch.setattr(cluttered, "_paste", lambda canvas, alpha, colour, top, left:
+                        (pasted.append((int(top), int(left), alpha.copy())), real(canvas, alpha, colour, top, left)))
+
+    def glyph_and_image(nuisance_seed, pose_seed):
+        pose = None if pose_seed is None else np.random.default_rng(pose_seed)
+        img = cluttered.draw(pool[3], pool, np.random.default_rng(nuisance_seed), 1.0, pose_rng=pose)
+        return pasted[-1], img
+
+    (t1, l1, a1), img1 = glyph_and_image(1, 7)
+    (t2, l2, a2), img2 = glyph_and_image(2, 7)  # another background, colour and clutter; the same pose
+    assert (t1, l1) == (t2, l2) and np.array_equal(a1, a2) and not np.array_equal(img1, img2)
+    glyphs = {(t, l, a.shape) for (t, l, a), _ in (glyph_and_image(1, s) for s in range(8))}
+    assert len(glyphs) > 1  # another pose generator: another pose
+    _, img3 = glyph_and_image(5, None)  # no pose_rng: everything from rng, as build() draws
+    assert np.array_equal(img3, cluttered.draw(pool[3], pool, np.random.default_rng(5), 1.0))
+
+
 def test_val_digits_are_not_drawn_in_train():
     """The split is by source digit: a val image's digit is no train image's (both come from the
     digits' own fixed split), so the k-NN cannot find a redrawn copy of its query."""

@@ -80,8 +80,12 @@ def _background(rng: np.random.Generator, strength: float) -> np.ndarray:
     return base + 0.12 * strength * texture + 0.05 * strength * noise
 
 
-def draw(digit: np.ndarray, others: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
-    """One (CANVAS, CANVAS, 3) uint8 image of ``digit`` (8, 8) among fragments of ``others`` (M, 8, 8)."""
+def draw(digit: np.ndarray, others: np.ndarray, rng: np.random.Generator, strength: float,
+         pose_rng: np.random.Generator | None = None) -> np.ndarray:
+    """One (CANVAS, CANVAS, 3) uint8 image of ``digit`` (8, 8) among fragments of ``others`` (M, 8, 8).
+    ``pose_rng``: the glyph's size, rotation and place from it (the same generator state, the same
+    pose), the background, colour and clutter from ``rng``; None: everything from ``rng``."""
+    pose_rng = rng if pose_rng is None else pose_rng
     canvas = _background(rng, strength)
     colour = rng.uniform(0.55, 1.0, size=3).astype(np.float32)  # the digit's and its clutter's colour
     colour[rng.integers(3)] = 1.0  # one bright channel: the digit stays visible on any background
@@ -89,28 +93,30 @@ def draw(digit: np.ndarray, others: np.ndarray, rng: np.random.Generator, streng
         piece = _glyph(others[rng.integers(len(others))], int(rng.integers(12, 21)), rng.uniform(-180, 180))
         t, l = rng.integers(0, piece.shape[0] - 7, size=2)
         _paste(canvas, CLUTTER_ALPHA * piece[t:t + 7, l:l + 7], colour, *rng.integers(-2, CANVAS - 5, size=2))
-    size = int(rng.integers(*SIZES))
-    glyph = _glyph(digit, size, rng.uniform(-20, 20) * strength)
+    size = int(pose_rng.integers(*SIZES))
+    glyph = _glyph(digit, size, pose_rng.uniform(-20, 20) * strength)
     centre = (CANVAS - size) // 2
-    _paste(canvas, glyph, colour, *np.clip(centre + rng.integers(-JITTER, JITTER + 1, size=2), 0, CANVAS - size))
+    _paste(canvas, glyph, colour, *np.clip(centre + pose_rng.integers(-JITTER, JITTER + 1, size=2), 0, CANVAS - size))
     return (np.clip(canvas, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def sources(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The split's source digits (M, 8, 8), values 0..16, and their labels (M,): the digits' own
+    fixed split. They are also the split's clutter, so no val stroke is in a train image."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    order = np.random.default_rng(0).permutation(len(digits.target))
+    chosen = order[NUM_VAL:] if split == "train" else order[:NUM_VAL]
+    return digits.images[chosen], digits.target[chosen].astype(np.int64)
 
 
 def build(split: str, seed: int, strength: float) -> tuple[np.ndarray, np.ndarray]:
     """(N, CANVAS, CANVAS, 3) uint8 images and (N,) labels of one split of one variant."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    order = np.random.default_rng(0).permutation(len(digits.target))  # the digits' own split
-    sources = order[NUM_VAL:] if split == "train" else order[:NUM_VAL]
-    pool = digits.images[sources]  # clutter from the same split: no val stroke in a train image
+    pool, targets = sources(split)
     rng = np.random.default_rng([seed, 0 if split == "train" else 1])
-    images, labels = [], []
-    for _copy in range(COPIES[split]):
-        for i in sources:
-            images.append(draw(digits.images[i], pool, rng, strength))
-            labels.append(int(digits.target[i]))
-    return np.stack(images), np.asarray(labels, dtype=np.int64)
+    images = [draw(digit, pool, rng, strength) for _copy in range(COPIES[split]) for digit in pool]
+    return np.stack(images), np.tile(targets, COPIES[split])
 
 
 def cache_file(split: str, seed: int, strength: float) -> Path:
