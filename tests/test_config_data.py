@@ -17,6 +17,10 @@ def test_defaults_are_the_reference_and_digits_gets_its_preset(tmp_path):
     assert ref.train.blr == 1.5e-4 and ref.train.betas == (0.9, 0.95) and ref.train.weight_decay == 0.05
     demo = build_config(MAERunConfig, [], presets=load_presets("mae"))
     assert demo.data == "digits" and demo.model.size == "tiny"
+    small = build_config(MAERunConfig, ["--data", "cluttered"], presets=load_presets("mae"))
+    assert small.model.init_values == 0.1  # LayerScale: what keeps MAE's shared vector from growing there
+    assert build_config(MAERunConfig, ["--data", "cluttered", "--model.init_values", "null"],
+                        presets=load_presets("mae")).model.init_values is None  # still the user's to turn off
 
 
 def test_yaml_then_command_line_overrides(tmp_path):
