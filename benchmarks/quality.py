@@ -130,7 +130,7 @@ def one_seed(args, seed: int) -> dict[str, dict]:
                      "finetune": finetune(run, ft, seed) if ft else None,
                      "wall_min": None if wall is None else wall / 60}
         # objectives differ in shape (BEiT's LayerScale, MAE's fixed positions), and the shape alone moved the
-        # labelled row by 9 points: each is compared with random weights of its own shape
+        # labelled row by about 10 points: each is compared with random weights of its own shape
         twin = random_init_run(root / f"random_init-{shape_key(run)}", run, seed)
         rows[f"{obj}'s shape at random init"] = {"knn_cls": cls["random_init"], "knn_avg": avg["random_init"],
                                                  "linear": linear(twin), "finetune": finetune(twin, ft, seed) if ft
