@@ -32,6 +32,7 @@ from flops import print_machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
+sys.path.insert(0, str(ROOT))  # sslvit, imported where used: --help stays light
 
 
 def sh(args: list[str], log: Path) -> float:
@@ -85,7 +86,6 @@ def finetune(run: Path, epochs: int, seed: int) -> float:
 
 def shape_key(run: Path) -> str:
     """A short name for a run's backbone shape (its backbone.json: size, positions, LayerScale, ...)."""
-    sys.path.insert(0, str(ROOT))
     from sslvit.models.export import read_backbone_config
 
     spec = dataclasses.asdict(read_backbone_config(run / "backbone.safetensors"))
@@ -95,7 +95,6 @@ def shape_key(run: Path) -> str:
 
 def random_init_run(out: Path, like: Path, seed: int) -> Path:
     """A run folder whose backbone is the shape of ``like``'s, at its initial (random) weights drawn with ``seed``."""
-    sys.path.insert(0, str(ROOT))
     from sslvit.models.export import export_backbone, read_backbone_config
     from sslvit.models.vit import build_backbone
 
