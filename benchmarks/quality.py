@@ -7,10 +7,13 @@ on the pixels); ``--ceiling_epochs``: the first objective's twin trained with la
     python benchmarks/quality.py [--data cluttered] [--objectives mae,beit,dino,ibot]
         [--seeds 0] [--finetune_epochs 20] [--ceiling_epochs 60] [--out runs/quality]
         [--extra "--train.epochs 4"]
+    python benchmarks/quality.py --merge runs/a/quality.json runs/b/quality.json ...
 
 Runs that already hold a backbone are probed again, not retrained, and a fine-tuning of the same
 recipe and epochs is reused (delete --out to start over).
 Every figure is one run's; with several seeds each cell is mean +- spread (max - min) / 2.
+``--merge`` prints one such table from the quality.json of separate invocations (objectives or seeds
+run apart): a row's cell is over every seed of every file that has the row.
 """
 from __future__ import annotations
 
@@ -164,6 +167,16 @@ def table(per_seed: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def merged(files: list[str]) -> list[dict]:
+    """The per-seed rows of several quality.json files, as one list for ``table``."""
+    per_seed = []
+    for f in files:
+        if not Path(f).is_file():
+            raise SystemExit(f"--merge: {f} is not a file; give the quality.json that a run of quality.py wrote.")
+        per_seed += json.loads(Path(f).read_text())
+    return per_seed
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="cluttered")
@@ -174,7 +187,12 @@ def main() -> None:
                    help="also the supervised row trained this many epochs: what the set allows, past the budget")
     p.add_argument("--out", default="runs/quality")
     p.add_argument("--extra", default="", help="more keys for every pretraining run, e.g. '--train.epochs 4'")
+    p.add_argument("--merge", nargs="+", metavar="QUALITY_JSON",
+                   help="only print the table of these quality.json files, merged; nothing is run")
     args = p.parse_args()
+    if args.merge:
+        print(table(merged(args.merge)))
+        return
     print_machine()
     print(f"data {args.data}, objectives {args.objectives}, seeds {args.seeds}, fine-tune {args.finetune_epochs} "
           f"epochs, extra keys '{args.extra}'")

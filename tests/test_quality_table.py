@@ -1,0 +1,28 @@
+"""benchmarks/quality.py's table: each cell is the mean +- half the range over the seeds that have the row."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import quality  # noqa: E402
+
+
+def test_merge_averages_each_row_over_the_files_that_have_it(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps([{"mae": {"knn_cls": 10.0, "finetune": 90.0}, "raw pixels": {"knn_cls": 67.0}}]))
+    b.write_text(json.dumps([{"mae": {"knn_cls": 14.0, "finetune": 93.0}},
+                             {"dino": {"knn_cls": 12.0}, "raw pixels": {"knn_cls": 67.0}}]))
+    lines = quality.table(quality.merged([str(a), str(b)])).splitlines()
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in lines[2:]}
+    assert rows["mae"][0] == f"{(10 + 14) / 2:.1f} +- {(14 - 10) / 2:.1f}"
+    assert rows["mae"][3] == f"{(90 + 93) / 2:.1f} +- {(93 - 90) / 2:.1f}"
+    assert rows["dino"][0] == "12.0" and rows["dino"][3] == ""  # one seed: the figure alone; absent: empty
+    assert rows["raw pixels"][0] == "67.0 +- 0.0"
+    assert list(rows) == ["mae", "raw pixels", "dino"]
+
+
+def test_merge_names_a_missing_file(tmp_path):
+    with pytest.raises(SystemExit, match="is not a file"):
+        quality.merged([str(tmp_path / "nope.json")])
