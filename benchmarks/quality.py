@@ -160,6 +160,7 @@ def table(per_seed: list[dict]) -> str:
     cols = [("knn_cls", "k-NN cls"), ("knn_avg", "k-NN avg"), ("linear", "linear"), ("finetune", "fine-tune"),
             ("wall_min", "pretrain min")]
     names = list(dict.fromkeys(n for rows in per_seed for n in rows))
+    names.sort(key=lambda n: n == "raw pixels")  # the common reference under every objective's pair
     lines = ["| | " + " | ".join(c for _, c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for n in names:
         lines.append(f"| {n} | " + " | ".join(cell([rows.get(n, {}).get(k) for rows in per_seed]) for k, _ in cols)

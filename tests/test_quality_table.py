@@ -20,7 +20,7 @@ def test_merge_averages_each_row_over_the_files_that_have_it(tmp_path):
     assert rows["mae"][3] == f"{(90 + 93) / 2:.1f} +- {(93 - 90) / 2:.1f}"
     assert rows["dino"][0] == "12.0" and rows["dino"][3] == ""  # one seed: the figure alone; absent: empty
     assert rows["raw pixels"][0] == "67.0 +- 0.0"
-    assert list(rows) == ["mae", "raw pixels", "dino"]
+    assert list(rows) == ["mae", "dino", "raw pixels"]
 
 
 def test_merge_names_a_missing_file(tmp_path):
