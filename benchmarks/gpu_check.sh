@@ -2,7 +2,7 @@
 # On one CUDA GPU, in one go (the device lease is short):
 #  1. smoke: every pretraining entry for one epoch on the cluttered set at `train.precision auto`
 #     (bf16 on a GPU), then the k-NN, linear and both fine-tuning probes on the MAE run;
-#  2. budget: DINO and MAE at their cluttered presets but with about 5x the epochs the 2-core CPU
+#  2. budget: DINO and MAE at their cluttered presets with 6x and 4x the epochs the 2-core CPU
 #     budget allows, through benchmarks/quality.py (k-NN, linear, fine-tune against the random twin):
 #     does the recipe learn when it gets the steps, or is it the recipe?
 # Every job writes under ROOT; ROOT/summary.txt holds the tables; ROOT/logs.tgz the logs and jsons.
