@@ -46,16 +46,18 @@ smoke() {  # name, command...
     --train.num_workers 1
 } | tee -a "$root/summary.txt"
 
-wait $dino; echo "dino long: rc $?" >> "$root/summary.txt"
-wait $mae; echo "mae long: rc $?" >> "$root/summary.txt"
+wait $dino; dino_rc=$?  # here, not in the piped group below: a subshell cannot wait for these jobs
+wait $mae; mae_rc=$?
+{
+echo "dino long: rc $dino_rc"; echo "mae long: rc $mae_rc"
 for q in dino mae; do
-  echo "== $q, long budget ==" >> "$root/summary.txt"
-  tail -n 12 "$root/q-$q-long.txt" >> "$root/summary.txt"
+  echo "== $q, long budget =="
+  tail -n 12 "$root/q-$q-long.txt"
   $py -c "import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if 'knn_top1' in l]
 print('online k-NN by epoch:', ' '.join(f\"{r.get('epoch')}:{r['knn_top1']:.1f}\" for r in rows))" \
-    "$root/q-$q-long/seed0/$q/log.jsonl" >> "$root/summary.txt" 2>&1
+    "$root/q-$q-long/seed0/$q/log.jsonl" 2>&1
 done
+} | tee -a "$root/summary.txt"
 tar czf "$root/logs.tgz" --exclude='*.safetensors' --exclude='*.png' --exclude='*.pt' --exclude='checkpoints' \
   --exclude='*.html' --exclude='*.npy' -C "$root" . 2>/dev/null
-cat "$root/summary.txt"

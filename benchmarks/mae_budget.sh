@@ -14,10 +14,16 @@ job() {  # name, keys over the preset...
   local name=$1; shift
   $py pretrain/mae.py --data cluttered --out "$root/$name" --train.num_workers 5 --train.knn_every 0 "$@" \
     > "$root/$name.log" 2>&1 &&
-  $py probes/linear.py --ckpt "$root/$name" --recipe avg --head mae --epochs 50 \
-    --lrs "[0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0]" > "$root/$name-linear.log" 2>&1
-  $py -c "import json, sys; b = json.load(open(sys.argv[1]))['best']; print(f\"| {sys.argv[2]} | \`{sys.argv[3]}\` | {b['val_top1']:.1f} | {b['lr']} |\")" \
-    "$root/$name/linear.json" "$name" "$*" 2>&1 | tail -n 1
+  $py - "$root/$name" "$name" "$*" <<'PY' 2>&1 | tail -n 1
+import json, sys
+from pathlib import Path
+sys.path.insert(0, "benchmarks")
+from quality import linear  # quality.py's own probe: the same head, epochs and lr grid
+
+run, name, keys = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+top1 = linear(run)
+print(f"| {name} | `{keys}` | {top1:.1f} | {json.loads((run / 'linear.json').read_text())['best']['lr']} |")
+PY
 }
 echo "| run | keys over the preset | linear | best lr |"
 echo "|---|---|---|---|"
