@@ -253,7 +253,7 @@ class ShardDataset(IterableDataset):
             return img
         key = (((self.seed * 1_000_003 + self.epoch) * 1009 + self.pass_index) * 10_007 + slot) * 10_000_019 + n
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(key % 2**63)
+            torch.default_generator.manual_seed(key % 2**63)  # the CPU's only, as ImageDataset._augment
             return self.transform(img)
 
     def _read(self, shards: Iterator[str]):
