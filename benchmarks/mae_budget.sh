@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # MAE's cluttered preset (seed 0) against more steps, a higher mask ratio and a higher lr, each
 # judged by the linear probe quality.py uses (average-pooled features, BatchNorm head, 50 epochs,
-# the same lr grid): which of them buys MAE's linear probe the most. The three runs go at once;
-# on a GPU (where it was measured) that takes about 2 minutes, on 2 CPU cores about an hour.
-#   bash benchmarks/mae_budget.sh OUT_ROOT
+# the same lr grid): which of them buys MAE's linear probe the most. The runs go at once; the three
+# default ones take about 2 minutes on a GPU (where they were measured), about an hour on 2 CPU cores.
+#   bash benchmarks/mae_budget.sh OUT_ROOT [NAME 'KEYS OVER THE PRESET' ...]
+#   WORKERS=0 OMP_NUM_THREADS=1 bash benchmarks/mae_budget.sh OUT e45 '--train.epochs 45' ...   # on a CPU
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=${1:?give an output folder}
+shift
+(( $# % 2 == 0 )) || { echo "give each run as a NAME and its KEYS (one quoted word)" >&2; exit 2; }
 py=${PYTHON:-python3}
 mkdir -p "$root"
 $py -c "import sys; sys.path.insert(0, 'benchmarks'); from flops import print_machine; print_machine()"
 job() {  # name, keys over the preset...
   local name=$1; shift
-  $py pretrain/mae.py --data cluttered --out "$root/$name" --train.num_workers 5 --train.knn_every 0 "$@" \
+  $py pretrain/mae.py --data cluttered --out "$root/$name" --train.num_workers "${WORKERS:-5}" --train.knn_every 0 "$@" \
     > "$root/$name.log" 2>&1 &&
   $py - "$root/$name" "$name" "$*" <<'PY' 2>&1 | tail -n 1
 import json, sys
@@ -27,7 +30,15 @@ PY
 }
 echo "| run | keys over the preset | linear | best lr |"
 echo "|---|---|---|---|"
-job e50 --train.epochs 50 --train.warmup_epochs 2 &
-job e50_m75 --train.epochs 50 --train.warmup_epochs 2 --mae.mask_ratio 0.75 &
-job e25_blr3e-3 --train.blr 3e-3 &
+if (( $# )); then
+  while (( $# )); do
+    # shellcheck disable=SC2086  # the keys are words
+    job "$1" $2 &
+    shift 2
+  done
+else
+  job e50 --train.epochs 50 --train.warmup_epochs 2 &
+  job e50_m75 --train.epochs 50 --train.warmup_epochs 2 --mae.mask_ratio 0.75 &
+  job e25_blr3e-3 --train.blr 3e-3 &
+fi
 wait

@@ -12,6 +12,9 @@ on the pixels); ``--ceiling_epochs``: the first objective's twin trained with la
 Runs that already hold a backbone are probed again, not retrained, and a fine-tuning of the same
 recipe and epochs is reused (delete --out to start over).
 Every figure is one run's; with several seeds each cell is mean +- spread (max - min) / 2.
+Several invocations at once: give each ``OMP_NUM_THREADS=1``. More threads than free cores stall
+the fused AdamW step on small tensors (on 2 busy cores, 2 threads: 1.8 s a step against 14 ms
+with 1), so an oversubscribed fine-tuning takes several times as long; the figures stay right.
 ``--merge`` prints one such table from the quality.json of separate invocations (objectives or seeds
 run apart): a row's cell is over every seed of every file that has the row.
 """
