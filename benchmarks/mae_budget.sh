@@ -7,6 +7,7 @@
 # measured), about an hour on 2 CPU cores.
 #   bash benchmarks/mae_budget.sh OUT_ROOT [NAME 'KEYS OVER THE PRESET' ...]
 #   WORKERS=0 OMP_NUM_THREADS=1 bash benchmarks/mae_budget.sh OUT e45 '--train.epochs 45' ...   # on a CPU
+#   ENTRY=beit bash benchmarks/mae_budget.sh OUT e48 '--train.epochs 48'   # another objective's preset, same probe
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=${1:?give an output folder}
@@ -17,7 +18,7 @@ mkdir -p "$root"
 $py -c "import sys; sys.path.insert(0, 'benchmarks'); from flops import print_machine; print_machine()"
 job() {  # name, keys over the preset...
   local name=$1; shift
-  $py pretrain/mae.py --data cluttered --out "$root/$name" --train.num_workers "${WORKERS:-5}" --train.knn_every 0 "$@" \
+  $py "pretrain/${ENTRY:-mae}.py" --data cluttered --out "$root/$name" --train.num_workers "${WORKERS:-5}" --train.knn_every 0 "$@" \
     > "$root/$name.log" 2>&1 &&
   $py - "$root/$name" "$name" "$*" <<'PY' 2>&1 | tail -n 1
 import json, sys
