@@ -21,7 +21,7 @@ def test_defaults_are_the_reference_and_digits_gets_its_preset(tmp_path):
     assert small.model.init_values == 0.1  # LayerScale: what keeps MAE's shared vector from growing there
     # the sweep's pick (README, "MAE's cluttered preset since 2026-12-04"): MAE's own ratio, the cheaper
     # steps spent on epochs
-    assert (small.mae.mask_ratio, small.train.blr, small.train.epochs) == (0.75, 3e-3, 45)
+    assert (small.mae.mask_ratio, small.train.blr, small.train.epochs) == (0.75, 3e-3, 55)
     assert build_config(MAERunConfig, ["--data", "cluttered", "--model.init_values", "null"],
                         presets=load_presets("mae")).model.init_values is None  # still the user's to turn off
 
