@@ -11,10 +11,55 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _to_normalized_tensor():
-    from torchvision.transforms import v2
+class ToNormalizedTensor:
+    """A PIL image (H, W) or a uint8 tensor (C, H, W) -> float32 (C, H, W) in [0, 1], normalized
+    by the ImageNet mean and std. The arithmetic of ``v2.ToImage``, ``v2.ToDtype(float32,
+    scale=True)`` and ``v2.Normalize`` op for op, so bit for bit the same (tested), without v2's
+    per-call dispatch: that cost 0.22 ms of a 32 px crop's 0.33 ms, a tenth of a small MAE epoch.
+    Any other input (16-bit images, float tensors, arrays) goes through those v2 transforms."""
 
-    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    def __init__(self):
+        self.mean = torch.tensor(IMAGENET_MEAN).view(-1, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD).view(-1, 1, 1)
+        self._v2 = None
+
+    def __call__(self, img) -> torch.Tensor:
+        x = self._uint8(img)
+        if x is None:
+            return self._general(img)
+        # v2: to_dtype_image's int -> float branch, then normalize_image (sub, then div_); not sub_:
+        # a 1-channel image broadcasts to 3 channels there, as it does in v2
+        return x.to(torch.float32).mul_(1.0 / 255).sub(self.mean).div_(self.std)
+
+    @staticmethod
+    def _uint8(img) -> Optional[torch.Tensor]:
+        """(C, H, W) uint8 as ``v2.ToImage`` makes it (a PIL image's HWC memory, permuted), or None."""
+        if isinstance(img, torch.Tensor):
+            return img if img.dtype == torch.uint8 and img.ndim == 3 else None
+        import numpy as np
+        from PIL import Image
+
+        if not isinstance(img, Image.Image):
+            return None
+        a = np.array(img, copy=True)
+        if a.dtype != np.uint8:
+            return None
+        return torch.from_numpy(a).view(img.size[1], img.size[0], -1).permute(2, 0, 1)
+
+    def _general(self, img) -> torch.Tensor:
+        if self._v2 is None:
+            from torchvision.transforms import v2
+
+            self._v2 = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                                   v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        return self._v2(img)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mean={IMAGENET_MEAN}, std={IMAGENET_STD})"
+
+
+def _to_normalized_tensor():
+    return [ToNormalizedTensor()]
 
 
 def hflip_for(data: str, hflip: Optional[bool] = None) -> bool:

@@ -1,0 +1,47 @@
+"""ToNormalizedTensor against the torchvision v2 transforms it stands in for."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from sslvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ToNormalizedTensor, eval_transform, mae_train_transform
+
+V2_CHAIN = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def _inputs():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (37, 29, 3), dtype=np.uint8)
+    return {
+        "PIL RGB": Image.fromarray(rgb),
+        "PIL L": Image.fromarray(rgb[..., 0]),
+        "PIL RGBA": Image.fromarray(rng.integers(0, 256, (8, 8, 4), dtype=np.uint8)),
+        "uint8 tensor": torch.from_numpy(rgb).permute(2, 0, 1).contiguous(),
+        "PIL I;16": Image.fromarray(rng.integers(0, 65536, (9, 7), dtype=np.uint16)),
+        "float tensor": torch.rand(3, 6, 5),
+    }
+
+
+@pytest.mark.parametrize("name", list(_inputs()))
+def test_the_same_bits_as_torchvisions_to_image_to_dtype_normalize(name):
+    img = _inputs()[name]
+    if name == "PIL RGBA":  # 4 channels against a 3-channel mean: both refuse it
+        for transform in (ToNormalizedTensor(), V2_CHAIN):
+            with pytest.raises(RuntimeError):
+                transform(img)
+        return
+    ours, ref = ToNormalizedTensor()(img), V2_CHAIN(img)
+    assert ours.dtype == torch.float32 and ours.shape == ref.shape
+    assert torch.equal(ours, ref)
+
+
+def test_the_train_and_eval_transforms_give_what_the_v2_chain_gave():
+    img = _inputs()["PIL RGB"]
+    for ours in (mae_train_transform(16, hflip=True), eval_transform(16)):
+        ref = v2.Compose([*ours.transforms[:-1], *V2_CHAIN.transforms])
+        torch.manual_seed(3)
+        a = ours(img)
+        torch.manual_seed(3)
+        b = ref(img)
+        assert torch.equal(a, b)
