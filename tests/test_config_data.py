@@ -22,6 +22,8 @@ def test_defaults_are_the_reference_and_digits_gets_its_preset(tmp_path):
     # the sweep's pick (README, "MAE's cluttered preset since 2026-12-04"): MAE's own ratio, the cheaper
     # steps spent on epochs
     assert (small.mae.mask_ratio, small.train.blr, small.train.epochs) == (0.75, 3e-3, 55)
+    # the 64-wide decoder: 0.78x the step of a 128-wide one, the same linear probe within its seed spread
+    assert small.mae.decoder_shape(192) == (64, 2, 2)
     assert build_config(MAERunConfig, ["--data", "cluttered", "--model.init_values", "null"],
                         presets=load_presets("mae")).model.init_values is None  # still the user's to turn off
 
