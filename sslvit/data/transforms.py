@@ -50,12 +50,18 @@ class ToNormalizedTensor:
         if self._v2 is None:
             from torchvision.transforms import v2
 
-            self._v2 = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-                                   v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+            self._v2 = v2.Compose(v2_normalized_tensor())
         return self._v2(img)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(mean={IMAGENET_MEAN}, std={IMAGENET_STD})"
+
+
+def v2_normalized_tensor() -> list:
+    """torchvision's ToImage + ToDtype(float32, scale=True) + Normalize: what ToNormalizedTensor computes."""
+    from torchvision.transforms import v2
+
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
 
 def _to_normalized_tensor():
