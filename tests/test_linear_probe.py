@@ -155,3 +155,54 @@ def test_pixels_recipe_is_the_raw_pixel_baseline_through_the_same_heads(tmp_path
     assert report["best"]["val_top1"] > 90  # the fixture's classes differ by brightness: pixels separate them
     assert json.loads((run / "linear_pixels.json").read_text())["recipe"] == "pixels"
     assert not (run / "linear.json").exists()  # the backbone's own result is not overwritten by the baseline
+
+
+def test_baselines_are_the_random_init_twin_and_raw_pixels_through_the_same_grid(tmp_path, image_folder,
+                                                                                fresh_accelerate, monkeypatch):
+    """--baselines true: the grid sees, for each baseline, the very features the probe sees run on
+    its own on a run folder holding the seeded random-init backbone of the run's shape, and with
+    --recipe pixels; each baseline row is that run's best."""
+    import dataclasses
+    import shutil
+
+    from sslvit.eval import linear_probe
+    from sslvit.eval.linear_probe import LinearProbeConfig, format_report, run_linear_probe
+    from sslvit.models.export import export_backbone, read_backbone_config
+    from sslvit.models.vit import build_backbone
+    from sslvit.recipes.mae import MAERunConfig
+    from sslvit.train.entry import run_pretraining
+
+    seen = []  # (train features, val features) of every grid the probe trains
+    real_fit = linear_probe._fit_grid
+
+    def recording(cfg, passes, clean_x, val_x, val_y, device):
+        seen.append((passes[0][0], val_x))
+        return real_fit(cfg, passes, clean_x, val_x, val_y, device)
+
+    monkeypatch.setattr(linear_probe, "_fit_grid", recording)
+    run = run_pretraining(MAERunConfig, "mae", argv=[*TINY_MAE, "--data", str(image_folder),
+                                                     "--out", str(tmp_path / "run")])
+    cfg = LinearProbeConfig(ckpt=str(run), recipe="avg", head="mae", epochs=5, lrs=(0.01, 0.1, 1.0), batch_size=16,
+                            seed=3, baselines=True)
+    report = run_linear_probe(cfg)
+    assert set(report["baselines"]) == {"random_init", "raw_pixels"} and len(seen) == 3
+
+    twin = tmp_path / "twin"  # the random-init backbone written out, as benchmarks/quality.py does
+    twin.mkdir()
+    bcfg = read_backbone_config(run / "backbone.safetensors")
+    torch.manual_seed(3)
+    export_backbone(build_backbone(bcfg), bcfg, twin)
+    shutil.copy(run / "config.yaml", twin / "config.yaml")
+    alone = run_linear_probe(dataclasses.replace(cfg, ckpt=str(twin), baselines=False))
+    pixels = run_linear_probe(dataclasses.replace(cfg, recipe="pixels", baselines=False))
+    (pre, rand, pix), (twin_seen, pix_seen) = seen[:3], seen[3:]
+    assert not torch.allclose(pre[1], rand[1])  # the baseline is not the pretrained backbone again
+    for got, want in ((rand, twin_seen), (pix, pix_seen)):
+        torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)
+        torch.testing.assert_close(got[1], want[1], rtol=0, atol=0)
+    assert report["baselines"]["random_init"] == alone["best"]
+    assert report["baselines"]["raw_pixels"] == pixels["best"]
+    table = format_report(report)
+    assert "random_init" in table and "raw_pixels" in table
+    with pytest.raises(ValueError, match="pixels recipe is itself a baseline"):
+        run_linear_probe(dataclasses.replace(cfg, recipe="pixels"))

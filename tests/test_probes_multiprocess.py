@@ -90,8 +90,12 @@ def test_two_process_knn_probe_on_shards_gets_every_sample(run_dir):
 
 
 def test_two_process_linear_probe_equals_one_process(run_dir):
-    args = ("--epochs", "5", "--lrs", "[0.01,0.1]", "--batch_size", "16")
+    args = ("--epochs", "5", "--lrs", "[0.01,0.1]", "--batch_size", "16", "--baselines", "true")
     one = _probe("linear.py", run_dir, run_dir.parent / "folder", 1, 0, *args)
     two = _probe("linear.py", run_dir, run_dir.parent / "folder", 2, 29563, *args)
     for a, b in zip(one["report"]["grid"], two["report"]["grid"]):
+        assert a["val_top1"] == pytest.approx(b["val_top1"]) and a["holdout_top1"] == pytest.approx(b["holdout_top1"])
+    assert set(two["report"]["baselines"]) == {"random_init", "raw_pixels"}  # the random init split over both too
+    for name, a in one["report"]["baselines"].items():
+        b = two["report"]["baselines"][name]
         assert a["val_top1"] == pytest.approx(b["val_top1"]) and a["holdout_top1"] == pytest.approx(b["holdout_top1"])

@@ -94,7 +94,9 @@ def probed_run(tmp_path):
     (run / "linear.json").write_text(json.dumps({
         "recipe": "cls", "head": "bn", "epochs": 10, "num_train": 1200, "num_holdout": 300, "num_val": 297,
         "best_index": 1, "grid": [{"lr": 0.1, "weight_decay": 0.0, "holdout_top1": 50.0, "val_top1": 49.0},
-                                  {"lr": 1.0, "weight_decay": 0.0, "holdout_top1": 71.0, "val_top1": 70.25}]}))
+                                  {"lr": 1.0, "weight_decay": 0.0, "holdout_top1": 71.0, "val_top1": 70.25}],
+        "baselines": {"random_init": {"lr": 0.1, "weight_decay": 0.0, "holdout_top1": 30.0, "val_top1": 31.75},
+                      "raw_pixels": {"lr": 0.01, "weight_decay": 0.0, "holdout_top1": 40.0, "val_top1": 42.75}}}))
     (run / "finetune_full").mkdir()
     (run / "finetune_full" / "finetune.json").write_text(json.dumps({
         "mode": "full", "epochs": 3, "img_size": 16, "val_top1": 88.5, "val_top5": 99.0,
@@ -117,7 +119,7 @@ def test_report_shows_machine_probes_beside_baselines_warnings_and_collapsed_con
     page = Page(build_report(probed_run).read_text())
     machine, probes, warnings = page.text["machine"], page.text["probes"], page.text["warnings"]
     assert "cpu: Test CPU, 2 cores" in machine and "bf16 (measured faster)" in machine
-    for number in ("61.25", "33.50", "97.75", "55.50", "70.25", "88.50"):  # pretrained next to both baselines
+    for number in ("61.25", "33.50", "97.75", "55.50", "70.25", "88.50", "31.75", "42.75"):  # beside both baselines
         assert number in probes
     assert "random init" in probes and "raw pixels" in probes and "best on held-out" in probes
     assert "online k-NN top-1 41.5%" in page.text["summary"] and "epoch 1/2" in page.text["summary"]

@@ -45,6 +45,9 @@ class LinearProbeConfig:
     extract_batch_size: int = 256
     num_workers: int = 0
     seed: int = 0
+    # also a random-init backbone of the run's shape (the k-NN probe's, same seed) and raw pixels,
+    # through the same heads and grid: what the pretrained features are worth against doing nothing
+    baselines: bool = False
 
     def validate(self) -> None:
         if self.recipe not in ("cls", "avg", "dino", "dino_avg", "pixels"):
@@ -53,12 +56,16 @@ class LinearProbeConfig:
             raise ValueError(f"head '{self.head}' is unknown; use linear or mae.")
         if not 0 < self.holdout_fraction < 1:
             raise ValueError(f"holdout_fraction must be between 0 and 1 (got {self.holdout_fraction}).")
+        if self.baselines and self.recipe == "pixels":
+            raise ValueError("--baselines true with --recipe pixels: the pixels recipe is itself a baseline; "
+                             "probe the backbone's features (--recipe cls or avg) with --baselines true instead.")
         if not self.lrs or not self.weight_decays:
             raise ValueError("lrs and weight_decays need at least one value each.")
 
 
 def run_linear_probe(cfg: LinearProbeConfig) -> dict:
     from sslvit.models.export import load_backbone, resolve_backbone_path, run_data_of  # timm: not for --help
+    from sslvit.models.vit import build_backbone
 
     cfg.validate()
     weights = resolve_backbone_path(cfg.ckpt)
@@ -66,44 +73,85 @@ def run_linear_probe(cfg: LinearProbeConfig) -> dict:
     data = cfg.data or run_data_of(weights)
     size = bcfg.img_size
     accelerator = build_accelerator()  # `accelerate launch` splits the extraction over processes
-    main, device = accelerator.is_main_process, accelerator.device
+    main = accelerator.is_main_process
     train_set = build_dataset(data, "train", size, transform=eval_transform(size))
     val_set = build_dataset(data, "val", size, transform=eval_transform(size))
     if not train_set.labelled:
         raise ValueError(f"The linear probe needs labels, and '{data}' has none; pass --data with a folder whose "
                          "images sit in one sub-folder per class (optionally under train/ and val/).")
+    sets = (train_set, build_dataset(data, "train", size) if cfg.aug_passes > 0 else None, val_set)
     hits = []
 
-    def features(dataset, split: str, aug_pass: Optional[int] = None):
-        def compute():
-            if aug_pass is not None:
-                dataset.transform = mae_train_transform(size, scale=(0.08, 1.0), hflip=hflip_for(data, cfg.hflip))
-                torch.manual_seed(cfg.seed * 1000 + aug_pass)  # each pass is its own reproducible draw
-            if cfg.recipe == "pixels":
-                return raw_pixel_features(dataset)
-            return extract_features(backbone, dataset, pool=cfg.recipe, n_last_blocks=cfg.n_last_blocks,
-                                    batch_size=cfg.extract_batch_size, num_workers=cfg.num_workers,
-                                    desc=f"features: {split}", accelerator=accelerator)
+    def cached(compute, split: str, aug_pass: Optional[int] = None):
         key = feature_key(cfg.recipe, cfg.n_last_blocks, data, split, size, aug_pass,
                           cfg.seed if aug_pass is not None else None, hflip_for(data, cfg.hflip))
         feats, labels, hit = cached_features(weights, compute, write=main, **key)
         hits.append(hit)
         return feats, labels
 
+    model = None if cfg.recipe == "pixels" else backbone
+    feats = _split_features(cfg, model, sets, data, size, accelerator, cached)
+    baselines = {}
+    if cfg.baselines:
+        torch.manual_seed(cfg.seed)  # the k-NN probe's random-init baseline: the same weights
+        baselines = {"random_init": _split_features(cfg, build_backbone(bcfg), sets, data, size, accelerator),
+                     "raw_pixels": _split_features(cfg, None, sets, data, size, accelerator)}
+    if not main:  # the heads, the scores and the files are the main process's
+        return finish_probe(accelerator, None)
+    rows, best, n_hold = _fit_grid(cfg, *feats, accelerator.device)
+    passes, _, val_x, val_y = feats
+    report = {"ckpt": str(weights), "data": data, "recipe": cfg.recipe, "head": cfg.head, "optimizer": cfg.optimizer,
+              "epochs": cfg.epochs, "feature_dim": int(val_x.shape[1]), "num_train": len(passes[0][1]) - n_hold,
+              "num_holdout": n_hold, "num_val": len(val_y),
+              "top_n": min(5, int(max(passes[0][1].max(), val_y.max())) + 1), "aug_passes": cfg.aug_passes,
+              "features_from_cache": all(hits), "best": rows[best], "best_index": best, "grid": rows}
+    if baselines:  # each baseline's head picked on held-out as the backbone's was
+        report["baselines"] = {}
+        for name, f in baselines.items():
+            b_rows, b_best, _ = _fit_grid(cfg, *f, accelerator.device)
+            report["baselines"][name] = b_rows[b_best]
+    out = weights.parent / ("linear_pixels.json" if cfg.recipe == "pixels" else "linear.json")  # not the backbone's
+    report["replaced"] = existing([out])
+    write_json_atomic(report, out)
+    return finish_probe(accelerator, report)
+
+
+def _split_features(cfg: LinearProbeConfig, model, sets, data: str, size: int, accelerator, cached=None):
+    """-> (passes, clean train features (N, F), val features (M, F), val labels (M,)): passes is a
+    list of (features (N, F), labels (N,)), one per augmented pass (or the centre crops alone).
+    ``sets``: the train set (eval transform), the train set to augment (None without aug passes),
+    the val set; ``model`` None: raw pixels. ``cached(compute, split, aug_pass)`` reads and writes
+    the feature cache; None: no cache (a baseline's features are not the checkpoint's)."""
+    train_set, aug_set, val_set = sets
+
+    def features(dataset, split: str, aug_pass: Optional[int] = None):
+        def compute():
+            if aug_pass is not None:
+                dataset.transform = mae_train_transform(size, scale=(0.08, 1.0), hflip=hflip_for(data, cfg.hflip))
+                torch.manual_seed(cfg.seed * 1000 + aug_pass)  # each pass is its own reproducible draw
+            if model is None:
+                return raw_pixel_features(dataset)
+            return extract_features(model, dataset, pool=cfg.recipe, n_last_blocks=cfg.n_last_blocks,
+                                    batch_size=cfg.extract_batch_size, num_workers=cfg.num_workers,
+                                    desc=f"features: {split}", accelerator=accelerator)
+        return compute() if cached is None else cached(compute, split, aug_pass)
+
     if cfg.aug_passes > 0:
-        aug_set = build_dataset(data, "train", size)
         passes = [features(aug_set, "train", p) for p in range(cfg.aug_passes)]
     else:
         passes = [features(train_set, "train")]
-    labels = passes[0][1]
     val_x, val_y = features(val_set, "val")
     # with augmentation, the heads are picked on centre-crop features of the held-out images
     clean_x = passes[0][0] if cfg.aug_passes == 0 else features(train_set, "train")[0]
-    if not main:  # the heads, the scores and the files are the main process's
-        return finish_probe(accelerator, None)
-    num_classes = int(max(labels.max(), val_y.max())) + 1
+    return passes, clean_x, val_x, val_y
 
-    # the same fixed held-out images in every pass
+
+def _fit_grid(cfg: LinearProbeConfig, passes, clean_x, val_x, val_y, device) -> tuple[list[dict], int, int]:
+    """Train the lr x weight-decay grid on the fit part of the train split -> (a row per head:
+    its held-out and val accuracies, the index of the best head on held-out, the held-out count)."""
+    labels = passes[0][1]
+    num_classes = int(max(labels.max(), val_y.max())) + 1
+    # the same fixed held-out images in every pass, and for every baseline
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(cfg.seed))
     n_hold = max(1, int(round(len(labels) * cfg.holdout_fraction)))
     hold, fit = order[:n_hold], order[n_hold:]
@@ -112,21 +160,11 @@ def run_linear_probe(cfg: LinearProbeConfig) -> dict:
     grid = train_head_grid([x[fit] for x, _ in passes], labels[fit], num_classes,
                            [lr * scale for lr, _ in grid_pairs], [wd for _, wd in grid_pairs], cfg.epochs,
                            cfg.batch_size, cfg.optimizer, cfg.head == "mae", cfg.warmup_epochs, cfg.seed, device)
-    hold_x = clean_x[hold]
-    hold_top1, _ = grid_accuracy(grid, hold_x, labels[hold])
+    hold_top1, _ = grid_accuracy(grid, clean_x[hold], labels[hold])
     val_top1, val_top5 = grid_accuracy(grid, val_x, val_y)
-    best = int(torch.argmax(hold_top1))
     rows = [{"lr": lr, "weight_decay": wd, "lr_scaled": lr * scale, "holdout_top1": float(hold_top1[g]),
              "val_top1": float(val_top1[g]), "val_top5": float(val_top5[g])} for g, (lr, wd) in enumerate(grid_pairs)]
-    report = {"ckpt": str(weights), "data": data, "recipe": cfg.recipe, "head": cfg.head, "optimizer": cfg.optimizer,
-              "epochs": cfg.epochs, "feature_dim": int(val_x.shape[1]), "num_train": len(fit), "num_holdout": n_hold,
-              "num_val": len(val_y), "top_n": min(5, num_classes), "aug_passes": cfg.aug_passes,
-              "features_from_cache": all(hits),
-              "best": rows[best], "best_index": best, "grid": rows}
-    out = weights.parent / ("linear_pixels.json" if cfg.recipe == "pixels" else "linear.json")  # not the backbone's
-    report["replaced"] = existing([out])
-    write_json_atomic(report, out)
-    return finish_probe(accelerator, report)
+    return rows, int(torch.argmax(hold_top1)), n_hold
 
 
 def format_report(report: dict) -> str:
@@ -147,4 +185,9 @@ def format_report(report: dict) -> str:
     written = "linear_pixels.json" if report["recipe"] == "pixels" else "linear.json"
     lines.append(f"val top-1 {b['val_top1']:.2f}, top-{n} {b['val_top5']:.2f} (lr {b['lr']:g}, "
                  f"wd {b['weight_decay']:g}) -> {Path(report['ckpt']).parent / written}")
+    if report.get("baselines"):
+        lines += ["", "the same heads and grid on other features (each head picked on held-out):",
+                  f"{'features':<14}{'val top-1':>11}{f'val top-{n}':>11}{'lr':>10}"]
+        for name, r in {"pretrained": b, **report["baselines"]}.items():
+            lines.append(f"{name:<14}{r['val_top1']:>11.2f}{r['val_top5']:>11.2f}{r['lr']:>10.0e}")
     return "\n".join(lines)

@@ -58,10 +58,19 @@ def linear_table(report: dict) -> str:
     keys = [k for k in (grid[0] if grid else {}) if k != "lr_scaled"]
     rows = [[*[r.get(k, "") for k in keys], "best on held-out" if i == report.get("best_index") else ""]
             for i, r in enumerate(grid)]
-    return "\n".join([_heading(f"linear probe ({report.get('recipe')} features, {report.get('head')} head, "
-                               f"{report.get('epochs')} epochs; {report.get('num_train')} train / "
-                               f"{report.get('num_holdout')} held out / {report.get('num_val')} val), %"),
-                      table([*map(metric_name, keys), ""], rows)])
+    out = [_heading(f"linear probe ({report.get('recipe')} features, {report.get('head')} head, "
+                    f"{report.get('epochs')} epochs; {report.get('num_train')} train / "
+                    f"{report.get('num_holdout')} held out / {report.get('num_val')} val), %"),
+           table([*map(metric_name, keys), ""], rows)]
+    baselines = report.get("baselines", {})
+    if baselines and grid:  # --baselines true: each one's best head beside the backbone's
+        picked = {"pretrained": grid[report.get("best_index", 0)], **baselines}
+        cols = [k for k in ("val_top1", "val_top5", "lr") if k in picked["pretrained"]]
+        out += [_heading("the same heads and grid on other features (each head picked on held-out), %"),
+                table(["features", *map(metric_name, cols)],
+                      [[BASELINES.get(n, n), *[r.get(k, "") for k in cols]] for n, r in picked.items()],
+                      ["baseline" if n in BASELINES else "" for n in picked])]
+    return "\n".join(out)
 
 
 def finetune_table(reports: list[dict]) -> str:
