@@ -42,7 +42,8 @@ class BEiTRunConfig:
         return BEiT(build_backbone(self.model), tokenizer, self.beit)
 
     def train_transform(self):
-        return mae_train_transform(self.model.img_size, hflip=hflip_for(self.data, self.train.hflip))
+        return mae_train_transform(self.model.img_size, self.train.crop_scale,
+                                   hflip=hflip_for(self.data, self.train.hflip))
 
     def collate_fn(self):
         grid = (self.model.img_size // self.model.patch_size,) * 2

@@ -34,4 +34,5 @@ class MAERunConfig:
         return MAE(build_backbone(self.model), self.mae)
 
     def train_transform(self):
-        return mae_train_transform(self.model.img_size, hflip=hflip_for(self.data, self.train.hflip))
+        return mae_train_transform(self.model.img_size, self.train.crop_scale,
+                                   hflip=hflip_for(self.data, self.train.hflip))

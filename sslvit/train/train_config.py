@@ -39,6 +39,9 @@ class TrainConfig:
     shuffle_buffer: int = 1000  # shards: samples held per data-loader worker for shuffling
     data_resampled: bool = False  # shards: draw shards with replacement forever (epoch = the index's count)
     hflip: Optional[bool] = None  # augmentation flips left-right; None: yes, but not the embedded digit sets
+    # RandomResizedCrop area range of the one-view recipes (MAE, BEiT; MAE's 0.2-1); DINO's crops
+    # have their own keys (crops.global_scale, crops.local_scale)
+    crop_scale: tuple[float, float] = (0.2, 1.0)
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
@@ -61,5 +64,8 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 0 (got {value}).")
         if not 0.0 <= self.max_unreadable <= 1.0:
             raise ValueError(f"train.max_unreadable is a share in [0, 1] (got {self.max_unreadable}).")
+        if not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
+            raise ValueError(f"train.crop_scale must be two area shares with 0 < low <= high <= 1 "
+                             f"(got {list(self.crop_scale)}); MAE's is 0.2,1.")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"train.betas must each be in [0, 1) (got {list(self.betas)}); AdamW's are 0.9,0.999.")
