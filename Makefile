@@ -19,7 +19,8 @@ demo: $(STAMP)
 	rm -rf $(DEMO_OUT)
 	$(BIN)/python pretrain/mae.py --data cluttered --out $(DEMO_OUT) --train.epochs 5
 	$(BIN)/python probes/knn.py --ckpt $(DEMO_OUT) --pool avg
-	@echo "Outputs: $(DEMO_OUT)/ (report.html: the run on one page; backbone.safetensors, knn.json, pictures_*.png, curves.png, log.jsonl, checkpoints/)"
+	$(BIN)/python probes/linear.py --ckpt $(DEMO_OUT) --recipe avg --head mae --baselines true
+	@echo "Outputs: $(DEMO_OUT)/ (report.html: the run on one page; backbone.safetensors, knn.json, linear.json, pictures_*.png, curves.png, log.jsonl, checkpoints/)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
