@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
@@ -44,9 +45,12 @@ def honour_umask(root: Path) -> None:
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` (with the umask's mode)
-    when the body succeeds, remove it when it fails."""
+    when the body succeeds, remove it when it fails. Each writer gets its own temporary name
+    (process id and a random token; the suffix kept, which numpy's savez needs), so writers of
+    the same file at once, e.g. two runs building one data cache, each rename a whole file and
+    the last one wins."""
     path = Path(path)
-    tmp = path.with_name(f".tmp_{path.name}")
+    tmp = path.with_name(f".tmp_{os.getpid()}_{secrets.token_hex(4)}_{path.name}")
     try:
         yield tmp
         honour_umask(tmp)

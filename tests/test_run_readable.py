@@ -109,3 +109,20 @@ def test_atomic_writers_honour_the_umask(tmp_path, umask, file_mode):
     for name in ("w.safetensors", "a.json", "d/e/f"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == file_mode, name
     assert stat.S_IMODE((tmp_path / "d" / "e").stat().st_mode) == 0o777 & ~umask
+
+
+def test_two_writers_of_one_file_at_once_each_rename_a_whole_file(tmp_path):
+    """Two runs building the same data cache at once: the second writer's rename must not take
+    the first one's temporary file from under it (each has its own); the last rename wins."""
+    import numpy as np
+
+    from sslvit.files import atomic_path
+
+    path = tmp_path / "cache.npz"
+    with atomic_path(path) as first:
+        np.savez(first, x=np.zeros(3))
+        with atomic_path(path) as second:
+            np.savez(second, x=np.ones(3))
+        assert np.load(path)["x"].tolist() == [1, 1, 1]
+    assert np.load(path)["x"].tolist() == [0, 0, 0]
+    assert [p.name for p in tmp_path.iterdir()] == ["cache.npz"]  # no temporary file left behind
