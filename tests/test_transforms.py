@@ -47,17 +47,19 @@ def test_the_train_and_eval_transforms_give_what_the_v2_chain_gave():
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("script", ["mae", "beit"])
+@pytest.mark.parametrize("script", ["mae", "beit", "mae_dino"])
 def test_crop_scale_key_sets_the_one_view_recipes_random_resized_crop(script):
     import importlib
 
     from sslvit.train import entry
 
-    cls = {"mae": "MAERunConfig", "beit": "BEiTRunConfig"}[script]
+    cls = {"mae": "MAERunConfig", "beit": "BEiTRunConfig", "mae_dino": "MAEDINORunConfig"}[script]
     config_cls = getattr(importlib.import_module(f"sslvit.recipes.{script}"), cls)
     for argv, scale in ([], (0.2, 1.0)), (["--train.crop_scale", "0.5,0.9"], (0.5, 0.9)):
         cfg = entry.run_config(config_cls, script, argv=["--data", "cluttered", "--out", "unused", *argv])
-        crops = [t for t in cfg.train_transform().transforms if isinstance(t, v2.RandomResizedCrop)]
+        transform = cfg.train_transform()
+        transform = transform.transforms["mae"] if script == "mae_dino" else transform  # the composite's MAE view
+        crops = [t for t in transform.transforms if isinstance(t, v2.RandomResizedCrop)]
         assert len(crops) == 1 and tuple(crops[0].scale) == scale, (script, argv)
     bad = entry.run_config(config_cls, script, argv=["--data", "cluttered", "--out", "unused",
                                                       "--train.crop_scale", "0,1"])

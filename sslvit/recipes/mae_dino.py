@@ -70,7 +70,7 @@ class MAEDINORunConfig:
 
     def train_transform(self):
         size, hflip = self.model.img_size, hflip_for(self.data, self.train.hflip)
-        make = {"mae": lambda: mae_train_transform(size, hflip=hflip),
+        make = {"mae": lambda: mae_train_transform(size, self.train.crop_scale, hflip=hflip),
                 "dino": lambda: MultiCropTransform(size, self.crops, hflip)}
         return CompositeTransform({name: make[name]() for name in self.parts()})
 

@@ -39,8 +39,8 @@ class TrainConfig:
     shuffle_buffer: int = 1000  # shards: samples held per data-loader worker for shuffling
     data_resampled: bool = False  # shards: draw shards with replacement forever (epoch = the index's count)
     hflip: Optional[bool] = None  # augmentation flips left-right; None: yes, but not the embedded digit sets
-    # RandomResizedCrop area range of the one-view recipes (MAE, BEiT; MAE's 0.2-1); DINO's crops
-    # have their own keys (crops.global_scale, crops.local_scale)
+    # RandomResizedCrop area range of the one-view recipes (MAE, BEiT, a composite's MAE view;
+    # MAE's 0.2-1); DINO's crops have their own keys (crops.global_scale, crops.local_scale)
     crop_scale: tuple[float, float] = (0.2, 1.0)
 
     def validate(self) -> None:
