@@ -20,12 +20,13 @@ import time
 import torch
 
 from flops import print_machine  # benchmarks/flops.py
-from sslvit.data.dataset import build_dataset
 from sslvit.config import build_config
+from sslvit.data.dataset import build_dataset
 from sslvit.data.transforms import eval_transform, mae_train_transform, v2_normalized_tensor
 from sslvit.recipes.mae import MAERunConfig
 from sslvit.runtime.cpu_allocator import keep_freed_memory
 from sslvit.train.entry import load_presets
+
 
 def v2_chain(transform):
     """``transform`` with its last step (ToNormalizedTensor) replaced by the v2 transforms it stands in for."""
