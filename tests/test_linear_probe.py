@@ -4,7 +4,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sslvit.config import build_config
 from sslvit.eval.linear_heads import LARS, grid_accuracy, train_head_grid
+from sslvit.eval.linear_probe import LinearProbeConfig
 from sslvit.runtime.schedules import cosine_schedule
 
 
@@ -206,3 +208,12 @@ def test_baselines_are_the_random_init_twin_and_raw_pixels_through_the_same_grid
     assert "random_init" in table and "raw_pixels" in table
     with pytest.raises(ValueError, match="pixels recipe is itself a baseline"):
         run_linear_probe(dataclasses.replace(cfg, recipe="pixels"))
+
+
+def test_default_grid_reaches_higher_for_the_batchnorm_head_and_lrs_still_wins():
+    dinov2 = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1)  # DINOv2's eval grid
+    assert build_config(LinearProbeConfig, ["--head", "linear"]).grid_lrs() == dinov2
+    assert build_config(LinearProbeConfig, ["--head", "mae"]).grid_lrs() == dinov2 + (0.2, 0.5, 1.0, 2.0)
+    assert build_config(LinearProbeConfig, ["--head", "mae", "--lrs", "[0.3, 3]"]).grid_lrs() == (0.3, 3.0)
+    with pytest.raises(ValueError, match="lrs and weight_decays need at least one value"):
+        LinearProbeConfig(lrs=()).validate()

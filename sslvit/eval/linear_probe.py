@@ -22,6 +22,10 @@ from sslvit.runtime.devices import build_accelerator
 
 # DINOv2's linear-probe grid
 DEFAULT_LRS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1)
+# MAE's head standardises each feature first (BatchNorm), so its best lr sits higher: MAE's own
+# probe runs LARS at 0.1 x batch / 256, 6.4 at its batch of 16,384. On the embedded cluttered set
+# the BN head's best lr sat at DINOv2's edge (0.1) in every short MAE run; up to 2.0 it no longer did.
+BN_HEAD_EXTRA_LRS = (0.2, 0.5, 1.0, 2.0)
 
 
 @dataclass
@@ -34,7 +38,8 @@ class LinearProbeConfig:
     n_last_blocks: int = 4
     head: str = "linear"  # linear | mae (BatchNorm1d without affine, then linear)
     optimizer: str = "sgd"  # sgd (DINO) | lars (MAE)
-    lrs: tuple[float, ...] = DEFAULT_LRS  # scaled by batch_size / 256 (linear scaling rule)
+    # scaled by batch_size / 256 (linear scaling rule); None: DINOv2's grid, to 2.0 with --head mae
+    lrs: Optional[tuple[float, ...]] = None
     weight_decays: tuple[float, ...] = (0.0,)
     epochs: int = 100
     warmup_epochs: float = 0.0
@@ -49,6 +54,12 @@ class LinearProbeConfig:
     # through the same heads and grid: what the pretrained features are worth against doing nothing
     baselines: bool = False
 
+    def grid_lrs(self) -> tuple[float, ...]:
+        """The lrs of the grid: ``lrs`` when set, else DINOv2's, reaching 2.0 for MAE's BatchNorm head."""
+        if self.lrs is not None:
+            return tuple(self.lrs)
+        return DEFAULT_LRS + (BN_HEAD_EXTRA_LRS if self.head == "mae" else ())
+
     def validate(self) -> None:
         if self.recipe not in ("cls", "avg", "dino", "dino_avg", "pixels"):
             raise ValueError(f"recipe '{self.recipe}' is unknown; use cls, avg, dino, dino_avg or pixels.")
@@ -59,7 +70,7 @@ class LinearProbeConfig:
         if self.baselines and self.recipe == "pixels":
             raise ValueError("--baselines true with --recipe pixels: the pixels recipe is itself a baseline; "
                              "probe the backbone's features (--recipe cls or avg) with --baselines true instead.")
-        if not self.lrs or not self.weight_decays:
+        if (self.lrs is not None and not self.lrs) or not self.weight_decays:
             raise ValueError("lrs and weight_decays need at least one value each.")
 
 
@@ -155,7 +166,7 @@ def _fit_grid(cfg: LinearProbeConfig, passes, clean_x, val_x, val_y, device) -> 
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(cfg.seed))
     n_hold = max(1, int(round(len(labels) * cfg.holdout_fraction)))
     hold, fit = order[:n_hold], order[n_hold:]
-    grid_pairs = list(itertools.product(cfg.lrs, cfg.weight_decays))
+    grid_pairs = list(itertools.product(cfg.grid_lrs(), cfg.weight_decays))
     scale = cfg.batch_size / 256
     grid = train_head_grid([x[fit] for x, _ in passes], labels[fit], num_classes,
                            [lr * scale for lr, _ in grid_pairs], [wd for _, wd in grid_pairs], cfg.epochs,
