@@ -17,9 +17,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	rm -rf $(DEMO_OUT)
-	$(BIN)/python pretrain/mae.py --data cluttered --out $(DEMO_OUT) --train.epochs 5
+	$(BIN)/python pretrain/mae.py --data cluttered --out $(DEMO_OUT) --train.epochs 15
 	$(BIN)/python probes/knn.py --ckpt $(DEMO_OUT) --pool avg
-	$(BIN)/python probes/linear.py --ckpt $(DEMO_OUT) --recipe avg --head mae --baselines true
+	$(BIN)/python probes/linear.py --ckpt $(DEMO_OUT) --recipe dino_avg --head mae --epochs 50 --baselines true
 	@echo "Outputs: $(DEMO_OUT)/ (report.html: the run on one page; backbone.safetensors, knn.json, linear.json, pictures_*.png, curves.png, log.jsonl, checkpoints/)"
 
 test: $(STAMP)
