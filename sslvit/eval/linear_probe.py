@@ -24,7 +24,8 @@ from sslvit.runtime.devices import build_accelerator
 DEFAULT_LRS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1)
 # MAE's head standardises each feature first (BatchNorm), so its best lr sits higher: MAE's own
 # probe runs LARS at 0.1 x batch / 256, 6.4 at its batch of 16,384. On the embedded cluttered set
-# the BN head's best lr sat at DINOv2's edge (0.1) in every short MAE run; up to 2.0 it no longer did.
+# the BN head's best lr sat at DINOv2's edge (0.1) in the short MAE runs; on a grid to 2.0 it fell
+# anywhere from 0.02 to 2.0 (the probe says when it sits at an edge).
 BN_HEAD_EXTRA_LRS = (0.2, 0.5, 1.0, 2.0)
 
 
