@@ -9,6 +9,7 @@ from sslvit.config import ConfigError
 from sslvit.models import BackboneConfig, build_backbone
 from sslvit.tokenizers import FeatureTokenizer, PixelTokenizer, load_tokenizer
 from sslvit.tokenizers.__main__ import main as cli
+from sslvit.tokenizers.tokenizer_config import TokenizerFitConfig
 from sslvit.tokenizers.usage import codebook_usage, collapse_warnings
 
 
@@ -44,6 +45,25 @@ def test_pixel_encode_is_the_nearest_centroid_of_each_normalised_patch():
     assert torch.equal(tok.encode(imgs, mask), ids[mask])  # masked-only encoding, tensor[mask] order
     picture = tok.draw(ids, imgs)  # each patch as its code's centroid with the patch's own mean and contrast
     assert picture.shape == (3, 3, 32, 32) and 0 <= picture.min() and picture.max() <= 1
+
+
+def test_grey_pixel_encode_quantises_each_patchs_luma(tmp_path):
+    """grey: the codes are fitted on, and assign, the patches' luma (0.299 R + 0.587 G + 0.114 B of
+    the real pixels, as PIL's convert("L")), in ImageNet-normalised units so eps keeps its scale."""
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    w = torch.tensor([0.299, 0.587, 0.114])
+    real = torch.rand(3, 3, 32, 32)  # pixels in [0, 1]
+    imgs = (real - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    tok = PixelTokenizer(16, 8, 4, grey=True)
+    tok.fit([imgs], iters=5)
+    assert tok.codebook.shape == (16, 16)  # one channel of 4 x 4
+    luma = (real * w.view(1, 3, 1, 1)).sum(1, keepdim=True) / (w * std).sum()
+    assert torch.equal(tok.encode(imgs), brute_force_pixel_ids(luma, tok.codebook, 8, 4, tok.eps))
+    back = load_tokenizer(tok.save(tmp_path / "grey.safetensors"))
+    assert back.grey and torch.equal(back.encode(imgs), tok.encode(imgs))
+    picture = tok.draw(tok.encode(imgs), imgs)  # grey codes drawn grey, with the patch's own luma range
+    assert picture.shape == (3, 3, 32, 32) and torch.equal(picture[:, 0], picture[:, 2])
+    assert 0 <= picture.min() and picture.max() <= 1
 
 
 def test_feature_encode_is_the_cosine_nearest_code_of_the_teachers_patch_tokens():
@@ -102,6 +122,8 @@ def test_unusable_files_and_settings_are_one_clear_error(tmp_path):
         PixelTokenizer(64, 4).fit([torch.randn(3, 3, 16, 16)])
     with pytest.raises(ConfigError, match="pixel_size 3 must divide the patch size 8"):
         PixelTokenizer(8, 8, pixel_size=3)
+    with pytest.raises(ConfigError, match="grey is for the pixel kind"):
+        TokenizerFitConfig(kind="features", teacher="runs/x", grey=True).validate()
     with pytest.raises(FileNotFoundError, match="No tokenizer at"):
         load_tokenizer(tmp_path / "none.safetensors")
     save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
@@ -128,6 +150,11 @@ def test_cli_fits_reports_usage_and_refuses_a_too_large_vocab(tmp_path, image_fo
     assert "960 patches of 60 images" in printed and "codebook usage" in printed and "perplexity" in printed
     tok = load_tokenizer(out)
     assert tok.vocab == 8 and tok.fit_info["usage"]["codes_used"] <= 8 and tok.fit_info["images"] == 60
+    assert not tok.grey and tok.codebook.shape == (8, 48)
+    cli(["fit", "--data", str(image_folder), "--vocab", "8", "--img_size", "16", "--patch_size", "4",
+         "--out", str(tmp_path / "grey.safetensors"), "--iters", "3", "--grey", "true"])
+    grey = load_tokenizer(tmp_path / "grey.safetensors")
+    assert grey.grey and grey.codebook.shape == (8, 16)  # --grey reaches the fit: one channel of 4 x 4
     with pytest.raises(SystemExit) as e:
         cli(["fit", "--data", str(image_folder), "--vocab", "1000", "--img_size", "16", "--patch_size", "4",
              "--out", str(tmp_path / "big.safetensors")])

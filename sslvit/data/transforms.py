@@ -9,6 +9,11 @@ import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as PIL's convert("L")
+# sum_c LUMA_c (x_c std_c + mean_c) = LUMA_STD * luma(x) + LUMA_MEAN: the luma of normalised
+# images stays in normalised units, so per-patch epsilons mean the same for grey as for colour
+LUMA_MEAN = sum(w * m for w, m in zip(LUMA, IMAGENET_MEAN))
+LUMA_STD = sum(w * s for w, s in zip(LUMA, IMAGENET_STD))
 
 
 class ToNormalizedTensor:
@@ -97,6 +102,19 @@ def eval_transform(img_size: int) -> v2.Compose:
         v2.CenterCrop(img_size),
         *_to_normalized_tensor(),
     ])
+
+
+def luma(imgs: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) ImageNet-normalised -> (B, 1, H, W): the pixels' luma, (luma - LUMA_MEAN) / LUMA_STD."""
+    w = torch.tensor(IMAGENET_STD, device=imgs.device) * torch.tensor(LUMA, device=imgs.device) / LUMA_STD
+    return (imgs * w.view(1, 3, 1, 1).to(imgs.dtype)).sum(1, keepdim=True)
+
+
+def grey_to_normalised_rgb(y: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) ``luma`` output -> (B, 3, H, W) ImageNet-normalised grey, for pictures."""
+    mean = torch.tensor(IMAGENET_MEAN, device=y.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=y.device).view(1, 3, 1, 1)
+    return (y * LUMA_STD + LUMA_MEAN - mean) / std
 
 
 def denormalize(x: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ COLS, ROWS = 8, 4  # the 32 most used codes
 def code_tiles(tok: PixelTokenizer, codes: torch.Tensor) -> np.ndarray:
     """codes (K,) -> (K, s, s, 3) in [0, 1]: each code vector (per-patch normalised pixels) with
     its own min-max stretch, as filters are drawn (a code carries a pattern, not a brightness)."""
-    s, c = tok.pixel_size, tok.in_chans
+    s, c = tok.pixel_size, tok.code_chans
     v = tok.codebook[codes].float().reshape(len(codes), c, s, s)
     lo, hi = v.amin((1, 2, 3), keepdim=True), v.amax((1, 2, 3), keepdim=True)
     v = ((v - lo) / (hi - lo).clamp_min(1e-6)).permute(0, 2, 3, 1)

@@ -44,7 +44,7 @@ def fit_tokenizer(cfg: TokenizerFitConfig, data: str, img_size: int, patch_size:
         tok = FeatureTokenizer.from_run(cfg.teacher, cfg.vocab)
         img_size = tok.teacher_cfg.img_size
     else:
-        tok = PixelTokenizer(cfg.vocab, patch_size, cfg.pixel_size)
+        tok = PixelTokenizer(cfg.vocab, patch_size, cfg.pixel_size, grey=cfg.grey)
     tok.to(_device())
     t0 = time.perf_counter()
     batches = sample_fit_batches(data, img_size, cfg.fit_images, cfg.seed)
