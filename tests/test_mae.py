@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from sslvit.models import BackboneConfig, build_backbone
@@ -100,3 +101,28 @@ def test_weight_decay_groups_are_the_officials():
                          if p.requires_grad and (p.ndim == 1 or n.endswith(".bias"))}
     assert no_decay == official_no_decay
     assert {"backbone.cls_token", "decoder.mask_token"} <= decay
+
+
+def test_luma_target_is_each_patchs_grey_values():
+    """mae.target luma: the decoder regresses P*P values a patch, the luma of the real pixels
+    (0.299 R + 0.587 G + 0.114 B, as PIL's convert("L")) up to the per-patch normalisation."""
+    backbone = build_backbone(BackboneConfig(size="tiny", patch_size=8, img_size=32, depth=1))
+    mae = MAE(backbone, MAEConfig(decoder_dim=32, decoder_depth=1, decoder_heads=2, target="luma"))
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    real = torch.rand(2, 3, 32, 32)
+    torch.manual_seed(0)
+    pred, target, mask = mae.forward_pred((real - mean) / std)
+    assert pred.shape == target.shape == (2, 16, 64)
+    grey = (real * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1)  # (B, H, W)
+    patches = grey.reshape(2, 4, 8, 4, 8).permute(0, 1, 3, 2, 4).reshape(2, 16, 64)
+    z = lambda t: (t - t.mean(-1, keepdim=True)) / t.std(-1, keepdim=True)  # normalised, scale and offset go
+    torch.testing.assert_close(z(target), z(patches), atol=1e-4, rtol=1e-4)
+    torch.manual_seed(0)  # the same mask again
+    pics = mae.pictures((real - mean) / std)
+    assert pics["reconstruction"].shape == (2, 3, 32, 32)  # drawn as grey RGB
+    with pytest.raises(ValueError, match="mae.target 'rgb' is unknown; use pixels"):
+        MAEConfig(target="rgb").validate(16, 192)
+    shown = pics["masked"] * std + mean  # the visible patches drawn grey, at their own luma
+    torch.testing.assert_close(shown[:, 0], shown[:, 2])
+    visible = (1 - mask).reshape(2, 4, 1, 4, 1).expand(-1, -1, 8, -1, 8).reshape(2, 32, 32).bool()
+    torch.testing.assert_close(shown[:, 1][visible], grey[visible], atol=1e-5, rtol=1e-5)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 import torch.nn as nn
 
+from sslvit.data.transforms import grey_to_normalised_rgb, luma
 from sslvit.masking import global_batch_rows, random_masking
 from sslvit.objectives.base import Objective, StepInfo
 
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
 class MAEConfig:
     mask_ratio: float = 0.75
     norm_pix_loss: bool = True
+    # pixels: MAE's RGB patches; luma: each patch's grey values (on sets whose colour is a per-image
+    # nuisance, so the loss is spent on shapes)
+    target: str = "pixels"
     # None: the decoder follows the encoder (MAE's 512 x 8 with 16 heads from ViT-B up; for a
     # narrower encoder its width, 4 blocks, 32-d heads), so a ViT-Ti keeps no decoder 6x its size
     decoder_dim: Optional[int] = None
@@ -42,6 +46,8 @@ class MAEConfig:
         if num_patches - int(num_patches * (1 - self.mask_ratio)) < 1:
             raise ValueError(f"mae.mask_ratio {self.mask_ratio} masks no patch of {num_patches}, so there is nothing "
                              "to reconstruct; use a ratio in (0, 1) (0.75 is MAE's).")
+        if self.target not in ("pixels", "luma"):
+            raise ValueError(f"mae.target '{self.target}' is unknown; use pixels (MAE's) or luma.")
         dim, _, heads = self.decoder_shape(embed_dim)
         if dim % heads:
             raise ValueError(f"mae.decoder_dim {dim} is not divisible by mae.decoder_heads {heads}; pick a head "
@@ -101,9 +107,13 @@ class MAE(Objective):
         p = backbone.patch_size
         dim, depth, heads = cfg.decoder_shape(backbone.embed_dim)
         self.decoder = MAEDecoder(backbone.embed_dim, backbone.patch_embed.grid_size,
-                                  patch_dim=p * p * backbone.in_chans, dim=dim, depth=depth, heads=heads,
+                                  patch_dim=p * p * self.target_chans, dim=dim, depth=depth, heads=heads,
                                   num_prefix_tokens=backbone.num_prefix_tokens)
         mae_init(self)
+
+    @property
+    def target_chans(self) -> int:
+        return 1 if self.cfg.target == "luma" else self.backbone.in_chans
 
     def no_weight_decay(self) -> set[str]:
         """Only a learned position table beyond the loop's biases and 1-D parameters: MAE's
@@ -128,8 +138,9 @@ class MAE(Objective):
         return global_batch_rows(key, rows, global_size, num_patches, device)
 
     def forward_pred(self, imgs: torch.Tensor):
-        """imgs (B, C, H, W) -> pred (B, N, P*P*C), target (B, N, P*P*C), mask (B, N)."""
-        patches = self.backbone.patchify(imgs)
+        """imgs (B, C, H, W) -> pred (B, N, P*P*C), target (B, N, P*P*C), mask (B, N); C = 1 for
+        ``target: luma``."""
+        patches = self.backbone.patchify(luma(imgs) if self.cfg.target == "luma" else imgs)
         B, N = patches.shape[:2]
         noise = self._mask_noise(N, imgs.device)
         ids_keep, mask, ids_restore = random_masking(B, N, self.cfg.mask_ratio, device=imgs.device, noise=noise)
@@ -162,10 +173,11 @@ class MAE(Objective):
     def _unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, C*P*P) -> (B, C, H, W), inverse of ``SSLViT.patchify``."""
         B = x.shape[0]
-        p, C = self.backbone.patch_size, self.backbone.in_chans
+        p, C = self.backbone.patch_size, self.target_chans
         h, w = self.backbone.patch_embed.grid_size
         x = x.reshape(B, h, w, C, p, p).permute(0, 3, 1, 4, 2, 5)
-        return x.reshape(B, C, h * p, w * p)
+        x = x.reshape(B, C, h * p, w * p)
+        return grey_to_normalised_rgb(x) if self.cfg.target == "luma" else x
 
 
 def mae_init(mae: MAE) -> None:
