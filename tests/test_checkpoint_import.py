@@ -89,8 +89,9 @@ def backbone_cfg(**kw) -> BackboneConfig:
     return BackboneConfig(size="tiny", depth=DEPTH, patch_size=P, img_size=IMG, stem="linear", **kw)
 
 
-def mae_objective(**kw) -> MAE:
-    return MAE(build_backbone(backbone_cfg(**kw)), MAEConfig(decoder_dim=DEC, decoder_depth=DEC_DEPTH, decoder_heads=2))
+def mae_objective(target="pixels", **kw) -> MAE:
+    return MAE(build_backbone(backbone_cfg(**kw)), MAEConfig(decoder_dim=DEC, decoder_depth=DEC_DEPTH, decoder_heads=2,
+                                                            target=target))
 
 
 def dino_objective() -> DINO:
@@ -126,6 +127,9 @@ def test_official_mae_round_trip_keeps_every_tensor(tmp_path, capsys):
     export_main([str(run), "--to", "mae", str(tmp_path / "mae.pth")])
     assert "official MAE layout: model (" in capsys.readouterr().out
     assert_same(torch.load(tmp_path / "mae.pth", weights_only=True)["model"], raw["model"])
+    luma = mae_objective(target="luma")  # its decoder regresses P*P grey values, which MAE's code cannot read
+    with pytest.raises(Exception, match="regresses luma .* export the backbone --to timm instead"):
+        to_mae({"backbone": luma.backbone.state_dict(), "mae_decoder": luma.decoder.state_dict()})
 
 
 def official_unpatchify(x, p):

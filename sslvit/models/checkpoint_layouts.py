@@ -253,6 +253,9 @@ def to_mae(groups: dict) -> dict:
         if p is None:
             raise WeightsError("an hMLP-stem backbone has no official MAE layout (MAE's stem is linear); export it "
                                "--to timm and load it with sslvit's HMLPStem as timm's embed_layer.")
+        if decoder["decoder_pred.bias"].numel() != p * p * c:  # mae.target luma: P*P grey values a patch
+            raise WeightsError("this MAE decoder regresses luma (mae.target luma), which the official MAE (RGB "
+                               "targets) cannot read; export the backbone --to timm instead.")
         for k in ("decoder_pred.weight", "decoder_pred.bias"):
             decoder[k] = decoder_pred_to_official(decoder[k], p, c)
     return {"model": {**model, **decoder}}
