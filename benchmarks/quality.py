@@ -114,6 +114,26 @@ def random_init_run(out: Path, like: Path, seed: int) -> Path:
     return out
 
 
+def pretrain(args, run: Path, seed: int) -> float | None:
+    """Train ``run`` (named by its objective; ``dino@mae``: DINO started from this seed's ``mae`` run)
+    unless it holds a backbone; -> its wall minutes, a started run's with its start's added."""
+    obj, _, start = run.name.partition("@")
+    init = [] if not start else ["--init", str(run.parent / start / "backbone.safetensors")]
+    if init and not Path(init[1]).is_file():
+        raise SystemExit(f"{run.name} starts from {start}'s run of this seed and {init[1]} is missing; "
+                         f"list {start} before {run.name} in --objectives.")
+    wall_file = "quality_wall_s.json"  # the pretraining's wall time, kept for a re-probe
+    if not (run / "backbone.safetensors").is_file():
+        run.parent.mkdir(parents=True, exist_ok=True)
+        wall = sh([PY, f"pretrain/{obj}.py", "--data", args.data, "--out", str(run), "--train.seed", str(seed),
+                   *init, *shlex.split(args.extra)], run.parent / f"{run.name}.log")
+        (run / wall_file).write_text(json.dumps(wall))
+    walls = [run / wall_file] + ([run.parent / start / wall_file] if start else [])
+    if not all(f.is_file() for f in walls):
+        return None
+    return sum(json.loads(f.read_text()) for f in walls) / 60
+
+
 def one_seed(args, seed: int) -> dict[str, dict]:
     """Per objective its row and its random twin's (the same backbone shape at random weights: k-NN,
     linear, and fine-tuning from it, i.e. trained with labels only); raw pixels; the ceiling."""
@@ -122,20 +142,13 @@ def one_seed(args, seed: int) -> dict[str, dict]:
     objectives = args.objectives.split(",")
     for obj in objectives:
         run = root / obj
-        wall_file = run / "quality_wall_s.json"  # the pretraining's wall time, kept for a re-probe
-        if not (run / "backbone.safetensors").is_file():
-            run.parent.mkdir(parents=True, exist_ok=True)
-            wall = sh([PY, f"pretrain/{obj}.py", "--data", args.data, "--out", str(run), "--train.seed", str(seed),
-                       *shlex.split(args.extra)], root / f"{obj}.log")
-            wall_file.write_text(json.dumps(wall))
-        else:
-            wall = json.loads(wall_file.read_text()) if wall_file.is_file() else None
+        wall = pretrain(args, run, seed)
         cls, avg = knn(run, "cls", True), knn(run, "avg", True)
         ft = args.finetune_epochs
         rows[obj] = {"knn_cls": cls["pretrained"], "knn_avg": avg["pretrained"], "linear": linear(run),
                      "linear_dino": linear(run, "dino_avg"),
                      "finetune": finetune(run, ft, seed) if ft else None,
-                     "wall_min": None if wall is None else wall / 60}
+                     "wall_min": wall}
         # objectives differ in shape (BEiT's LayerScale, MAE's fixed positions), and the shape alone moved the
         # labelled row by about 10 points: each is compared with random weights of its own shape
         twin = random_init_run(root / f"random_init-{shape_key(run)}", run, seed)

@@ -26,3 +26,26 @@ def test_merge_averages_each_row_over_the_files_that_have_it(tmp_path):
 def test_merge_names_a_missing_file(tmp_path):
     with pytest.raises(SystemExit, match="is not a file"):
         quality.merged([str(tmp_path / "nope.json")])
+
+
+def test_a_started_objective_inits_from_its_start_and_counts_both_walls(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_sh(args, log):  # a pretraining that writes its backbone and took 60 s
+        calls.append(args)
+        out = Path(args[args.index("--out") + 1])
+        out.mkdir(parents=True)
+        (out / "backbone.safetensors").write_bytes(b"")
+        return 60.0
+
+    monkeypatch.setattr(quality, "sh", fake_sh)
+    args = type("Args", (), {"data": "cluttered", "extra": "--train.epochs 2"})()
+    root = tmp_path / "seed3"
+    with pytest.raises(SystemExit, match="list mae before dino@mae"):
+        quality.pretrain(args, root / "dino@mae", 3)
+    assert quality.pretrain(args, root / "mae", 3) == 1.0
+    assert quality.pretrain(args, root / "dino@mae", 3) == 2.0  # its own minute and its start's
+    assert calls[-1][1] == "pretrain/dino.py"
+    assert calls[-1][calls[-1].index("--init") + 1] == str(root / "mae" / "backbone.safetensors")
+    assert calls[-1][-2:] == ["--train.epochs", "2"] and "--init" not in calls[0]
+    assert quality.pretrain(args, root / "dino@mae", 3) == 2.0 and len(calls) == 2  # kept, not retrained
