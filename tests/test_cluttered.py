@@ -113,6 +113,7 @@ def test_the_shipped_presets_fit_a_small_folder(tmp_path):
     for objective in ("mae", "beit", "dino", "ibot", "mae_dino"):
         recipe, why = preset_for(load_presets(objective), folder)
         assert int(recipe["model"]["img_size"]) == 32 and "small data" in why, objective
+        assert "note" not in recipe and ("--init" in why) == (objective == "dino"), objective  # a line, not a key
 
 
 def test_recipe_chosen_by_the_data(tmp_path):
@@ -120,6 +121,9 @@ def test_recipe_chosen_by_the_data(tmp_path):
     assert recipe == PRESETS["digits"] and "'digits' preset" in why
     recipe, why = preset_for(PRESETS, "cluttered:seed=1")
     assert recipe is PRESETS["cluttered"]
+    noted = {**PRESETS, "cluttered": {**PRESETS["cluttered"], "note": "start it from X"}}
+    recipe, why = preset_for(noted, "cluttered")
+    assert "note" not in recipe and why.splitlines()[1] == "note: start it from X"
     small = _folder(tmp_path / "small", 30, 40)  # 30 labelled 40 px images
     recipe, why = preset_for(PRESETS, str(small))
     assert recipe["model"] == {"size": "tiny", "patch_size": 8, "img_size": 32} and "out" not in recipe
@@ -164,7 +168,9 @@ def test_a_folder_of_small_images_trains_with_no_keys(tmp_path, objective, capsy
     cls = {"dino": DINORunConfig, "beit": BEiTRunConfig}[objective]
     run_pretraining(cls, objective, argv=["--data", str(folder), "--out", str(out), "--train.epochs", "1",
                                          "--model.depth", "1", "--train.precision", "fp32"])
-    assert "recipe: small data (16 training images, short side 20 px" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "recipe: small data (16 training images, short side 20 px" in printed
+    assert ("\nnote: DINO learns here when it starts from an MAE run" in printed) == (objective == "dino")
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert (cfg["model"]["img_size"], cfg["model"]["patch_size"], cfg["train"]["batch_size"]) == (32, 8, 8)
     assert (out / "backbone.safetensors").is_file()

@@ -50,7 +50,15 @@ def fitted_small_recipe(preset: dict, shape: DataShape) -> dict:
 
 
 def preset_for(presets: dict, data: str) -> tuple[dict | None, str]:
-    """(preset to apply or None, the reason, one line) for ``--data``."""
+    """(preset to apply or None, the reason) for ``--data``: one line, and a preset's ``note`` (what a
+    user of the recipe must know, e.g. what it learns from; not a key) on a second one."""
+    recipe, reason = _chosen(presets, data)
+    if recipe is None or "note" not in recipe:
+        return recipe, reason
+    return {k: v for k, v in recipe.items() if k != "note"}, f"{reason}\nnote: {recipe['note']}"
+
+
+def _chosen(presets: dict, data: str) -> tuple[dict | None, str]:
     if data in presets:
         return presets[data], f"recipe: the '{data}' preset (the embedded set's own)"
     if parse_spec(data) is not None and "cluttered" in presets:

@@ -59,7 +59,8 @@ def run_config(config_cls, preset: str | None = None, argv=None):
         # RANK, not PartialState: built now, before the Accelerator, the state would miss the CPU flag
         # and make every process the main one
         if chosen:
-            cfg._recipe_line = f"{chosen[-1]}; {summary(cfg)}"  # printed once the config is valid
+            reason, _, note = chosen[-1].partition("\n")
+            cfg._recipe_line = f"{reason}; {summary(cfg)}" + (f"\n{note}" if note else "")  # printed once valid
         return cfg
     saved = load_text_yaml(saved_file.read_text(), source=f"'{saved_file}'") or {}
     known = {f.name for f in dataclasses.fields(config_cls)}
