@@ -120,10 +120,11 @@ def pretrain(args, run: Path, seed: int) -> float | None:
     """Train ``run`` (named by its objective; ``dino@mae``: DINO started from this seed's ``mae`` run)
     unless it holds a backbone; -> its wall minutes, a started run's with its start's added."""
     obj, _, start = run.name.partition("@")
-    init = [] if not start else ["--init", str(run.parent / start / "backbone.safetensors")]
-    if init and not Path(init[1]).is_file():
-        raise SystemExit(f"{run.name} starts from {start}'s run of this seed and {init[1]} is missing; "
+    weights = run.parent / start / "backbone.safetensors"
+    if start and not weights.is_file():
+        raise SystemExit(f"{run.name} starts from {start}'s run of this seed and {weights} is missing; "
                          f"list {start} before {run.name} in --objectives.")
+    init = ["--init", str(weights)] if start else []
     wall_file = "quality_wall_s.json"  # the pretraining's wall time, kept for a re-probe
     if not (run / "backbone.safetensors").is_file():
         run.parent.mkdir(parents=True, exist_ok=True)
