@@ -2,7 +2,11 @@
 transform on the embedded ``cluttered`` set, with torchvision's ToImage + ToDtype + Normalize
 (before 2026-12-04) and with ``ToNormalizedTensor`` (the same bits, without v2's per-call
 dispatch), beside one step of MAE's ``cluttered`` preset as ``pretrain/mae.py --data cluttered``
-builds it (ViT-Ti/8, 32 px, batch 128, mask 0.75, its decoder; fused AdamW, fp32).
+builds it (ViT-Ti/8, 32 px, batch 128, mask 0.75, its decoder; fused AdamW, fp32). Also DINO's
+``cluttered`` multi-crop (2 global + 2 local crops an image) with every crop grey as its preset
+has it (``crops.grayscale_p 1``: one channel from the first op, since 2026-12-05) against
+``grayscale_p 0.999``, which takes the colour path (jitter on RGB, then RandomGrayscale): the
+path every grey crop took before.
 
 All in one process, interleaved over ``--rounds`` rounds, medians reported, so the machine's
 noise (this shared machine's pace moves by 1.5x within an hour) hits each alike. The epoch share
@@ -14,6 +18,7 @@ the training process (``num_workers 0``, the preset's), so it adds to the step.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
@@ -22,10 +27,12 @@ import torch
 from flops import print_machine  # benchmarks/flops.py
 from sslvit.config import build_config
 from sslvit.data.dataset import build_dataset
+from sslvit.data.multicrop import MultiCropTransform
 from sslvit.data.transforms import eval_transform, mae_train_transform, v2_normalized_tensor
+from sslvit.recipes.dino import DINORunConfig
 from sslvit.recipes.mae import MAERunConfig
 from sslvit.runtime.cpu_allocator import keep_freed_memory
-from sslvit.train.entry import load_presets
+from sslvit.train.entry import load_presets, run_config
 
 
 def v2_chain(transform):
@@ -66,6 +73,9 @@ def main() -> None:
     images = build_dataset("cluttered", "train", 32).items[:args.images]
     train, evaluate = mae_train_transform(32, hflip=False), eval_transform(32)
     paths = {"train, v2": v2_chain(train), "train, ours": train, "eval, v2": v2_chain(evaluate), "eval, ours": evaluate}
+    dino = run_config(DINORunConfig, preset="dino", argv=["--data", "cluttered"]).crops  # as pretrain/dino.py's
+    paths["dino, grey"] = MultiCropTransform(32, dino, hflip=False)
+    paths["dino, colour"] = MultiCropTransform(32, dataclasses.replace(dino, grayscale_p=0.999), hflip=False)
     cfg = build_config(MAERunConfig, ["--data", "cluttered"], presets=load_presets("mae"))
     step, batch = mae_step(cfg), cfg.train.batch_size
     for _ in range(2):
@@ -85,6 +95,7 @@ def main() -> None:
     print(f"  MAE step     {med['MAE step']:.0f} ms (batch {batch})")
     for kind in ("train", "eval"):
         print(f"{kind}: v2 / ours = {med[f'{kind}, v2'] / med[f'{kind}, ours']:.2f}x")
+    print(f"DINO's crops (all 4 of an image): colour path / grey first = {med['dino, colour'] / med['dino, grey']:.2f}x")
     for name in ("train, v2", "train, ours"):
         data = med[name] * batch
         print(f"a step's {batch} crops ({name}) = {data / (data + med['MAE step']):.1%} of step + crops")

@@ -60,3 +60,20 @@ def test_bad_crop_settings_are_one_clear_error():
         MultiCropConfig(local_size=32).validate(global_size=32, patch_size=4)
     with pytest.raises(ValueError, match="global_scale"):
         MultiCropConfig(local_size=16, global_scale=(0.8, 0.2)).validate(global_size=32, patch_size=4)
+
+
+def test_every_crop_grey_is_the_luma_of_the_image_in_three_equal_channels():
+    from sslvit.data.transforms import denormalize
+
+    rng = np.random.default_rng(1)
+    rgb = (rng.random((32, 32, 3)) * 255).astype(np.uint8)
+    cfg = MultiCropConfig(local_number=2, local_size=16, global_scale=(1.0, 1.0), blur_sigma=(1e-3, 1e-3),
+                          color_jitter=(0.0, 0.0, 0.0, 0.0), grayscale_p=1.0)
+    crops = MultiCropTransform(32, cfg, hflip=False)(Image.fromarray(rgb))
+    assert [c.shape for c in crops] == [(3, 32, 32)] * 2 + [(3, 16, 16)] * 2
+    for c in crops:
+        pixels = denormalize(c[None])[0]
+        assert torch.allclose(pixels[0], pixels[1], atol=1e-5) and torch.allclose(pixels[0], pixels[2], atol=1e-5)
+    luma = (rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])) / 255.0  # ITU-R 601, as PIL's 'L'
+    first = denormalize(crops[0][None])[0, 0].double().numpy()  # the whole image, unblurred, unjittered
+    assert np.abs(first - luma).max() <= 1.0 / 255 + 1e-6

@@ -47,21 +47,27 @@ def _view(size: int, scale, blur_p: float, solarize_p: float, cfg: MultiCropConf
     from torchvision.transforms import v2  # here, not at the top: --help needs no torchvision
 
     b, c, s, h = cfg.color_jitter
+    grey = cfg.grayscale_p >= 1  # every crop grey: one channel from the start, a third of the work
+    if grey:
+        s = h = 0.0  # a grey image has no saturation or hue to jitter
     ops = [
+        *([v2.Grayscale(num_output_channels=1)] if grey else []),
         v2.ToImage(),  # uint8 tensor: every op below runs on tensors, none through PIL
         v2.RandomResizedCrop(size, scale=tuple(scale), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
         *([v2.RandomHorizontalFlip()] if hflip else []),
     ]
-    if any(cfg.color_jitter) and cfg.color_jitter_p > 0:  # hue alone costs ~1 ms per crop
+    if any((b, c, s, h)) and cfg.color_jitter_p > 0:  # hue alone costs ~1 ms per crop
         ops.append(v2.RandomApply([v2.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h)],
                                   p=cfg.color_jitter_p))
-    if cfg.grayscale_p > 0:
+    if 0 < cfg.grayscale_p < 1:
         ops.append(v2.RandomGrayscale(p=cfg.grayscale_p))
     if blur_p > 0:
         sigma = cfg.blur_sigma
         ops.append(v2.RandomApply([v2.GaussianBlur(_blur_kernel(size, sigma[1]), sigma=tuple(sigma))], p=blur_p))
     if solarize_p > 0:
         ops.append(v2.RandomSolarize(threshold=128, p=solarize_p))
+    if grey:
+        ops.append(v2.Grayscale(num_output_channels=3))  # the backbone's 3 input channels, all equal
     ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     return v2.Compose(ops)
 
