@@ -117,6 +117,14 @@ def test_schedules_at_their_endpoints():
     total = 100
     assert teacher_momentum(0, total) == pytest.approx(0.996)
     assert teacher_momentum(total, total) == pytest.approx(1.0)
+    # DINOv2's final_momentum_teacher: a cosine from base to end, half way at the middle
+    assert teacher_momentum(total // 2, total, 0.99, 0.995) == pytest.approx(0.995 + (0.99 - 0.995) * 0.5)
+    assert teacher_momentum(total, total, 0.99, 0.995) == pytest.approx(0.995)
+    dino = _dino(dataclasses.replace(SMALL, momentum_teacher=0.99, momentum_teacher_end=0.99))
+    dino.after_optimizer_step(_info(step=9, total_steps=10))
+    assert dino.teacher.decay == pytest.approx(0.99)  # held, where DINO's end of 1 would be near it
+    with pytest.raises(ValueError, match="momentum_teacher_end 1.5 is not an EMA momentum"):
+        _dino(dataclasses.replace(SMALL, momentum_teacher_end=1.5))
     cfg = DINOConfig(warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=30)
     assert teacher_temperature(0, 10, cfg) == pytest.approx(0.04)
     assert teacher_temperature(150, 10, cfg) == pytest.approx(0.055)

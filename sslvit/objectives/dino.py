@@ -32,7 +32,8 @@ class DINOConfig:
     use_bn_in_head: bool = False  # BatchNorm after each hidden layer (DINO's --use_bn_in_head)
     norm_last_layer: bool = True  # fix the last layer's weight-norm gain to 1 (more stable)
     freeze_last_layer: int = 1  # epochs during which the last layer gets no update
-    momentum_teacher: float = 0.996  # start of the cosine EMA schedule, which ends at 1
+    momentum_teacher: float = 0.996  # start of the cosine EMA schedule, which ends at momentum_teacher_end
+    momentum_teacher_end: float = 1.0
     student_temp: float = 0.1
     teacher_temp: float = 0.04
     warmup_teacher_temp: float = 0.04
@@ -53,9 +54,9 @@ def teacher_temperature(step: int, steps_per_epoch: int, cfg: DINOConfig) -> flo
     return cfg.warmup_teacher_temp + (cfg.teacher_temp - cfg.warmup_teacher_temp) * step / warmup_steps
 
 
-def teacher_momentum(step: int, total_steps: int, base: float = 0.996) -> float:
-    """Momentum applied after optimizer step ``step`` (0-based): cosine from ``base`` to 1."""
-    return cosine_schedule(step, total_steps, base, 1.0)
+def teacher_momentum(step: int, total_steps: int, base: float = 0.996, end: float = 1.0) -> float:
+    """Momentum applied after optimizer step ``step`` (0-based): cosine from ``base`` to ``end`` (DINO's 1)."""
+    return cosine_schedule(step, total_steps, base, end)
 
 
 class DINOHead(nn.Module):
@@ -250,6 +251,10 @@ class DINO(Objective):
         from timm.utils import ModelEmaV3  # here, not at the top: --help needs no timm
 
         super().__init__()
+        for name in ("momentum_teacher", "momentum_teacher_end"):
+            if not 0.0 <= getattr(cfg, name) <= 1.0:
+                raise ValueError(f"dino.{name} {getattr(cfg, name)} is not an EMA momentum; pick one in 0..1 "
+                                 "(DINO: 0.996 rising to 1).")
         self.cfg = cfg
         self.student = self.with_heads(student)
         teacher = self.with_heads(teacher)
@@ -316,7 +321,8 @@ class DINO(Objective):
     @torch.no_grad()
     def after_optimizer_step(self, info: StepInfo) -> None:
         self.loss.update_center()
-        self.teacher.decay = teacher_momentum(info.step, info.total_steps, self.cfg.momentum_teacher)
+        self.teacher.decay = teacher_momentum(info.step, info.total_steps, self.cfg.momentum_teacher,
+                                             self.cfg.momentum_teacher_end)
         self.teacher.update(self.student)
 
     def check_health(self, record: dict) -> list[str]:
