@@ -95,7 +95,7 @@ def main() -> None:
     print(f"  MAE step     {med['MAE step']:.0f} ms (batch {batch})")
     for kind in ("train", "eval"):
         print(f"{kind}: v2 / ours = {med[f'{kind}, v2'] / med[f'{kind}, ours']:.2f}x")
-    print(f"DINO's crops (all 4 of an image): colour path / grey first = {med['dino, colour'] / med['dino, grey']:.2f}x")
+    print(f"DINO's preset crops of an image: colour path / grey first = {med['dino, colour'] / med['dino, grey']:.2f}x")
     for name in ("train, v2", "train, ours"):
         data = med[name] * batch
         print(f"a step's {batch} crops ({name}) = {data / (data + med['MAE step']):.1%} of step + crops")
