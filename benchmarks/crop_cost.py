@@ -25,14 +25,13 @@ import time
 import torch
 
 from flops import print_machine  # benchmarks/flops.py
-from sslvit.config import build_config
 from sslvit.data.dataset import build_dataset
 from sslvit.data.multicrop import MultiCropTransform
 from sslvit.data.transforms import eval_transform, mae_train_transform, v2_normalized_tensor
 from sslvit.recipes.dino import DINORunConfig
 from sslvit.recipes.mae import MAERunConfig
 from sslvit.runtime.cpu_allocator import keep_freed_memory
-from sslvit.train.entry import load_presets, run_config
+from sslvit.train.entry import run_config
 
 
 def v2_chain(transform):
@@ -73,10 +72,10 @@ def main() -> None:
     images = build_dataset("cluttered", "train", 32).items[:args.images]
     train, evaluate = mae_train_transform(32, hflip=False), eval_transform(32)
     paths = {"train, v2": v2_chain(train), "train, ours": train, "eval, v2": v2_chain(evaluate), "eval, ours": evaluate}
-    dino = run_config(DINORunConfig, preset="dino", argv=["--data", "cluttered"]).crops  # as pretrain/dino.py's
+    dino = run_config(DINORunConfig, preset="dino", argv=["--data", "cluttered"]).crops  # as the entry scripts build
     paths["dino, grey"] = MultiCropTransform(32, dino, hflip=False)
     paths["dino, colour"] = MultiCropTransform(32, dataclasses.replace(dino, grayscale_p=0.999), hflip=False)
-    cfg = build_config(MAERunConfig, ["--data", "cluttered"], presets=load_presets("mae"))
+    cfg = run_config(MAERunConfig, preset="mae", argv=["--data", "cluttered"])
     step, batch = mae_step(cfg), cfg.train.batch_size
     for _ in range(2):
         step()
