@@ -15,6 +15,7 @@ from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from timm.models import checkpoint_seq
 from timm.models.vision_transformer import Block, ParallelThingsBlock, VisionTransformer
 
+from sslvit.models.attention import Attention
 from sslvit.models.backbone_config import VIT_SIZES, BackboneConfig, check_img_size  # noqa: F401 (their home was here)
 from sslvit.models.hmlp_stem import HMLPStem
 
@@ -179,6 +180,8 @@ def build_backbone(cfg: BackboneConfig) -> SSLViT:
     spec = timm_spec(cfg)
     spec.pop("model_name")
     spec.pop("pretrained")
-    backbone = SSLViT(fixed_pos_embed=cfg.pos_embed == "sincos", **spec)
+    # sslvit's Attention is timm's with a faster kernel for CPU bf16 training (same parameters), so
+    # it stays out of timm_spec: timm's own Attention loads these weights
+    backbone = SSLViT(fixed_pos_embed=cfg.pos_embed == "sincos", attn_layer=Attention, **spec)
     backbone.set_grad_checkpointing(cfg.grad_checkpointing)
     return backbone

@@ -158,10 +158,13 @@ def cache_file() -> Path:
 
 
 def step_key(objective: torch.nn.Module, batch) -> str:
-    """What decides the step's kernels: the CPU, torch, threads, the objective and its shapes."""
+    """What decides the step's kernels: the CPU, torch, threads, the attention kernel rule, the
+    objective and its shapes."""
+    from sslvit.models.attention import RULE  # timm: imported when a step is timed, not for --help
+
     shapes = [list(t.shape) for t in (batch if isinstance(batch, (list, tuple)) else [batch])]
     params = sum(p.numel() for p in objective.parameters())
-    return (f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
+    return (f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {RULE} | "
             f"{type(objective).__name__} {params} parameters | batch {shapes}")
 
 
