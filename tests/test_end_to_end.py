@@ -1,5 +1,6 @@
 """A real (tiny) MAE run through the entry point: artifacts, resume, probe."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -40,6 +41,21 @@ def test_two_epoch_run_writes_every_artifact(tmp_path, image_folder, fresh_accel
     assert any(list(run.glob("tensorboard/**/events.out.tfevents*")))
     with pytest.raises(FileExistsError, match="--resume"):  # never silently overwrite a run
         _run(tmp_path / "run", image_folder)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_lr_schedule_after_warmup(tmp_path, image_folder, fresh_accelerate, schedule):
+    run = _run(tmp_path / schedule, image_folder, ["--train.lr_schedule", schedule, "--train.min_lr", "1e-5"])
+    lines = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in lines if "loss" in r]  # steps 1-6 of 6, warmup over the first 3
+    peak = 1e-2 * 16 / 256
+    assert lrs[:3] == pytest.approx([0.0, peak / 3, 2 * peak / 3])
+    if schedule == "constant":  # held at the peak to the end
+        assert lrs[3:] == pytest.approx([peak] * 3)
+    else:  # half a cosine from the peak towards min_lr (reached after the last step)
+        assert lrs[3:] == pytest.approx([1e-5 + (peak - 1e-5) * 0.5 * (1 + math.cos(math.pi * k / 3)) for k in range(3)])
+    with pytest.raises(ValueError, match="train.lr_schedule 'linear' is unknown"):
+        _run(tmp_path / "bad", image_folder, ["--train.lr_schedule", "linear"])
 
 
 def test_resumed_run_reaches_the_same_weights(tmp_path, image_folder, fresh_accelerate):

@@ -196,6 +196,7 @@ class Trainer:
         self.total_steps = tc.epochs * self.steps_per_epoch
         self.warmup_steps = int(tc.warmup_epochs * self.steps_per_epoch)
         self.wd_end = tc.weight_decay if tc.weight_decay_end is None else tc.weight_decay_end
+        self.lr_end = self.base_lr if tc.lr_schedule == "constant" else tc.min_lr
 
     def _resume(self) -> Progress:
         if self.resume_from is None:
@@ -317,7 +318,7 @@ class Trainer:
                         steps_per_epoch=self.steps_per_epoch, key=tc.seed * 2**32 + p.step,
                         rows=slice(start, start + b), global_size=self.effective_batch)
         raw.before_micro_batch(info)
-        lr = cosine_schedule(p.step, self.total_steps, self.base_lr, tc.min_lr, self.warmup_steps)
+        lr = cosine_schedule(p.step, self.total_steps, self.base_lr, self.lr_end, self.warmup_steps)
         wd = cosine_schedule(p.step, self.total_steps, tc.weight_decay, self.wd_end)
         for group in self.optimizer.param_groups:
             group["lr"] = lr

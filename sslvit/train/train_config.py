@@ -16,6 +16,7 @@ class TrainConfig:
     blr: float = 1.5e-4  # base lr; lr = blr * batch_size * processes * accum_steps / 256
     lr: Optional[float] = None  # absolute lr, overrides blr
     min_lr: float = 0.0
+    lr_schedule: str = "cosine"  # after warmup: cosine (to min_lr) | constant (held at the peak; short runs)
     warmup_epochs: float = 40.0
     weight_decay: float = 0.05
     weight_decay_end: Optional[float] = None  # cosine weight-decay schedule end; None keeps it constant
@@ -48,6 +49,8 @@ class TrainConfig:
             raise ValueError(f"train.precision '{self.precision}' is unknown; use auto, fp32 (or no), bf16 or fp16.")
         if self.compile != "off":
             check_compile_backend(self.compile)
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"train.lr_schedule '{self.lr_schedule}' is unknown; use cosine or constant.")
         if self.clip_mode not in ("global", "per_param"):
             raise ValueError(f"train.clip_mode '{self.clip_mode}' is unknown; use global or per_param.")
         for name in ("epochs", "batch_size", "accum_steps", "log_every", "save_every", "picture_every",
