@@ -38,7 +38,8 @@ from sslvit.train.entry import run_config, training_set
 from sslvit.train.optim import build_adamw, clip_grad_per_param_
 from sslvit.train.precision import timing_batch
 
-SHAPES = [(256, 3, 5), (128, 3, 17), (512, 3, 5), (32, 6, 50), (32, 6, 197), (32, 6, 257), (16, 6, 401), (16, 6, 577)]
+SHAPES = [(256, 3, 5), (128, 3, 17), (512, 3, 5), (32, 6, 50), (32, 6, 197), (32, 6, 257), (16, 6, 401), (16, 6, 577),
+          (16, 6, 785)]
 
 
 def kernel_ms(B: int, H: int, T: int, dtype, fused: bool, backward: bool, reps: int = 5) -> float:

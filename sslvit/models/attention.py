@@ -1,14 +1,16 @@
 """timm's ``Attention`` with one kernel choice of its own: explicit softmax(QK^T)V where torch's
 fused CPU kernel is slow.
 
-On CPU, ``F.scaled_dot_product_attention`` in bf16 runs a flash kernel whose backward is 2-6x
-slower than the three explicit ops for sequences of up to a few hundred tokens (ViT-Ti, 17 and
-5 tokens: 5x; ViT-S/16 at 224 px, 197 tokens: 2.4x; 257 tokens: 1.1x; 401: 0.95x), while its
-forward alone is as fast or faster (benchmarks/attention_kernel.py measures both). So training
-steps under CPU bf16 with short sequences take the explicit path; everything else (fp32, GPUs,
-inference, long sequences) keeps timm's choice. Both paths compute the same attention: the
-parameters, their names and the state dict are timm's, and a backbone built with timm's own
-``Attention`` loads these weights unchanged.
+On CPU, ``F.scaled_dot_product_attention`` in bf16 runs a flash kernel whose backward is much
+slower than the three explicit ops for the sequences small images give (fwd + bwd, 2-core Xeon
+with AMX, benchmarks/attention_kernel.py: 5 tokens 2.0x, 17 tokens 6.4x, 50 tokens 4.6x, ViT-S/16
+at 224 px's 197 tokens 2.1x, 257-577 tokens 1.5-1.8x, 785 tokens 1.2x, where a first trial had
+the fused kernel ahead, 0.72x), while in fp32 the fused kernel is as fast or faster. So training steps
+under CPU bf16 (or fp16) with at most ``MAX_EXPLICIT_TOKENS`` tokens take the explicit path;
+everything else (fp32, GPUs, inference, long sequences, whose explicit attention matrix also
+grows as tokens^2) keeps timm's choice. Both paths compute the same attention: the parameters,
+their names and the state dict are timm's, and a backbone built with timm's own ``Attention``
+loads these weights unchanged.
 """
 from __future__ import annotations
 
@@ -17,8 +19,8 @@ from typing import Optional
 import torch
 from timm.layers import Attention as TimmAttention
 
-# the longest sequence that takes the explicit path (benchmarks/attention_kernel.py: at 257 tokens
-# explicit is 1.1x faster, at 401 the fused kernel is)
+# the longest sequence that takes the explicit path: past ViT-B/16's 197 tokens at 224 px, below
+# where the fused kernel wins again (somewhere above 577 tokens, and it moves with the machine)
 MAX_EXPLICIT_TOKENS = 256
 RULE = f"explicit attention for CPU bf16/fp16 training up to {MAX_EXPLICIT_TOKENS} tokens"
 _HALF = (torch.bfloat16, torch.float16)
