@@ -38,6 +38,9 @@ def test_dino_small_recipe_uses_sincos_positions_and_layerscale():
     assert small.model.dynamic_img_size  # the local crops still resize the table
     # chosen from an MAE start (README, "DINO on an MAE start"), which the note under the recipe line asks for
     assert (small.crops.grayscale_p, small.train.blr) == (1.0, 4e-3) and "--init" in small._recipe_line
+    # a short run's schedules: lr and the teacher's momentum held, the last layer free from the start
+    assert (small.train.lr_schedule, small.dino.momentum_teacher, small.dino.momentum_teacher_end,
+            small.dino.freeze_last_layer, small.train.epochs) == ("constant", 0.98, 0.98, 0, 8)
     ref = run_config(DINORunConfig, preset="dino", argv=["--data", "cluttered", "--model.pos_embed", "learned"])
     assert ref.model.pos_embed == "learned"  # the reference's choice stays one key away
 
