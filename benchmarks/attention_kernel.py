@@ -4,7 +4,7 @@ steps of the ``cluttered`` presets.
 
 1. The kernel alone, forward + backward and forward only, fp32 and bf16, at the sequence
    lengths of this project's presets (DINO's 17 and 5 tokens, MAE's 5 visible and 17 decoder
-   tokens) and of ViT-S/16 (197 tokens at 224 px) up to 577 tokens.
+   tokens) and of ViT-S/16 (197 tokens at 224 px) up to 785 tokens.
 2. One training step (forward, backward, AdamW; DINO also its per-parameter clipping and EMA) of
    DINO's, MAE's and BEiT's ``cluttered`` presets as the entry scripts build them, under bf16
    autocast, with sslvit's choice against timm's fused kernel everywhere; and in fp32, where the
@@ -107,7 +107,11 @@ def main() -> None:
 
 
 def print_steps(args) -> None:
-    out = tempfile.mkdtemp(prefix="attention_kernel-")  # BEiT's tokenizer is written there
+    with tempfile.TemporaryDirectory(prefix="attention_kernel-") as out:  # BEiT writes its tokenizer there
+        print_step_table(args, out)
+
+
+def print_step_table(args, out: str) -> None:
     recipes = {"dino": DINORunConfig, "mae": MAERunConfig, "beit": BEiTRunConfig}
     chooser = attention.explicit_is_faster
     print(f"\n2. one training step of each `cluttered` preset, ms (medians of {args.rounds} rounds x {args.steps} steps)")
