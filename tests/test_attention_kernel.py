@@ -95,18 +95,15 @@ def test_the_backbones_attention_loads_into_timms_own_block():
     from sslvit.models.vit import build_backbone, timm_spec
 
     cfg = BackboneConfig(size="tiny", patch_size=8, img_size=32)
-    ours = build_backbone(cfg).eval()
+    ours = build_backbone(cfg)
     assert all(type(b.attn) is Attention for b in ours.blocks)
     spec = timm_spec(cfg)
     spec.pop("model_name"), spec.pop("pretrained")
-    theirs = VisionTransformer(**spec).eval()
+    theirs = VisionTransformer(**spec)
     assert all(type(b.attn) is TimmAttention for b in theirs.blocks)
     theirs.load_state_dict(ours.state_dict(), strict=True)
     imgs = torch.randn(2, 3, 32, 32)
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # ours explicit (training mode grad on), theirs fused
-        ours.train(), theirs.train()
-        torch.manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # grad on: ours takes the explicit ops, theirs the fused kernel
         a = ours.forward_features(imgs)
-        torch.manual_seed(0)
         b = theirs.forward_features(imgs)
     torch.testing.assert_close(a.float(), b.float(), atol=0.1, rtol=0.05)

@@ -31,8 +31,7 @@ def explicit_is_faster(x: torch.Tensor) -> bool:
     step on a short sequence, where the explicit kernels beat the fused one."""
     if x.device.type != "cpu" or not torch.is_grad_enabled() or x.shape[1] > MAX_EXPLICIT_TOKENS:
         return False
-    half = x.dtype in _HALF or (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") in _HALF)
-    return half
+    return x.dtype in _HALF or (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") in _HALF)
 
 
 class Attention(TimmAttention):
