@@ -26,6 +26,8 @@ from flops import print_machine  # noqa: E402
 
 from sslvit.data import cluttered  # noqa: E402
 from sslvit.data.dataset import ImageDataset  # noqa: E402
+from sslvit.data.multicrop import MultiCropTransform  # noqa: E402
+from sslvit.data.transforms import hflip_for  # noqa: E402
 from sslvit.recipes.dino import DINORunConfig  # noqa: E402
 from sslvit.train import entry  # noqa: E402
 
@@ -70,8 +72,9 @@ def redraw_training_set(keep_pose: bool):
         pool, labels = cluttered.sources("train")
         copies = cluttered.COPIES["train"]
         items = [Drawings(d, pool, spec["strength"], cfg.model.img_size) for _ in range(copies) for d in pool]
-        return ImageDataset(items, np.tile(labels, copies).tolist(), transform=RedrawCrops(cfg.train_transform(),
-                                                                                        keep_pose),
+        # per image: each crop comes from its own drawing, so crops.batched (one image, many crops) cannot apply
+        multicrop = MultiCropTransform(cfg.model.img_size, cfg.crops, hflip_for(cfg.data, cfg.train.hflip))
+        return ImageDataset(items, np.tile(labels, copies).tolist(), transform=RedrawCrops(multicrop, keep_pose),
                             seed=cfg.train.seed)
     return training_set
 
@@ -84,7 +87,7 @@ def main() -> None:
     print_machine()
     entry.training_set = redraw_training_set(keep_pose=args.redraw == "nuisance")
     entry.run_pretraining(DINORunConfig, "dino", argv=["--data", "cluttered", "--out", args.out,
-                                                       "--train.knn_every", "1", *keys])
+                                                       "--train.knn_every", "1", "--crops.batched", "false", *keys])
 
 
 if __name__ == "__main__":

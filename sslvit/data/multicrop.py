@@ -22,6 +22,9 @@ class MultiCropConfig:
     color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
     color_jitter_p: float = 0.8
     grayscale_p: float = 0.2
+    # draw each image's crop parameters in the data set, make the crops a batch at a time (batched_multicrop.py):
+    # the same distribution, a fraction of the time on small images; no antialias when a crop shrinks
+    batched: bool = False
 
     def validate(self, global_size: int, patch_size: int) -> None:
         if self.local_number < 0:
@@ -37,7 +40,7 @@ class MultiCropConfig:
                 raise ValueError(f"crops.{name} {getattr(self, name)} must satisfy 0 < low <= high <= 1.")
 
 
-def _blur_kernel(size: int, max_sigma: float) -> int:
+def blur_kernel_size(size: int, max_sigma: float) -> int:
     # an odd kernel that covers +-3 sigma, but never more than the crop
     k = min(2 * int(3 * max_sigma) + 1, size - 1 if size % 2 == 0 else size)
     return max(3, k)
@@ -63,7 +66,7 @@ def _view(size: int, scale, blur_p: float, solarize_p: float, cfg: MultiCropConf
         ops.append(v2.RandomGrayscale(p=cfg.grayscale_p))
     if blur_p > 0:
         sigma = cfg.blur_sigma
-        ops.append(v2.RandomApply([v2.GaussianBlur(_blur_kernel(size, sigma[1]), sigma=tuple(sigma))], p=blur_p))
+        ops.append(v2.RandomApply([v2.GaussianBlur(blur_kernel_size(size, sigma[1]), sigma=tuple(sigma))], p=blur_p))
     if solarize_p > 0:
         ops.append(v2.RandomSolarize(threshold=128, p=solarize_p))
     if grey:
@@ -86,6 +89,16 @@ class MultiCropTransform:
 
     def __call__(self, img) -> list[torch.Tensor]:
         return [self.global1(img), self.global2(img)] + [self.local(img) for _ in range(self.local_number)]
+
+
+def multicrop_data(global_size: int, cfg: MultiCropConfig, hflip: bool = True):
+    """-> (the per-sample transform, the collate) of DINO's multi-crop: per image (``MultiCropTransform``,
+    ``multicrop_collate``) or, with ``cfg.batched``, drawn per image and made per batch."""
+    if not cfg.batched:
+        return MultiCropTransform(global_size, cfg, hflip), multicrop_collate
+    from sslvit.data.batched_multicrop import BatchedMultiCropCollate, MultiCropDraw  # it builds on this module
+
+    return MultiCropDraw(cfg, hflip), BatchedMultiCropCollate(global_size, cfg)
 
 
 def multicrop_collate(batch):

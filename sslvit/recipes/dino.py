@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
-from sslvit.data.multicrop import MultiCropConfig, MultiCropTransform, multicrop_collate
+from sslvit.data.multicrop import MultiCropConfig, multicrop_data
 from sslvit.data.transforms import hflip_for
 from sslvit.models.backbone_config import BackboneConfig
 from sslvit.objectives.dino import DINO, DINOConfig
@@ -55,7 +55,7 @@ class DINORunConfig:
         return DINO(student, teacher, self.dino)
 
     def train_transform(self):
-        return MultiCropTransform(self.model.img_size, self.crops, hflip_for(self.data, self.train.hflip))
+        return multicrop_data(self.model.img_size, self.crops, hflip_for(self.data, self.train.hflip))[0]
 
     def collate_fn(self):
-        return multicrop_collate
+        return multicrop_data(self.model.img_size, self.crops)[1]

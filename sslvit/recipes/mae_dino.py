@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from sslvit.data.collates import CompositeCollate
-from sslvit.data.multicrop import MultiCropConfig, MultiCropTransform, multicrop_collate
+from sslvit.data.multicrop import MultiCropConfig, multicrop_data
 from sslvit.data.transforms import CompositeTransform, hflip_for, mae_train_transform
 from sslvit.models.backbone_config import VIT_SIZES, BackboneConfig
 from sslvit.objectives.composite import Composite
@@ -71,8 +71,9 @@ class MAEDINORunConfig:
     def train_transform(self):
         size, hflip = self.model.img_size, hflip_for(self.data, self.train.hflip)
         make = {"mae": lambda: mae_train_transform(size, self.train.crop_scale, hflip=hflip),
-                "dino": lambda: MultiCropTransform(size, self.crops, hflip)}
+                "dino": lambda: multicrop_data(size, self.crops, hflip)[0]}
         return CompositeTransform({name: make[name]() for name in self.parts()})
 
     def collate_fn(self):
-        return CompositeCollate({name: {"mae": None, "dino": multicrop_collate}[name] for name in self.parts()})
+        dino = multicrop_data(self.model.img_size, self.crops)[1]
+        return CompositeCollate({name: {"mae": None, "dino": dino}[name] for name in self.parts()})
