@@ -139,6 +139,18 @@ def test_recipe_chosen_by_the_data(tmp_path):
     assert PRESETS["cluttered"]["model"]["img_size"] == 32  # the preset itself is untouched
 
 
+def test_batched_crops_stay_only_for_images_near_the_crop_size():
+    """DINO's crops made a batch at a time are not low-passed when shrunk: a folder of large images
+    gets the per-image crops, one of small images keeps the preset's batched crops."""
+    from sslvit.train.entry import load_presets
+
+    dino = load_presets("dino")["cluttered"]
+    assert dino["crops"]["batched"] == "true"  # preset values stay text until the config types them
+    for side, batched in [(32, "true"), (40, "true"), (64, "true"), (96, "true"), (97, "false"), (224, "false")]:
+        assert fitted_small_recipe(dino, DataShape(9_000, side, False))["crops"]["batched"] == batched, side
+    assert dino["crops"]["batched"] == "true"  # the preset itself is untouched
+
+
 def test_large_data_keeps_the_reference_defaults():
     big = DataShape(count=50_000, side=224, labelled=False)
     assert fitted_small_recipe(PRESETS["cluttered"], DataShape(9_000, 224, False))["train"]["epochs"] == 10

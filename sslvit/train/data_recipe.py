@@ -11,7 +11,9 @@ The small-data recipe of each objective is its ``cluttered`` preset (chosen by t
   - fewer images than the 4,500 it was tuned on get proportionally more epochs (at most 4x), so
     the run takes about the same number of steps;
   - the batch is at most half the images (a power of two), and the online k-NN is off
-    (``train.knn_every N`` turns it on for a labelled folder).
+    (``train.knn_every N`` turns it on for a labelled folder);
+  - DINO's crops are made a batch at a time (``crops.batched``) only when the images' short side
+    is at most BATCHED_SHRINK times the crops' size: that path does not low-pass a crop it shrinks.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ TUNED_COUNT = 4_500  # training images of the embedded 'cluttered' set
 TUNED_SIZE = 32
 MAX_EPOCH_SCALE = 4
 PIXEL_KEYS = (("model", "img_size"), ("model", "patch_size"), ("crops", "local_size"))
+BATCHED_SHRINK = 1.5
 
 
 def fitted_small_recipe(preset: dict, shape: DataShape) -> dict:
@@ -46,6 +49,9 @@ def fitted_small_recipe(preset: dict, shape: DataShape) -> dict:
     if "batch_size" in train:  # a batch of at most half the images: a few dozen images still train
         train["batch_size"] = min(int(train["batch_size"]), max(2, 1 << max(0, (shape.count // 2).bit_length() - 1)))
     train["knn_every"] = 0  # your data's labels, if any, are for the probes; turn it on with train.knn_every
+    crops = recipe.get("crops", {})
+    if "batched" in crops and shape.side > BATCHED_SHRINK * TUNED_SIZE * scale:
+        crops["batched"] = "false"  # large images shrunk to 32-64 px crops alias without the per-image antialias
     return recipe
 
 
