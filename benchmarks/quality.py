@@ -5,13 +5,15 @@ under it its twin, the same backbone shape at random weights (k-NN, linear, and 
 it: trained with labels only, the supervised row); raw pixels (k-NN, and the same linear probe
 on the pixels); ``--ceiling_epochs``: the first objective's twin trained with labels for longer.
 
-    python benchmarks/quality.py [--data cluttered] [--objectives mae,beit,dino,dino@mae,ibot]
+    python benchmarks/quality.py [--data cluttered] [--objectives mae,beit,dino,dino@mae33,ibot]
         [--seeds 0] [--finetune_epochs 20] [--ceiling_epochs 60] [--out runs/quality]
         [--extra "--train.epochs 4"]
     python benchmarks/quality.py --merge runs/a/quality.json runs/b/quality.json ...
 
 ``OBJ@START`` is OBJ started from the weights of this seed's START run (``dino@mae``: DINO's preset
-with ``--init`` the ``mae`` run, listed before it); its minutes are both runs'.
+with ``--init`` the ``mae`` run, listed before it); its minutes are both runs'. A START that ends in
+a number is that objective's preset for that many epochs, trained first if this seed has none
+(``dino@mae33``: DINO from a 33-epoch MAE run, the start DINO's ``cluttered`` preset names).
 Runs that already hold a backbone are probed again, not retrained, and a fine-tuning of the same
 recipe and epochs is reused (delete --out to start over).
 Every figure is one run's; with several seeds each cell is mean +- spread (max - min) / 2.
@@ -27,6 +29,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import re
 import shlex
 import statistics
 import subprocess
@@ -116,20 +119,30 @@ def random_init_run(out: Path, like: Path, seed: int) -> Path:
     return out
 
 
+def split_epochs(name: str) -> tuple[str, list[str]]:
+    """'mae33' -> ('mae', ['--train.epochs', '33']); 'mae' -> ('mae', [])."""
+    m = re.fullmatch(r"([a-z_]+?)(\d+)", name)
+    return (m[1], ["--train.epochs", m[2]]) if m else (name, [])
+
+
 def pretrain(args, run: Path, seed: int) -> float | None:
-    """Train ``run`` (named by its objective; ``dino@mae``: DINO started from this seed's ``mae`` run)
-    unless it holds a backbone; -> its wall minutes, a started run's with its start's added."""
-    obj, _, start = run.name.partition("@")
+    """Train ``run`` (named by its objective; ``dino@mae``: DINO started from this seed's ``mae`` run;
+    ``mae33``: MAE's preset for 33 epochs) unless it holds a backbone; -> its wall minutes, a started
+    run's with its start's added."""
+    name, _, start = run.name.partition("@")
+    obj, epochs = split_epochs(name)
     weights = run.parent / start / "backbone.safetensors"
     if start and not weights.is_file():
-        raise SystemExit(f"{run.name} starts from {start}'s run of this seed and {weights} is missing; "
-                         f"list {start} before {run.name} in --objectives.")
+        if not split_epochs(start)[1]:
+            raise SystemExit(f"{run.name} starts from {start}'s run of this seed and {weights} is missing; "
+                             f"list {start} before {run.name} in --objectives.")
+        pretrain(args, run.parent / start, seed)  # a start of a named length: trained here, for this row
     init = ["--init", str(weights)] if start else []
     wall_file = "quality_wall_s.json"  # the pretraining's wall time, kept for a re-probe
     if not (run / "backbone.safetensors").is_file():
         run.parent.mkdir(parents=True, exist_ok=True)
         wall = sh([PY, f"pretrain/{obj}.py", "--data", args.data, "--out", str(run), "--train.seed", str(seed),
-                   *init, *shlex.split(args.extra)], run.parent / f"{run.name}.log")
+                   *init, *shlex.split(args.extra), *epochs], run.parent / f"{run.name}.log")
         (run / wall_file).write_text(json.dumps(wall))
     walls = [run / wall_file] + ([run.parent / start / wall_file] if start else [])
     if not all(f.is_file() for f in walls):
@@ -203,7 +216,7 @@ def merged(files: list[str]) -> list[dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="cluttered")
-    p.add_argument("--objectives", default="mae,beit,dino,dino@mae,ibot")
+    p.add_argument("--objectives", default="mae,beit,dino,dino@mae33,ibot")
     p.add_argument("--seeds", default="0", help="comma-separated training seeds")
     p.add_argument("--finetune_epochs", type=int, default=20, help="0: no fine-tuning")
     p.add_argument("--ceiling_epochs", type=int, default=0,

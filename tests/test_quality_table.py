@@ -28,10 +28,11 @@ def test_merge_names_a_missing_file(tmp_path):
         quality.merged([str(tmp_path / "nope.json")])
 
 
-def test_a_started_objective_inits_from_its_start_and_counts_both_walls(tmp_path, monkeypatch):
+def fake_pretraining(monkeypatch) -> list:
+    """quality.sh replaced by a pretraining that writes its backbone and takes 60 s; -> its calls."""
     calls = []
 
-    def fake_sh(args, log):  # a pretraining that writes its backbone and took 60 s
+    def fake_sh(args, log):
         calls.append(args)
         out = Path(args[args.index("--out") + 1])
         out.mkdir(parents=True)
@@ -39,6 +40,11 @@ def test_a_started_objective_inits_from_its_start_and_counts_both_walls(tmp_path
         return 60.0
 
     monkeypatch.setattr(quality, "sh", fake_sh)
+    return calls
+
+
+def test_a_started_objective_inits_from_its_start_and_counts_both_walls(tmp_path, monkeypatch):
+    calls = fake_pretraining(monkeypatch)
     args = type("Args", (), {"data": "cluttered", "extra": "--train.epochs 2"})()
     root = tmp_path / "seed3"
     with pytest.raises(SystemExit, match="list mae before dino@mae"):
@@ -49,3 +55,16 @@ def test_a_started_objective_inits_from_its_start_and_counts_both_walls(tmp_path
     assert calls[-1][calls[-1].index("--init") + 1] == str(root / "mae" / "backbone.safetensors")
     assert calls[-1][-2:] == ["--train.epochs", "2"] and "--init" not in calls[0]
     assert quality.pretrain(args, root / "dino@mae", 3) == 2.0 and len(calls) == 2  # kept, not retrained
+
+
+def test_a_start_of_named_epochs_is_trained_first_for_that_many(tmp_path, monkeypatch):
+    calls = fake_pretraining(monkeypatch)
+    args = type("Args", (), {"data": "cluttered", "extra": ""})()
+    root = tmp_path / "seed0"
+    assert quality.pretrain(args, root / "dino@mae33", 0) == 2.0
+    mae, dino = calls
+    assert mae[1] == "pretrain/mae.py" and mae[-2:] == ["--train.epochs", "33"] and "--init" not in mae
+    assert mae[mae.index("--out") + 1] == str(root / "mae33")
+    assert dino[1] == "pretrain/dino.py" and "--train.epochs" not in dino
+    assert dino[dino.index("--init") + 1] == str(root / "mae33" / "backbone.safetensors")
+    assert quality.split_epochs("mae_dino") == ("mae_dino", [])
