@@ -6,7 +6,8 @@ builds it (ViT-Ti/8, 32 px, batch 128, mask 0.75, its decoder; fused AdamW, fp32
 ``cluttered`` multi-crop (2 global + 2 local crops an image) with every crop grey as its preset
 has it (``crops.grayscale_p 1``: one channel from the first op, since 2026-12-05) against
 ``grayscale_p 0.999``, which takes the colour path (jitter on RGB, then RandomGrayscale): the
-path every grey crop took before.
+path every grey crop took before; and DINO's crops made a batch at a time (``crops.batched``, since
+2026-12-05): the per-image draw plus the batch's collate, per image, at the preset's batch (64).
 
 All in one process, interleaved over ``--rounds`` rounds, medians reported, so the machine's
 noise (this shared machine's pace moves by 1.5x within an hour) hits each alike. The epoch share
@@ -26,7 +27,7 @@ import torch
 
 from flops import print_machine  # benchmarks/flops.py
 from sslvit.data.dataset import build_dataset
-from sslvit.data.multicrop import MultiCropTransform
+from sslvit.data.multicrop import MultiCropTransform, multicrop_data
 from sslvit.data.transforms import eval_transform, mae_train_transform, v2_normalized_tensor
 from sslvit.recipes.dino import DINORunConfig
 from sslvit.recipes.mae import MAERunConfig
@@ -46,6 +47,15 @@ def ms_per_image(transform, images) -> float:
     for img in images:
         transform(img)
     return (time.perf_counter() - t0) / len(images) * 1e3
+
+
+def ms_per_image_batched(crops, images, batch: int) -> float:
+    """``crops`` = (per-sample draw, collate): both, per image, over batches of ``batch``."""
+    draw, collate = crops
+    t0 = time.perf_counter()
+    for start in range(0, len(images) - batch + 1, batch):
+        collate([(draw(img), 0, 0) for img in images[start:start + batch]])
+    return (time.perf_counter() - t0) / (len(images) // batch * batch) * 1e3
 
 
 def mae_step(cfg: MAERunConfig):
@@ -75,26 +85,34 @@ def main() -> None:
     dino = run_config(DINORunConfig, preset="dino", argv=["--data", "cluttered"]).crops  # as the entry scripts build
     paths["dino, grey"] = MultiCropTransform(32, dino, hflip=False)
     paths["dino, colour"] = MultiCropTransform(32, dataclasses.replace(dino, grayscale_p=0.999), hflip=False)
+    batched = {"dino, batched": multicrop_data(32, dataclasses.replace(dino, batched=True), hflip=False),
+               "dino, colour batched": multicrop_data(32, dataclasses.replace(dino, batched=True, grayscale_p=0.999),
+                                                      hflip=False)}
+    dino_batch = run_config(DINORunConfig, preset="dino", argv=["--data", "cluttered"]).train.batch_size
     cfg = run_config(MAERunConfig, preset="mae", argv=["--data", "cluttered"])
     step, batch = mae_step(cfg), cfg.train.batch_size
     for _ in range(2):
         step()
-    times = {name: [] for name in [*paths, "MAE step"]}
+    times = {name: [] for name in [*paths, *batched, "MAE step"]}
     for _ in range(args.rounds):
         for name, tf in paths.items():
             times[name].append(ms_per_image(tf, images))
+        for name, crops in batched.items():
+            times[name].append(ms_per_image_batched(crops, images, dino_batch))
         t0 = time.perf_counter()
         for _ in range(args.steps):
             step()
         times["MAE step"].append((time.perf_counter() - t0) / args.steps * 1e3)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"\n{args.images} images of cluttered (32 px), {args.rounds} rounds, medians:")
-    for name in paths:
+    for name in [*paths, *batched]:
         print(f"  {name:<12} {med[name]:.3f} ms/image")
     print(f"  MAE step     {med['MAE step']:.0f} ms (batch {batch})")
     for kind in ("train", "eval"):
         print(f"{kind}: v2 / ours = {med[f'{kind}, v2'] / med[f'{kind}, ours']:.2f}x")
     print(f"DINO's preset crops of an image: colour path / grey first = {med['dino, colour'] / med['dino, grey']:.2f}x")
+    print(f"DINO's preset crops, per image / batched (batch {dino_batch}): grey {med['dino, grey'] / med['dino, batched']:.2f}x, "
+          f"colour {med['dino, colour'] / med['dino, colour batched']:.2f}x")
     for name in ("train, v2", "train, ours"):
         data = med[name] * batch
         print(f"a step's {batch} crops ({name}) = {data / (data + med['MAE step']):.1%} of step + crops")
