@@ -40,9 +40,27 @@ def test_dino_small_recipe_uses_sincos_positions_and_layerscale():
     assert (small.crops.grayscale_p, small.train.blr) == (1.0, 4e-3) and "--init" in small._recipe_line
     # a short run's schedules: lr and the teacher's momentum held, the last layer free from the start
     assert (small.train.lr_schedule, small.dino.momentum_teacher, small.dino.momentum_teacher_end,
-            small.dino.freeze_last_layer, small.train.epochs) == ("constant", 0.98, 0.98, 0, 8)
+            small.dino.freeze_last_layer) == ("constant", 0.98, 0.98, 0)
+    # 14 epochs of batched crops from a 33-epoch MAE start, which the note names (README, "Fourteen epochs")
+    assert small.train.epochs == 14 and small.crops.batched and "--train.epochs 33" in small._recipe_line
     ref = run_config(DINORunConfig, preset="dino", argv=["--data", "cluttered", "--model.pos_embed", "learned"])
     assert ref.model.pos_embed == "learned"  # the reference's choice stays one key away
+
+
+def test_ibot_cluttered_preset_is_dinos_short_run_from_the_same_mae_start():
+    from sslvit.recipes.dino import DINORunConfig
+    from sslvit.recipes.ibot import IBOTRunConfig
+    from sslvit.train.entry import run_config
+
+    ibot = run_config(IBOTRunConfig, preset="ibot", argv=["--data", "cluttered"])
+    dino = run_config(DINORunConfig, preset="dino", argv=["--data", "cluttered"])
+    assert ibot.model == dino.model  # MAE's shape: --init from the MAE run loads
+    for section, keys in [("dino", ("momentum_teacher", "momentum_teacher_end", "freeze_last_layer", "koleo_weight")),
+                          ("train", ("blr", "lr_schedule", "batch_size")), ("crops", ("grayscale_p", "batched"))]:
+        for key in keys:
+            assert getattr(getattr(ibot, section), key) == getattr(getattr(dino, section), key), (section, key)
+    # an iBOT step costs 1.2x DINO's: 12 epochs fit the budget where DINO runs 14 (README, "iBOT with DINO's short-run keys")
+    assert ibot.train.epochs == 12 and "--train.epochs 33" in ibot._recipe_line
 
 
 def test_yaml_then_command_line_overrides(tmp_path):
