@@ -50,7 +50,8 @@ OBJECTIVES = {
     "ibot": (IBOTRunConfig, "pretrain/ibot.py", ["--crops.local_number", "2", "--crops.local_size", "8",
                                                  "--dino.out_dim", "128", "--dino.hidden_dim", "64",
                                                  "--dino.bottleneck_dim", "32", "--dino.use_bn_in_head", "false",
-                                                 "--ibot.shared_head", "false", "--ibot.patch_out_dim", "96"]),
+                                                 "--ibot.shared_head", "false", "--ibot.patch_out_dim", "96",
+                                                 "--dino.koleo_weight", "0"]),  # as DINO's: per process batch
 }
 PORTS = {"mae": 29540, "dino": 29541, "ibot": 29545}
 
