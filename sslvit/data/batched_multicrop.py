@@ -1,9 +1,11 @@
 """DINO's multi-crop with its random parameters drawn per image and its pixels made per batch
 (``crops.batched``): ``MultiCropDraw`` runs in the data set, under the sample's keyed generator,
 and returns the image untouched beside its views' parameters; ``BatchedMultiCropCollate`` makes
-every crop of the batch in a few batched ops (``batch_ops``). The same distribution as
-``MultiCropTransform`` (same draws, same op order); on 2 CPU cores a quarter of the time of a small
-DINO step went to cropping 4 views an image one op at a time (benchmarks/crop_cost.py)."""
+every crop of the batch in a few batched ops (``batch_ops``). Each parameter has the distribution
+``MultiCropTransform`` draws it from, and the ops run in its order (the two differences, at a
+crop's rim and when a crop shrinks, are ``batch_ops.resized_crop``'s); on 2 CPU cores a quarter
+of the time of a small DINO step went to cropping 4 views an image one op at a time
+(benchmarks/crop_cost.py)."""
 from __future__ import annotations
 
 import math
@@ -84,7 +86,7 @@ class MultiCropDraw:
         """-> (V, COLUMNS) parameters of every view of one image of this size, from one ``torch.rand``
         (the generator the data set keys by sample)."""
         cfg, v = self.cfg, len(self.scale)
-        u = torch.rand(v, 2 * TRIES + 2 + 14, dtype=torch.float64).numpy()
+        u = torch.rand(v, 2 * TRIES + 2 + 14, dtype=torch.float64).numpy()  # the box's, then 14 for the rest
         boxes, u = u[:, :2 * TRIES + 2], u[:, 2 * TRIES + 2:]
         p = np.zeros((v, COLUMNS))
         p[:, TOP:WIDTH + 1] = crop_boxes(height, width, self.scale, boxes)
