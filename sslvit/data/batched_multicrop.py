@@ -8,6 +8,7 @@ of the time of a small DINO step went to cropping 4 views an image one op at a t
 (benchmarks/crop_cost.py)."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -114,21 +115,23 @@ class BatchedMultiCropCollate:
 
     def __init__(self, global_size: int, cfg: MultiCropConfig):
         self.cfg = cfg
-        self.sizes = [global_size] * 2 + [cfg.local_size] * cfg.local_number
+        sizes = [global_size] * 2 + [cfg.local_size] * cfg.local_number
+        # (first view, its number of views, crop size) of each run of views of one size: the output groups
+        self.groups, first = [], 0
+        for size, run in itertools.groupby(sizes):
+            count = len(list(run))
+            self.groups.append((first, count, size))
+            first += count
         self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
     def __call__(self, samples):
         images = [s[0][0] for s in samples]
         params = torch.stack([s[0][1] for s in samples], 1)  # (V, B, COLUMNS)
-        groups, start = [], 0
-        while start < len(self.sizes):
-            end = start
-            while end < len(self.sizes) and self.sizes[end] == self.sizes[start]:
-                end += 1
-            p = params[start:end].reshape(-1, COLUMNS)  # view-major rows
-            groups.append(self.views(_crops(images, p, end - start, self.sizes[start]), p))
-            start = end
+        groups = []
+        for first, count, size in self.groups:
+            p = params[first:first + count].reshape(-1, COLUMNS)  # view-major rows
+            groups.append(self.views(_crops(images, p, count, size), p))
         labels = torch.tensor([s[1] for s in samples])
         skipped = torch.tensor([s[2] for s in samples])
         return groups, labels, skipped
@@ -139,11 +142,11 @@ class BatchedMultiCropCollate:
         cfg = self.cfg
         x = self.jitter(x, p)
         if 0 < cfg.grayscale_p < 1 and x.shape[1] == 3:
-            x = _where(p[:, GREY_ON], lambda: batch_ops.grey(x).expand_as(x), x)
+            x = _where(p[:, GREY_ON] > 0, lambda: batch_ops.grey(x).expand_as(x), x)
         if cfg.blur_sigma[1] > 0:
             kernel = blur_kernel_size(x.shape[-1], cfg.blur_sigma[1])
-            x = _where(p[:, BLUR_ON], lambda: batch_ops.gaussian_blur(x, p[:, SIGMA].clamp_min(1e-6), kernel), x)
-        x = _where(p[:, SOLAR_ON], lambda: batch_ops.solarize(x, 128 / 255), x)
+            x = _where(p[:, BLUR_ON] > 0, lambda: batch_ops.gaussian_blur(x, p[:, SIGMA].clamp_min(1e-6), kernel), x)
+        x = _where(p[:, SOLAR_ON] > 0, lambda: batch_ops.solarize(x, 128 / 255), x)
         return (x.expand(-1, 3, -1, -1) - self.mean) / self.std
 
     def jitter(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -157,16 +160,15 @@ class BatchedMultiCropCollate:
         for position in range(4):
             for index, (column, op, amount) in enumerate(ops):
                 if amount:
-                    x = _where((on & (order[:, position] == index)).float(), lambda: op(x, p[:, column]), x)
+                    x = _where(on & (order[:, position] == index), lambda: op(x, p[:, column]), x)
         return x
 
 
 def _where(on: torch.Tensor, make, x: torch.Tensor) -> torch.Tensor:
-    """x with the rows where ``on`` (N,) replaced by ``make()``'s; ``make`` not called when none are."""
-    mask = on > 0
-    if not mask.any():
+    """x with the rows where ``on`` (N,) bool replaced by ``make()``'s; ``make`` not called when none are."""
+    if not on.any():
         return x
-    return torch.where(mask.view(-1, 1, 1, 1), make(), x)
+    return torch.where(on.view(-1, 1, 1, 1), make(), x)
 
 
 def _crops(images: list[torch.Tensor], p: torch.Tensor, views: int, size: int) -> torch.Tensor:
@@ -174,14 +176,9 @@ def _crops(images: list[torch.Tensor], p: torch.Tensor, views: int, size: int) -
     by_shape: dict[tuple, list[int]] = {}
     for i, img in enumerate(images):
         by_shape.setdefault(tuple(img.shape), []).append(i)
-    out = None
-    for shape, index in by_shape.items():
+    out = torch.empty(len(p), images[0].shape[0], size, size)
+    for index in by_shape.values():
         x = torch.stack([images[i] for i in index]).float().div_(255)
         rows = torch.tensor([v * len(images) + i for v in range(views) for i in index])
-        crops = batch_ops.resized_crop(x.repeat(views, 1, 1, 1), p[rows, TOP:WIDTH + 1], p[rows, FLIP] > 0, size)
-        if out is None:
-            if len(by_shape) == 1:
-                return crops
-            out = crops.new_empty(len(p), shape[0], size, size)
-        out[rows] = crops
+        out[rows] = batch_ops.resized_crop(x.repeat(views, 1, 1, 1), p[rows, TOP:WIDTH + 1], p[rows, FLIP] > 0, size)
     return out
