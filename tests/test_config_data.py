@@ -17,9 +17,10 @@ def test_defaults_are_the_reference_and_digits_gets_its_preset(tmp_path):
     assert ref.train.blr == 1.5e-4 and ref.train.betas == (0.9, 0.95) and ref.train.weight_decay == 0.05
     demo = build_config(MAERunConfig, [], presets=load_presets("mae"))
     assert demo.data == "digits" and demo.model.size == "tiny"
+    assert demo.model.init_values == 0.1  # without LayerScale it fine-tuned 5.7 points below random weights there
     small = build_config(MAERunConfig, ["--data", "cluttered"], presets=load_presets("mae"))
     assert small.model.init_values == 0.1  # LayerScale: what keeps MAE's shared vector from growing there
-    # the sweep's pick (README, "MAE's cluttered preset since 2026-12-04"): MAE's own ratio, the cheaper
+    # the sweep's pick (docs/results.md, "MAE's cluttered preset since 2026-12-04"): MAE's own ratio, the cheaper
     # steps spent on epochs
     assert (small.mae.mask_ratio, small.train.blr, small.train.epochs) == (0.75, 3e-3, 55)
     # the 64-wide decoder: 0.78x the step of a 128-wide one, the same linear probe within its seed spread
@@ -33,15 +34,15 @@ def test_dino_small_recipe_uses_sincos_positions_and_layerscale():
     from sslvit.train.entry import run_config
 
     small = run_config(DINORunConfig, preset="dino", argv=["--data", "cluttered"])  # as pretrain/dino.py builds it
-    # a learned table that starts random fine-tunes ~10 points lower on small data (README, issue 16)
+    # a learned table that starts random fine-tunes ~10 points lower on small data (docs/results.md, issue 16)
     assert small.model.pos_embed == "sincos" and small.model.init_values == 0.1
     assert small.model.dynamic_img_size  # the local crops still resize the table
-    # chosen from an MAE start (README, "DINO on an MAE start"), which the note under the recipe line asks for
+    # chosen from an MAE start (docs/results.md, "DINO on an MAE start"), which the note under the recipe line asks for
     assert (small.crops.grayscale_p, small.train.blr) == (1.0, 4e-3) and "--init" in small._recipe_line
     # a short run's schedules: lr and the teacher's momentum held, the last layer free from the start
     assert (small.train.lr_schedule, small.dino.momentum_teacher, small.dino.momentum_teacher_end,
             small.dino.freeze_last_layer) == ("constant", 0.98, 0.98, 0)
-    # 14 epochs of batched crops from a 33-epoch MAE start, which the note names (README, "Fourteen epochs")
+    # 14 epochs of batched crops from a 33-epoch MAE start, which the note names (docs/results.md, "Fourteen epochs")
     assert small.train.epochs == 14 and small.crops.batched and "--train.epochs 33" in small._recipe_line
     ref = run_config(DINORunConfig, preset="dino", argv=["--data", "cluttered", "--model.pos_embed", "learned"])
     assert ref.model.pos_embed == "learned"  # the reference's choice stays one key away
@@ -59,7 +60,7 @@ def test_ibot_cluttered_preset_is_dinos_short_run_from_the_same_mae_start():
                           ("train", ("blr", "lr_schedule", "batch_size")), ("crops", ("grayscale_p", "batched"))]:
         for key in keys:
             assert getattr(getattr(ibot, section), key) == getattr(getattr(dino, section), key), (section, key)
-    # an iBOT step costs 1.2x DINO's: 12 epochs fit the budget where DINO runs 14 (README, "iBOT with DINO's short-run keys")
+    # an iBOT step costs 1.2x DINO's: 12 epochs fit the budget where DINO runs 14 (docs/results.md, "iBOT with DINO's short-run keys")
     assert ibot.train.epochs == 12 and "--train.epochs 33" in ibot._recipe_line
 
 
