@@ -5,7 +5,7 @@ under it its twin, the same backbone shape at random weights (k-NN, linear, and 
 it: trained with labels only, the supervised row); raw pixels (k-NN, and the same linear probe
 on the pixels); ``--ceiling_epochs``: the first objective's twin trained with labels for longer.
 
-    python benchmarks/quality.py [--data cluttered] [--objectives mae,beit,dino,dino@mae33,ibot]
+    python benchmarks/quality.py [--data cluttered] [--objectives mae,beit,dino@mae33,ibot@mae33]
         [--seeds 0] [--finetune_epochs 20] [--ceiling_epochs 60] [--out runs/quality]
         [--extra "--train.epochs 4"]
     python benchmarks/quality.py --merge runs/a/quality.json runs/b/quality.json ...
@@ -216,7 +216,7 @@ def merged(files: list[str]) -> list[dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="cluttered")
-    p.add_argument("--objectives", default="mae,beit,dino,dino@mae33,ibot")
+    p.add_argument("--objectives", default="mae,beit,dino@mae33,ibot@mae33")
     p.add_argument("--seeds", default="0", help="comma-separated training seeds")
     p.add_argument("--finetune_epochs", type=int, default=20, help="0: no fine-tuning")
     p.add_argument("--ceiling_epochs", type=int, default=0,
