@@ -1,5 +1,5 @@
 """benchmarks/dino_redraw.py: every crop of a sample comes from its own drawing of the same
-digit (the README's test of why DINO stalls on `cluttered`), reproducibly per sample."""
+digit (docs/results.md's test of why DINO stalls on `cluttered`), reproducibly per sample."""
 import sys
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""benchmarks/residual_stream.py measures what the README says of MAE's shared vector: a known
+"""benchmarks/residual_stream.py measures what docs/results.md says of MAE's shared vector: a known
 constant planted in the stream must come back as the shared part, in the branch that wrote it,
 pointing along the final shared vector."""
 import sys

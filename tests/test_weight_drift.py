@@ -1,4 +1,4 @@
-"""benchmarks/weight_drift.py measures what the README says of DINO's short runs (their blocks
+"""benchmarks/weight_drift.py measures what docs/results.md says of DINO's short runs (their blocks
 stay within a few percent of their initial weights): it must rebuild a run's initial weights
 exactly, and report a planted change as that change, in that part."""
 import sys
