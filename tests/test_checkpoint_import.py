@@ -308,7 +308,8 @@ def test_end_to_end_mae_init_from_an_official_file(tmp_path, fresh_accelerate, m
     from sslvit.recipes.mae import MAERunConfig
 
     raw = official_mae(torch.Generator().manual_seed(7))
-    # the digits preset's MAE: ViT-Ti/4 at 16 px, decoder 128 x 2 with 4 heads; here 2 blocks, decoder 32 x 1
+    # the digits preset's MAE: ViT-Ti/4 at 16 px, decoder 128 x 2 with 4 heads; here 2 blocks, decoder 32 x 1,
+    # and no LayerScale (the preset's init_values 0.1 is not in the official architecture)
     path = tmp_path / "mae_official.pth"
     torch.save(raw, path)
     started = {}
@@ -319,8 +320,9 @@ def test_end_to_end_mae_init_from_an_official_file(tmp_path, fresh_accelerate, m
         return real(cfg, objective, *args, **kwargs)
 
     monkeypatch.setattr(loop, "pretrain", first_step_weights)
-    argv = ["--init", str(path), "--model.stem", "linear", "--model.depth", str(DEPTH), "--mae.decoder_dim", str(DEC),
-            "--mae.decoder_depth", str(DEC_DEPTH), "--mae.decoder_heads", "2", "--train.epochs", "1",
+    argv = ["--init", str(path), "--model.stem", "linear", "--model.init_values", "null", "--model.depth", str(DEPTH),
+            "--mae.decoder_dim", str(DEC), "--mae.decoder_depth", str(DEC_DEPTH), "--mae.decoder_heads", "2",
+            "--train.epochs", "1",
             "--train.knn_every", "0", "--train.precision", "fp32", "--train.lr", "1e-30",
             "--out", str(tmp_path / "run")]
     run = entry.run_pretraining(MAERunConfig, "mae", argv=argv)
