@@ -60,7 +60,7 @@ def test_ibot_cluttered_preset_is_dinos_short_run_from_the_same_mae_start():
                           ("train", ("blr", "lr_schedule", "batch_size")), ("crops", ("grayscale_p", "batched"))]:
         for key in keys:
             assert getattr(getattr(ibot, section), key) == getattr(getattr(dino, section), key), (section, key)
-    # an iBOT step costs 1.2x DINO's: 12 epochs fit the budget where DINO runs 14 (docs/results.md, "iBOT with DINO's short-run keys")
+    # an iBOT step costs 1.2x DINO's: 12 epochs take the budget where DINO runs 14 (docs/results.md, "iBOT with DINO's short-run keys")
     assert ibot.train.epochs == 12 and "--train.epochs 33" in ibot._recipe_line
 
 
