@@ -150,6 +150,47 @@ def test_head_shapes_and_norm_last_layer_freezes_the_gain():
     assert kinds == ["Linear", "BatchNorm1d", "GELU", "Linear", "BatchNorm1d", "GELU", "Linear"]
 
 
+def _head_by_the_paper(head: DINOHead, x: torch.Tensor) -> torch.Tensor:
+    """DINO's head written out: (Linear -> BatchNorm over the batch -> GELU) x 2 -> Linear ->
+    l2-normalise -> a linear layer whose rows are v / ||v|| times g, no bias."""
+    lin = [m for m in head.mlp if isinstance(m, torch.nn.Linear)]
+    bns = [m for m in head.mlp if isinstance(m, torch.nn.BatchNorm1d)]
+    for i, layer in enumerate(lin):
+        x = x @ layer.weight.t() + layer.bias
+        if i < len(lin) - 1:
+            mean, var = x.mean(0), x.var(0, unbiased=False)
+            x = torch.nn.functional.gelu((x - mean) / torch.sqrt(var + bns[i].eps) * bns[i].weight + bns[i].bias)
+    x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    g = head.last_layer.parametrizations.weight.original0
+    v = head.last_layer.parametrizations.weight.original1
+    return x @ (g * v / v.norm(dim=1, keepdim=True)).t()
+
+
+def test_head_pads_rows_only_for_its_matmuls_and_matches_the_paper():
+    """iBOT's masked-patch count varies every step; the head's matmuls see it rounded up to a
+    multiple of ROW_BUCKET (a few kernel shapes), its BatchNorm the real rows only."""
+    torch.manual_seed(0)
+    head = DINOHead(24, 64, hidden_dim=32, bottleneck_dim=16, nlayers=3, use_bn=True, norm_last_layer=False).train()
+    seen = []
+    for m in [*head.mlp, head.last_layer]:
+        if isinstance(m, torch.nn.Linear):
+            m.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape[0]))
+    for rows in (37, 50, 64, 150):
+        x = torch.randn(rows, 24, requires_grad=True)
+        out = head(x)
+        x_ref = x.detach().clone().requires_grad_(True)
+        ref = _head_by_the_paper(head, x_ref)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        w = torch.randn_like(out)
+        params = [p for p in head.parameters() if p.requires_grad]
+        grads = torch.autograd.grad((out * w).sum(), [x, *params])
+        grads_ref = torch.autograd.grad((ref * w).sum(), [x_ref, *params])
+        for a, b in zip(grads, grads_ref):
+            # atol: the biases before a BatchNorm get gradients of 0 up to rounding (it removes their mean)
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert set(seen) == {64, 192}, seen  # four row counts, two shapes (ROW_BUCKET 64)
+
+
 def _info(**fields):
     from sslvit.objectives.base import StepInfo
 

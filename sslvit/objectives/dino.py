@@ -86,8 +86,27 @@ class DINOHead(nn.Module):
         gain.requires_grad_(not norm_last_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.normalize(self.mlp(x), dim=-1)
-        return self.last_layer(x)
+        for layer in self.mlp:
+            x = rows_in_buckets(layer, x) if isinstance(layer, nn.Linear) else layer(x)
+        return rows_in_buckets(self.last_layer, F.normalize(x, dim=-1))
+
+
+# On the CPU, oneDNN builds a matmul kernel per shape and keeps the last 1024 (its primitive cache). iBOT's
+# patch head takes a different number of masked patches nearly every step: a few hundred row counts, each
+# with its forward and backward kernels, more than the cache holds, so a run kept rebuilding evicted kernels
+# (its epochs slowed from 30 to 37 s over 12 epochs on 2 cores; benchmarks/head_shapes.py). Zero rows up to
+# a multiple of ROW_BUCKET leave a handful of shapes. Only the linear layers see them: the head's BatchNorm
+# takes the real rows alone, so its batch statistics are unchanged.
+ROW_BUCKET = 64
+
+
+def rows_in_buckets(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``linear(x)`` for x (M, D_in) -> (M, D_out), computed on x padded with zero rows to a multiple of
+    ``ROW_BUCKET`` (the zero rows add nothing to the weight's gradient)."""
+    pad = -x.shape[0] % ROW_BUCKET
+    if pad == 0:
+        return linear(x)
+    return linear(F.pad(x, (0, 0, 0, pad)))[: x.shape[0]]
 
 
 def koleo_loss(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
