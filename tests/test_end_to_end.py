@@ -77,12 +77,19 @@ def test_resumed_run_reaches_the_same_weights(tmp_path, image_folder, fresh_acce
 
 
 def test_online_knn_is_logged_at_the_requested_interval(tmp_path, image_folder, fresh_accelerate):
+    # drop-path draws from torch's global RNG: a monitor that drew from it (a DataLoader's base seed) would change what follows
     run = _run(tmp_path / "run", image_folder, ["--train.epochs", "3", "--train.knn_every", "2",
-                                                "--train.knn_k", "5"])
+                                                "--train.knn_k", "5", "--model.drop_path_rate", "0.1"])
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     knn = [r for r in records if "knn_top1" in r]
     assert [r["epoch"] for r in knn] == [2, 3]  # every 2 epochs, and the last one
     assert all(0 <= r["knn_top1"] <= 100 and r["knn_top1"] <= r["knn_top5"] for r in knn)
+    # the monitor only reads: a run without it ends on the same weights (the presets choose knn_every for its cost alone)
+    fresh_accelerate()
+    quiet = _run(tmp_path / "quiet", image_folder, ["--train.epochs", "3", "--train.knn_every", "0", "--model.drop_path_rate", "0.1"])
+    a, b = load_file(str(run / "backbone.safetensors")), load_file(str(quiet / "backbone.safetensors"))
+    for k in a:
+        np.testing.assert_array_equal(a[k].numpy(), b[k].numpy(), err_msg=k)
 
 
 def test_online_knn_on_unlabelled_data_is_one_clear_error(tmp_path, fresh_accelerate):
