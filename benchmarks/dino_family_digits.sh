@@ -13,8 +13,11 @@ run() {  # name script extra...
   grep -o '"knn_top1": [0-9.]*' "$root/$name/log.jsonl" | tr '\n' ' ' | sed "s/^/$name online k-NN by epoch: /"; echo
 }
 mkdir -p "$root"
-run dino pretrain/dino.py
-run dino_koleo pretrain/dino.py --dino.koleo_weight 0.1
+# from random weights in iBOT's digits shape (learned positions, no LayerScale): DINO's digits preset has MAE's
+# shape since 2026-12-06, for its start from MAE's run, which this comparison of losses leaves out
+shape=(--model.pos_embed learned --model.init_values null)
+run dino pretrain/dino.py "${shape[@]}"
+run dino_koleo pretrain/dino.py --dino.koleo_weight 0.1 "${shape[@]}"
 run ibot pretrain/ibot.py
 for name in dino dino_koleo ibot; do
   for pool in cls avg; do
