@@ -25,6 +25,7 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file
 
+from sslvit.recipes.beit import BEiTRunConfig
 from sslvit.recipes.dino import DINORunConfig
 from sslvit.recipes.ibot import IBOTRunConfig
 from sslvit.recipes.mae import MAERunConfig
@@ -52,8 +53,10 @@ OBJECTIVES = {
                                                  "--dino.bottleneck_dim", "32", "--dino.use_bn_in_head", "false",
                                                  "--ibot.shared_head", "false", "--ibot.patch_out_dim", "96",
                                                  "--dino.koleo_weight", "0"]),  # as DINO's: per process batch
+    "beit": (BEiTRunConfig, "pretrain/beit.py", ["--tokenizer.vocab", "16", "--tokenizer.fit_images", "48",
+                                                 "--tokenizer.iters", "3", "--train.blr", "1e-2"]),
 }
-PORTS = {"mae": 29540, "dino": 29541, "ibot": 29545}
+PORTS = {"mae": 29540, "dino": 29541, "ibot": 29545, "beit": 29546}
 
 
 @pytest.fixture(scope="module")
@@ -112,13 +115,14 @@ def _peak_lr(run: Path) -> float:
     return max(r["lr"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "lr" in r)
 
 
-def run_two_processes(name: str, data: Path, out: Path, batch: int, port: int, extra=()) -> None:
+def run_two_processes(name: str, data: Path, out: Path, batch: int, port: int, extra=()) -> str:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch/cpu_2proc.yaml"),
            "--main_process_port", str(port), str(REPO / OBJECTIVES[name][1]), *_args(name, data, out, batch), *extra]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout  # really two processes, not two independent copies
+    return proc.stdout
 
 
 @pytest.mark.parametrize("name", ["mae", "dino", "ibot"])
@@ -133,6 +137,16 @@ def test_two_processes_and_accumulation_train_like_one_process(name, folder160, 
         assert loss_rel < RTOL, (other.name, loss_rel)
         assert weight_rel < RTOL, (other.name, weight_rel)
         assert key_bias <= 20 * _peak_lr(one), (other.name, key_bias)
+
+
+@pytest.mark.parametrize("name", ["dino", "beit"])
+def test_two_processes_stay_one_group_when_the_run_starts_from_init(name, folder160, tmp_path, fresh_accelerate):
+    """``--init`` (and BEiT's tokenizer fit, before it) run before the Accelerator exists: accelerate's
+    process state built there without the CPU flag made each process a run of its own (both took
+    the run directory, and one died on its lock)."""
+    start = run_pretraining(MAERunConfig, "mae", argv=_args("mae", folder160, tmp_path / "mae", 16))
+    stdout = run_two_processes(name, folder160, tmp_path / "two", 8, port=PORTS[name] + 10, extra=["--init", str(start)])
+    assert stdout.count(f"--init {start}:") == 1  # the main process reports the load, once
 
 
 def _key_masks_by_local_rows(monkeypatch) -> None:

@@ -99,3 +99,18 @@ def test_two_process_linear_probe_equals_one_process(run_dir):
     for name, a in one["report"]["baselines"].items():
         b = two["report"]["baselines"][name]
         assert a["val_top1"] == pytest.approx(b["val_top1"]) and a["holdout_top1"] == pytest.approx(b["holdout_top1"])
+
+
+def test_two_process_probe_from_a_weights_file_is_one_process_group(run_dir, tmp_path):
+    """``--weights FILE`` is read before the probe's Accelerator exists: accelerate's process state built
+    there without the CPU flag made the two processes two probes, each printing its own table."""
+    weights = tmp_path / "elsewhere.safetensors"
+    shutil.copy(run_dir / "backbone.safetensors", weights)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch/cpu_2proc.yaml"),
+           "--main_process_port", "29566", str(REPO / "probes/knn.py"), "--weights", str(weights),
+           "--data", str(run_dir.parent / "folder"), "--baselines", "false", "--picture_queries", "0", "--ks", "[5]"]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count(f"--weights {weights}:") == 1
+    assert proc.stdout.count("k-NN (45 train / 15 val") == 1

@@ -6,10 +6,9 @@ import os
 import sys
 from pathlib import Path
 
-from accelerate import PartialState
-
 from sslvit.config import ConfigError, build_config
 from sslvit.models.checkpoint_layouts import WeightsError
+from sslvit.runtime.devices import process_state
 from sslvit.runtime.errors import USER_ERRORS
 
 WEIGHTS_HELP = ("  --weights FILE  a checkpoint from elsewhere (timm, official MAE / DINO, DINOv2, sslvit) instead of "
@@ -38,7 +37,7 @@ def weights_as_ckpt(argv: list[str]) -> list[str]:
 
     file = Path(weights).expanduser()
     out = file.parent / f"{file.stem}_sslvit"
-    state = PartialState()
+    state = process_state()
     with state.main_process_first():  # one process writes the folder; the others read it after
         if state.is_main_process:
             try:

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from accelerate import PartialState
-
+from sslvit.runtime.devices import process_state
 from sslvit.tokenizers.base import Tokenizer, load_tokenizer
 from sslvit.tokenizers.fit import RUN_TOKENIZER, TokenizerConfig, fit_tokenizer
 from sslvit.train.checkpoint import latest_checkpoint
@@ -16,7 +15,7 @@ def run_tokenizer(cfg: TokenizerConfig, data: str, img_size: int, patch_size: in
     one saved there; else ``cfg.path`` if given, or one fitted now on the training data (on the main
     process; the others wait and load it), then saved into the run."""
     saved = run_dir / RUN_TOKENIZER
-    state = PartialState()
+    state = process_state()
     if resume and saved.is_file():
         state.print(f"Reusing the run's tokenizer {saved}.")
         return load_tokenizer(saved)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 import yaml
-from accelerate import PartialState
 from accelerate.utils import set_seed
 
 from sslvit.config import ConfigError, build_config, load_text_yaml, plain_dict
@@ -25,6 +24,7 @@ from sslvit.models.checkpoint_layouts import WeightsError, import_file
 from sslvit.models.init_from import load_imported
 from sslvit.train.checkpoint import latest_checkpoint
 from sslvit.train.data_recipe import preset_for, summary
+from sslvit.runtime.devices import process_state
 from sslvit.runtime.errors import USER_ERRORS, TrainingDiverged
 from sslvit.train.run_lock import run_dir_lock
 from sslvit.train.stop_signals import RunStopped, StopRequest, follow_launcher
@@ -117,7 +117,7 @@ def init_weights(cfg, objective) -> None:
         lines = load_imported(objective, objective.init_targets(), import_file(path))
     except WeightsError as e:
         raise WeightsError(f"--init {path}: {e}") from None
-    state = PartialState()
+    state = process_state()
     for i, line in enumerate(lines):
         state.print(f"--init {path}: {line}" if i == 0 else f"  {line}")
 
@@ -132,7 +132,7 @@ def removed_if_it_fails(run_dir: Path):
     try:
         yield
     except BaseException as e:
-        if not existed and run_dir.is_dir() and latest_checkpoint(run_dir) is None and PartialState().is_main_process:
+        if not existed and run_dir.is_dir() and latest_checkpoint(run_dir) is None and process_state().is_main_process:
             if isinstance(e, TrainingDiverged):
                 (run_dir / "FAILED").write_text(f"{e}\n")
             else:
@@ -198,9 +198,9 @@ def main(config_cls, preset: str | None = None) -> None:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except RunStopped as e:
-        if PartialState().is_main_process and not e.announced:
+        if process_state().is_main_process and not e.announced:
             print(str(e), file=sys.stderr)
         raise SystemExit(e.exit_code) from None
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         print(f"Done. Outputs in {run_dir}/ : backbone.safetensors, backbone.json, config.yaml, log.jsonl, "
               "checkpoints/, pictures_*.png, curves.png, report.html, tensorboard/")
