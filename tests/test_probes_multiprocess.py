@@ -43,17 +43,23 @@ def run_dir(tmp_path_factory):
     return run
 
 
-def _probe(script: str, run: Path, data: Path, processes: int, port: int, *args) -> dict:
-    """Run a probe from a clean cache; -> {'report': its json, 'features': {split: (x, y)}}."""
-    shutil.rmtree(run / "features", ignore_errors=True)
-    (run / "config.yaml").write_text(yaml.safe_dump({"data": str(data)}))
+def _launch(script: str, processes: int, port: int, *args) -> subprocess.CompletedProcess:
+    """``probes/<script> args`` in 1 process, or in 2 under launch/cpu_2proc.yaml; it must succeed."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    probe = [str(REPO / "probes" / script), "--ckpt", str(run), *args]
+    probe = [str(REPO / "probes" / script), *args]
     cmd = [sys.executable, *probe] if processes == 1 else \
         [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch/cpu_2proc.yaml"),
          "--main_process_port", str(port), *probe]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _probe(script: str, run: Path, data: Path, processes: int, port: int, *args) -> dict:
+    """Run a probe from a clean cache; -> {'report': its json, 'features': {split: (x, y)}}."""
+    shutil.rmtree(run / "features", ignore_errors=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": str(data)}))
+    proc = _launch(script, processes, port, "--ckpt", str(run), *args)
     name = "knn.json" if script == "knn.py" else "linear.json"
     features = {}
     for f in (run / "features").glob("*.safetensors"):
@@ -106,11 +112,7 @@ def test_two_process_probe_from_a_weights_file_is_one_process_group(run_dir, tmp
     there without the CPU flag made the two processes two probes, each printing its own table."""
     weights = tmp_path / "elsewhere.safetensors"
     shutil.copy(run_dir / "backbone.safetensors", weights)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch/cpu_2proc.yaml"),
-           "--main_process_port", "29566", str(REPO / "probes/knn.py"), "--weights", str(weights),
-           "--data", str(run_dir.parent / "folder"), "--baselines", "false", "--picture_queries", "0", "--ks", "[5]"]
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _launch("knn.py", 2, 29566, "--weights", str(weights), "--data", str(run_dir.parent / "folder"),
+                   "--baselines", "false", "--picture_queries", "0", "--ks", "[5]")
     assert proc.stdout.count(f"--weights {weights}:") == 1
     assert proc.stdout.count("k-NN (45 train / 15 val") == 1
