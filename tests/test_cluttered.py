@@ -152,6 +152,20 @@ def test_batched_crops_stay_only_for_images_near_the_crop_size():
     assert dino["crops"]["batched"] == "true"  # the preset itself is untouched
 
 
+def test_the_recipe_line_names_a_depth_that_is_not_the_sizes():
+    from sslvit.recipes.mae import MAERunConfig
+    from sslvit.train.data_recipe import summary
+    from sslvit.train.entry import run_config
+
+    def line(*keys):
+        return summary(run_config(MAERunConfig, "mae", argv=["--data", "cluttered", "--out", "unused", *keys]))
+
+    assert "this run: ViT-tiny/8 at 32 px" in line() and "this run: ViT-tiny/8 at 32 px" in line("--model.depth", "12")
+    assert "this run: ViT-tiny/8, 6 blocks at 32 px" in line("--model.depth", "6")
+    assert "ViT-small/8, 18 blocks of 2 parallel branches at" in line("--model.size", "small", "--model.depth", "18",
+                                                                      "--model.parallel", "2")
+
+
 def test_large_data_keeps_the_reference_defaults():
     big = DataShape(count=50_000, side=224, labelled=False)
     assert fitted_small_recipe(PRESETS["cluttered"], DataShape(9_000, 224, False))["train"]["epochs"] == 10
@@ -183,6 +197,7 @@ def test_a_folder_of_small_images_trains_with_no_keys(tmp_path, objective, capsy
                                          "--model.depth", "1", "--train.precision", "fp32"])
     printed = capsys.readouterr().out
     assert "recipe: small data (16 training images, short side 20 px" in printed
+    assert "this run: ViT-tiny/8, 1 block at 32 px" in printed  # --model.depth 1, not the size's 12
     assert ("\nnote: DINO learns here when it starts from an MAE run" in printed) == (objective == "dino")
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert (cfg["model"]["img_size"], cfg["model"]["patch_size"], cfg["train"]["batch_size"]) == (32, 8, 8)

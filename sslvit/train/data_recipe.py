@@ -25,6 +25,7 @@ from sslvit.data.folder import DataError
 from sslvit.data.shape import SMALL_SIDE, DataShape, data_shape
 from sslvit.data.shard_reader import is_shard_spec
 from sslvit.data.transforms import hflip_for
+from sslvit.models.backbone_config import VIT_SIZES
 
 FEW_IMAGES = 20_000
 TUNED_COUNT = 4_500  # training images of the embedded 'cluttered' set
@@ -88,5 +89,8 @@ def summary(cfg) -> str:
     """What the resolved config trains, for the recipe line: model, size, epochs, batch."""
     m, t = cfg.model, cfg.train
     flip = "flips left-right" if hflip_for(cfg.data, t.hflip) else "no left-right flips"
-    return (f"this run: ViT-{m.size}/{m.patch_size} at {m.img_size} px, {t.epochs} epochs of batch {t.batch_size}, "
-            f"{flip} (every key stays yours to set)")
+    # "ViT-tiny" alone would hide a --model.depth or --model.parallel override
+    blocks = "" if m.depth in (None, VIT_SIZES[m.size][1]) else f", {m.depth} block{'s' if m.depth != 1 else ''}"
+    blocks += f" of {m.parallel} parallel branches" if m.parallel > 1 else ""
+    return (f"this run: ViT-{m.size}/{m.patch_size}{blocks} at {m.img_size} px, {t.epochs} epochs of batch "
+            f"{t.batch_size}, {flip} (every key stays yours to set)")
