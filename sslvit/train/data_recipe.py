@@ -89,8 +89,10 @@ def summary(cfg) -> str:
     """What the resolved config trains, for the recipe line: model, size, epochs, batch."""
     m, t = cfg.model, cfg.train
     flip = "flips left-right" if hflip_for(cfg.data, t.hflip) else "no left-right flips"
-    # "ViT-tiny" alone would hide a --model.depth or --model.parallel override
-    blocks = "" if m.depth in (None, VIT_SIZES[m.size][1]) else f", {m.depth} block{'s' if m.depth != 1 else ''}"
+    # "ViT-tiny" alone would hide a --model.depth or --model.parallel override; an unknown size is
+    # validate()'s to name, after this line is built
+    standard_depth = VIT_SIZES[m.size][1] if m.size in VIT_SIZES else None
+    blocks = "" if m.depth in (None, standard_depth) else f", {m.depth} block{'s' if m.depth != 1 else ''}"
     blocks += f" of {m.parallel} parallel branches" if m.parallel > 1 else ""
     return (f"this run: ViT-{m.size}/{m.patch_size}{blocks} at {m.img_size} px, {t.epochs} epochs of batch "
             f"{t.batch_size}, {flip} (every key stays yours to set)")
