@@ -1,4 +1,4 @@
-"""Linear probe: ``python probes/linear.py --ckpt RUN_DIR [--recipe cls|avg|dino|dino_avg|pixels]``.
+"""Linear probe: ``python probes/linear.py --ckpt RUN_DIR [--recipe cls|avg|dino|dino_avg|blocks|pixels]``.
 
 Extracts the frozen backbone's features once (cached under RUN_DIR/features/), trains a grid
 of learning rates at once, picks the best on a held-out part of the train split, prints the

@@ -177,9 +177,9 @@ def test_baselines_are_the_random_init_twin_and_raw_pixels_through_the_same_grid
     seen = []  # (train features, val features) of every grid the probe trains
     real_fit = linear_probe._fit_grid
 
-    def recording(cfg, passes, clean_x, val_x, val_y, device):
+    def recording(cfg, passes, clean_x, val_x, val_y, device, parts=1):
         seen.append((passes[0][0], val_x))
-        return real_fit(cfg, passes, clean_x, val_x, val_y, device)
+        return real_fit(cfg, passes, clean_x, val_x, val_y, device, parts)
 
     monkeypatch.setattr(linear_probe, "_fit_grid", recording)
     run = run_pretraining(MAERunConfig, "mae", argv=[*TINY_MAE, "--data", str(image_folder),
@@ -217,3 +217,48 @@ def test_default_grid_reaches_higher_for_the_batchnorm_head_and_lrs_still_wins()
     assert build_config(LinearProbeConfig, ["--head", "mae", "--lrs", "[0.3, 3]"]).grid_lrs() == (0.3, 3.0)
     with pytest.raises(ValueError, match="lrs and weight_decays need at least one value"):
         LinearProbeConfig(lrs=()).validate()
+
+
+def test_blocks_features_are_every_blocks_cls_and_mean_patch_token_before_any_norm():
+    """BEiT's linear protocol (run_linear_eval.py on get_intermediate_layers): per block, the raw block
+    output's cls token and mean patch token, side by side; read here from hooks on the blocks."""
+    from sslvit.models.backbone_config import BackboneConfig
+    from sslvit.models.vit import build_backbone
+
+    torch.manual_seed(0)
+    model = build_backbone(BackboneConfig(size="tiny", depth=3, patch_size=4, img_size=16)).eval()
+    with torch.no_grad():  # a norm that is not the identity: features taken after it would differ
+        model.norm.weight.mul_(3.0).add_(0.5)
+    outputs = []
+    hooks = [blk.register_forward_hook(lambda mod, inp, out: outputs.append(out)) for blk in model.blocks]
+    imgs = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        model(imgs)
+        feats = model.features(imgs, pool="blocks")
+    for h in hooks:
+        h.remove()
+    want = torch.cat([torch.cat([o[:, 0], o[:, 1:].mean(1)], dim=-1) for o in outputs[:3]], dim=-1)
+    assert feats.shape == (2, 3 * 2 * model.embed_dim)
+    torch.testing.assert_close(feats, want, rtol=1e-5, atol=1e-5)
+
+
+def test_blocks_recipe_fits_a_grid_per_block_and_reports_the_best_block_on_held_out():
+    from sslvit.eval.linear_probe import _fit_grid, format_report
+
+    (a, b), y = _data(n=120, dim=6, classes=3, seed=1)
+    noise = torch.randn(120, 6, generator=torch.Generator().manual_seed(2))
+    x = torch.cat([noise, a, noise.flip(0)], dim=1)  # block 2 alone holds the classes
+    cfg = LinearProbeConfig(lrs=(0.01, 0.1), epochs=20, batch_size=16, holdout_fraction=0.25)
+    rows, best, n_hold = _fit_grid(cfg, [(x, y)], x, x, y, "cpu", parts=3)
+    assert [r["block"] for r in rows] == [1, 1, 2, 2, 3, 3] and rows[best]["block"] == 2
+    assert rows[best]["holdout_top1"] == max(r["holdout_top1"] for r in rows)
+    for part in range(3):  # each block's heads are the grid trained on that block's columns alone
+        cols = slice(6 * part, 6 * (part + 1))
+        alone, _, _ = _fit_grid(cfg, [(x[:, cols], y)], x[:, cols], x[:, cols], y, "cpu")
+        assert [r["val_top1"] for r in alone] == [r["val_top1"] for r in rows[2 * part:2 * part + 2]]
+    report = {"ckpt": "runs/x/backbone.safetensors", "recipe": "blocks", "head": "linear", "optimizer": "sgd",
+              "epochs": 20, "feature_dim": 18, "num_train": 90, "num_holdout": n_hold, "num_val": 120,
+              "features_from_cache": False, "best": rows[best], "best_index": best, "grid": rows}
+    table = format_report(report)
+    assert table.count("\n     1") == table.count("\n     2") == table.count("\n     3") == 1  # a row per block
+    assert "(block 2, lr" in table

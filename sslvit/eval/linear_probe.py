@@ -33,8 +33,9 @@ BN_HEAD_EXTRA_LRS = (0.2, 0.5, 1.0, 2.0)
 class LinearProbeConfig:
     ckpt: str = "runs/mae-digits"  # run directory or its backbone.safetensors
     data: Optional[str] = None  # labelled data; None: the run's own
-    # cls | avg | dino (cls of the last n blocks) | dino_avg (+ average pool) | pixels (the raw-pixel
-    # baseline: each image's normalized pixels at the run's size, through the same heads and grid)
+    # cls | avg | dino (cls of the last n blocks) | dino_avg (+ average pool) | blocks (BEiT's: cls and
+    # average pool of each block's output, a grid per block, the best block on held-out) | pixels (the
+    # raw-pixel baseline: each image's normalized pixels at the run's size, through the same heads and grid)
     recipe: str = "cls"
     n_last_blocks: int = 4
     head: str = "linear"  # linear | mae (BatchNorm1d without affine, then linear)
@@ -62,8 +63,8 @@ class LinearProbeConfig:
         return DEFAULT_LRS + (BN_HEAD_EXTRA_LRS if self.head == "mae" else ())
 
     def validate(self) -> None:
-        if self.recipe not in ("cls", "avg", "dino", "dino_avg", "pixels"):
-            raise ValueError(f"recipe '{self.recipe}' is unknown; use cls, avg, dino, dino_avg or pixels.")
+        if self.recipe not in ("cls", "avg", "dino", "dino_avg", "blocks", "pixels"):
+            raise ValueError(f"recipe '{self.recipe}' is unknown; use cls, avg, dino, dino_avg, blocks or pixels.")
         if self.head not in ("linear", "mae"):
             raise ValueError(f"head '{self.head}' is unknown; use linear or mae.")
         if not 0 < self.holdout_fraction < 1:
@@ -110,7 +111,8 @@ def run_linear_probe(cfg: LinearProbeConfig) -> dict:
                      "raw_pixels": _split_features(cfg, None, sets, data, size, accelerator)}
     if not main:  # the heads, the scores and the files are the main process's
         return finish_probe(accelerator, None)
-    rows, best, n_hold = _fit_grid(cfg, *feats, accelerator.device)
+    parts = len(backbone.blocks) if cfg.recipe == "blocks" else 1  # BEiT's protocol: a grid per block
+    rows, best, n_hold = _fit_grid(cfg, *feats, accelerator.device, parts)
     passes, _, val_x, val_y = feats
     report = {"ckpt": str(weights), "data": data, "recipe": cfg.recipe, "head": cfg.head, "optimizer": cfg.optimizer,
               "epochs": cfg.epochs, "feature_dim": int(val_x.shape[1]), "num_train": len(passes[0][1]) - n_hold,
@@ -120,7 +122,7 @@ def run_linear_probe(cfg: LinearProbeConfig) -> dict:
     if baselines:  # each baseline's head picked on held-out as the backbone's was
         report["baselines"] = {}
         for name, f in baselines.items():
-            b_rows, b_best, _ = _fit_grid(cfg, *f, accelerator.device)
+            b_rows, b_best, _ = _fit_grid(cfg, *f, accelerator.device, parts if name == "random_init" else 1)
             report["baselines"][name] = b_rows[b_best]
     out = weights.parent / ("linear_pixels.json" if cfg.recipe == "pixels" else "linear.json")  # not the backbone's
     report["replaced"] = existing([out])
@@ -158,9 +160,12 @@ def _split_features(cfg: LinearProbeConfig, model, sets, data: str, size: int, a
     return passes, clean_x, val_x, val_y
 
 
-def _fit_grid(cfg: LinearProbeConfig, passes, clean_x, val_x, val_y, device) -> tuple[list[dict], int, int]:
+def _fit_grid(cfg: LinearProbeConfig, passes, clean_x, val_x, val_y, device,
+              parts: int = 1) -> tuple[list[dict], int, int]:
     """Train the lr x weight-decay grid on the fit part of the train split -> (a row per head:
-    its held-out and val accuracies, the index of the best head on held-out, the held-out count)."""
+    its held-out and val accuracies, the index of the best head on held-out, the held-out count).
+    ``parts`` > 1: the features are that many equal blocks side by side (F = parts * F'), each gets
+    its own grid, and each row names its block (1-based); the best is over every block's heads."""
     labels = passes[0][1]
     num_classes = int(max(labels.max(), val_y.max())) + 1
     # the same fixed held-out images in every pass, and for every baseline
@@ -169,33 +174,41 @@ def _fit_grid(cfg: LinearProbeConfig, passes, clean_x, val_x, val_y, device) -> 
     hold, fit = order[:n_hold], order[n_hold:]
     grid_pairs = list(itertools.product(cfg.grid_lrs(), cfg.weight_decays))
     scale = cfg.batch_size / 256
-    grid = train_head_grid([x[fit] for x, _ in passes], labels[fit], num_classes,
-                           [lr * scale for lr, _ in grid_pairs], [wd for _, wd in grid_pairs], cfg.epochs,
-                           cfg.batch_size, cfg.optimizer, cfg.head == "mae", cfg.warmup_epochs, cfg.seed, device)
-    hold_top1, _ = grid_accuracy(grid, clean_x[hold], labels[hold])
-    val_top1, val_top5 = grid_accuracy(grid, val_x, val_y)
-    rows = [{"lr": lr, "weight_decay": wd, "lr_scaled": lr * scale, "holdout_top1": float(hold_top1[g]),
-             "val_top1": float(val_top1[g]), "val_top5": float(val_top5[g])} for g, (lr, wd) in enumerate(grid_pairs)]
-    return rows, int(torch.argmax(hold_top1)), n_hold
+    width = val_x.shape[1] // parts
+    rows = []
+    for part in range(parts):
+        cols = slice(part * width, (part + 1) * width)
+        grid = train_head_grid([x[fit][:, cols] for x, _ in passes], labels[fit], num_classes,
+                               [lr * scale for lr, _ in grid_pairs], [wd for _, wd in grid_pairs], cfg.epochs,
+                               cfg.batch_size, cfg.optimizer, cfg.head == "mae", cfg.warmup_epochs, cfg.seed, device)
+        hold_top1, _ = grid_accuracy(grid, clean_x[hold][:, cols], labels[hold])
+        val_top1, val_top5 = grid_accuracy(grid, val_x[:, cols], val_y)
+        rows += [{"lr": lr, "weight_decay": wd, "lr_scaled": lr * scale, "holdout_top1": float(hold_top1[g]),
+                  "val_top1": float(val_top1[g]), "val_top5": float(val_top5[g]),
+                  **({"block": part + 1} if parts > 1 else {})} for g, (lr, wd) in enumerate(grid_pairs)]
+    best = max(range(len(rows)), key=lambda i: rows[i]["holdout_top1"])  # the first of equals, as argmax
+    return rows, best, n_hold
 
 
 def format_report(report: dict) -> str:
     b, n = report["best"], report.get("top_n", 5)  # top-5 is top-min(5, classes); the column says which
+    per_block = "block" in b
     what = "raw pixels (the baseline)" if report["recipe"] == "pixels" else f"{report['recipe']} features"
     lines = [f"linear probe ({what}, {report['feature_dim']}-d, {report['head']} head, "
              f"{report['optimizer']}, {report['epochs']} epochs; {report['num_train']} train / "
              f"{report['num_holdout']} held out / {report['num_val']} val"
              f"{'; features from cache' if report['features_from_cache'] else ''})",
-             f"{'lr':>10}{'wd':>10}{'held-out':>10}{'val top-1':>11}{f'val top-{n}':>11}"]
-    for i, r in enumerate(report["grid"]):
+             f"{'block':>6}" * per_block + f"{'lr':>10}{'wd':>10}{'held-out':>10}{'val top-1':>11}{f'val top-{n}':>11}"]
+    for i, r in _shown_rows(report["grid"]):
         mark = "  <- best on held-out" if i == report["best_index"] else ""
-        lines.append(f"{r['lr']:>10.0e}{r['weight_decay']:>10.0e}{r['holdout_top1']:>10.2f}"
-                     f"{r['val_top1']:>11.2f}{r['val_top5']:>11.2f}{mark}")
+        lines.append(f"{r.get('block', ''):>6}" * per_block + f"{r['lr']:>10.0e}{r['weight_decay']:>10.0e}"
+                     f"{r['holdout_top1']:>10.2f}{r['val_top1']:>11.2f}{r['val_top5']:>11.2f}{mark}")
     lrs = sorted({r["lr"] for r in report["grid"]})
     if len(lrs) > 1 and b["lr"] in (lrs[0], lrs[-1]):
         lines.append(f"note: the best lr ({b['lr']:g}) is at the edge of the grid; widen --lrs beyond it.")
     written = "linear_pixels.json" if report["recipe"] == "pixels" else "linear.json"
-    lines.append(f"val top-1 {b['val_top1']:.2f}, top-{n} {b['val_top5']:.2f} (lr {b['lr']:g}, "
+    where = f"block {b['block']}, " if per_block else ""
+    lines.append(f"val top-1 {b['val_top1']:.2f}, top-{n} {b['val_top5']:.2f} ({where}lr {b['lr']:g}, "
                  f"wd {b['weight_decay']:g}) -> {Path(report['ckpt']).parent / written}")
     if report.get("baselines"):
         lines += ["", "the same heads and grid on other features (each head picked on held-out):",
@@ -203,3 +216,15 @@ def format_report(report: dict) -> str:
         for name, r in {"pretrained": b, **report["baselines"]}.items():
             lines.append(f"{name:<14}{r['val_top1']:>11.2f}{r['val_top5']:>11.2f}{r['lr']:>10.0e}")
     return "\n".join(lines)
+
+
+def _shown_rows(rows: list[dict]) -> list[tuple[int, dict]]:
+    """The rows the report prints, with their indices: every head, or with a grid per block
+    (BEiT's protocol) each block's best on held-out."""
+    if "block" not in rows[0]:
+        return list(enumerate(rows))
+    best: dict[int, tuple[int, dict]] = {}
+    for i, r in enumerate(rows):
+        if r["block"] not in best or r["holdout_top1"] > best[r["block"]][1]["holdout_top1"]:
+            best[r["block"]] = (i, r)
+    return list(best.values())

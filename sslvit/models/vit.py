@@ -158,7 +158,9 @@ class SSLViT(VisionTransformer):
           avg      the mean of the final-norm patch tokens (F = D);
           dino     the final-norm cls tokens of the last ``n_last_blocks`` blocks, concatenated
                    (DINO's linear protocol for ViT-S, F = n * D);
-          dino_avg ``dino`` plus the average patch token of the last block (F = (n + 1) * D)."""
+          dino_avg ``dino`` plus the average patch token of the last block (F = (n + 1) * D);
+          blocks   BEiT's linear protocol (``run_linear_eval.py``): for every block, its output's cls
+                   token and mean patch token, before any norm (F = depth * 2D, block by block)."""
         if pool in ("cls", "avg"):
             x = self.forward_features(imgs)
             return x[:, 0] if pool == "cls" else x[:, self.num_prefix_tokens:].mean(1)
@@ -171,7 +173,11 @@ class SSLViT(VisionTransformer):
             if pool == "dino_avg":
                 feats.append(outs[-1][0].mean(1))
             return torch.cat(feats, dim=-1)
-        raise ValueError(f"pool '{pool}' is unknown; use cls, avg, dino or dino_avg.")
+        if pool == "blocks":
+            outs = self.forward_intermediates(imgs, indices=len(self.blocks), return_prefix_tokens=True, norm=False,
+                                              output_fmt="NLC", intermediates_only=True)
+            return torch.cat([torch.cat([prefix[:, 0], spatial.mean(1)], dim=-1) for spatial, prefix in outs], dim=-1)
+        raise ValueError(f"pool '{pool}' is unknown; use cls, avg, dino, dino_avg or blocks.")
 
 
 def build_backbone(cfg: BackboneConfig) -> SSLViT:
