@@ -1,6 +1,7 @@
 """What pretraining buys, in one table: each objective at its small-data recipe on an embedded
-set, then k-NN (k = 20, cls and avg pool), the linear probe (on average pooling, MAE's; and on DINO's
-protocol, the cls tokens of the last 4 blocks and the average patch token) and full fine-tuning of its backbone;
+set, then k-NN (k = 20, cls and avg pool), the linear probe (on average pooling, MAE's; on DINO's
+protocol, the cls tokens of the last 4 blocks and the average patch token; on BEiT's, the best block's cls
+and average patch token, picked on held-out) and full fine-tuning of its backbone;
 under it its twin, the same backbone shape at random weights (k-NN, linear, and fine-tuning from
 it: trained with labels only, the supervised row); raw pixels (k-NN, and the same linear probe
 on the pixels); ``--ceiling_epochs``: the first objective's twin trained with labels for longer.
@@ -162,7 +163,7 @@ def one_seed(args, seed: int) -> dict[str, dict]:
         cls, avg = knn(run, "cls", True), knn(run, "avg", True)
         ft = args.finetune_epochs
         rows[obj] = {"knn_cls": cls["pretrained"], "knn_avg": avg["pretrained"], "linear": linear(run),
-                     "linear_dino": linear(run, "dino_avg"),
+                     "linear_dino": linear(run, "dino_avg"), "linear_blocks": linear(run, "blocks"),
                      "finetune": finetune(run, ft, seed) if ft else None,
                      "wall_min": wall}
         # objectives differ in shape (BEiT's LayerScale, MAE's fixed positions), and the shape alone moved the
@@ -170,9 +171,11 @@ def one_seed(args, seed: int) -> dict[str, dict]:
         twin = random_init_run(root / f"random_init-{shape_key(run)}", run, seed)
         rows[f"{obj}'s shape at random init"] = {"knn_cls": cls["random_init"], "knn_avg": avg["random_init"],
                                                  "linear": linear(twin), "linear_dino": linear(twin, "dino_avg"),
+                                                 "linear_blocks": linear(twin, "blocks"),
                                                  "finetune": finetune(twin, ft, seed) if ft else None}
         rows.setdefault("raw pixels", {"knn_cls": cls["raw_pixels"], "knn_avg": avg["raw_pixels"]})
-    rows["raw pixels"]["linear"] = rows["raw pixels"]["linear_dino"] = linear(twin, "pixels")  # one recipe
+    rows["raw pixels"]["linear"] = rows["raw pixels"]["linear_dino"] = rows["raw pixels"]["linear_blocks"] = \
+        linear(twin, "pixels")  # one recipe
     if args.ceiling_epochs:  # the first objective's twin again, in its own folder, so both fine-tunings are kept
         first = root / objectives[0]
         longer = random_init_run(root / f"random_init_long-{shape_key(first)}", first, seed)
@@ -192,7 +195,8 @@ def cell(values: list) -> str:
 
 def table(per_seed: list[dict]) -> str:
     cols = [("knn_cls", "k-NN cls"), ("knn_avg", "k-NN avg"), ("linear", "linear"),
-            ("linear_dino", "linear, DINO's protocol"), ("finetune", "fine-tune"),
+            ("linear_dino", "linear, DINO's protocol"), ("linear_blocks", "linear, BEiT's (best block)"),
+            ("finetune", "fine-tune"),
             ("wall_min", "pretrain min")]
     names = list(dict.fromkeys(n for rows in per_seed for n in rows))
     names.sort(key=lambda n: n == "raw pixels")  # the common reference under every objective's pair

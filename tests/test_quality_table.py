@@ -17,8 +17,8 @@ def test_merge_averages_each_row_over_the_files_that_have_it(tmp_path):
     lines = quality.table(quality.merged([str(a), str(b)])).splitlines()
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in lines[2:]}
     assert rows["mae"][0] == f"{(10 + 14) / 2:.1f} +- {(14 - 10) / 2:.1f}"
-    assert rows["mae"][4] == f"{(90 + 93) / 2:.1f} +- {(93 - 90) / 2:.1f}"
-    assert rows["dino"][0] == "12.0" and rows["dino"][4] == ""  # one seed: the figure alone; absent: empty
+    assert rows["mae"][5] == f"{(90 + 93) / 2:.1f} +- {(93 - 90) / 2:.1f}"
+    assert rows["dino"][0] == "12.0" and rows["dino"][5] == ""  # one seed: the figure alone; absent: empty
     assert rows["raw pixels"][0] == "67.0 +- 0.0"
     assert list(rows) == ["mae", "dino", "raw pixels"]
 
