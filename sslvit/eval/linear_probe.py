@@ -175,13 +175,14 @@ def _fit_grid(cfg: LinearProbeConfig, passes, clean_x, val_x, val_y, device,
     grid_pairs = list(itertools.product(cfg.grid_lrs(), cfg.weight_decays))
     scale = cfg.batch_size / 256
     width = val_x.shape[1] // parts
+    fit_x, hold_x = [x[fit] for x, _ in passes], clean_x[hold]  # gathered once; each block's columns are views
     rows = []
     for part in range(parts):
         cols = slice(part * width, (part + 1) * width)
-        grid = train_head_grid([x[fit][:, cols] for x, _ in passes], labels[fit], num_classes,
+        grid = train_head_grid([x[:, cols] for x in fit_x], labels[fit], num_classes,
                                [lr * scale for lr, _ in grid_pairs], [wd for _, wd in grid_pairs], cfg.epochs,
                                cfg.batch_size, cfg.optimizer, cfg.head == "mae", cfg.warmup_epochs, cfg.seed, device)
-        hold_top1, _ = grid_accuracy(grid, clean_x[hold][:, cols], labels[hold])
+        hold_top1, _ = grid_accuracy(grid, hold_x[:, cols], labels[hold])
         val_top1, val_top5 = grid_accuracy(grid, val_x[:, cols], val_y)
         rows += [{"lr": lr, "weight_decay": wd, "lr_scaled": lr * scale, "holdout_top1": float(hold_top1[g]),
                   "val_top1": float(val_top1[g]), "val_top5": float(val_top5[g]),
