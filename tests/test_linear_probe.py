@@ -262,3 +262,24 @@ def test_blocks_recipe_fits_a_grid_per_block_and_reports_the_best_block_on_held_
     table = format_report(report)
     assert table.count("\n     1") == table.count("\n     2") == table.count("\n     3") == 1  # a row per block
     assert "(block 2, lr" in table
+
+
+def test_aug_passes_crop_at_the_asked_scale(tmp_path, image_folder, fresh_accelerate, monkeypatch):
+    from sslvit.eval import linear_probe
+    from sslvit.eval.linear_probe import run_linear_probe
+    from sslvit.recipes.mae import MAERunConfig
+    from sslvit.train.entry import run_pretraining
+
+    run = run_pretraining(MAERunConfig, "mae", argv=[*TINY_MAE, "--data", str(image_folder),
+                                                     "--out", str(tmp_path / "run")])
+    scales = []
+    real = linear_probe.mae_train_transform
+
+    def recording(size, scale, hflip):
+        scales.append(scale)
+        return real(size, scale=scale, hflip=hflip)
+
+    monkeypatch.setattr(linear_probe, "mae_train_transform", recording)
+    report = run_linear_probe(LinearProbeConfig(ckpt=str(run), recipe="pixels", epochs=2, lrs=(0.1,), batch_size=16,
+                                                aug_passes=2, crop_scale=(0.5, 1.0)))
+    assert scales == [(0.5, 1.0), (0.5, 1.0)] and report["aug_passes"] == 2

@@ -49,6 +49,9 @@ class LinearProbeConfig:
     holdout_fraction: float = 0.1  # of the train split, to pick the best head
     aug_passes: int = 0  # 0: centre-crop features; N: N cached passes of RandomResizedCrop + flip
     hflip: Optional[bool] = None  # the aug passes' left-right flip; None: yes, but not the embedded digit sets
+    # the aug passes' RandomResizedCrop area range: MAE's and DINO's probes use torchvision's 0.08-1; on
+    # small images where the object is a small part of the frame, 0.08 crops often miss it (fine-tuning's 0.5-1)
+    crop_scale: tuple[float, float] = (0.08, 1.0)
     extract_batch_size: int = 256
     num_workers: int = 0
     seed: int = 0
@@ -72,6 +75,9 @@ class LinearProbeConfig:
         if self.baselines and self.recipe == "pixels":
             raise ValueError("--baselines true with --recipe pixels: the pixels recipe is itself a baseline; "
                              "probe the backbone's features (--recipe cls or avg) with --baselines true instead.")
+        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ValueError(f"crop_scale must be two area fractions 0 < low <= high <= 1 (got {self.crop_scale}); "
+                             "e.g. --crop_scale [0.5,1.0].")
         if (self.lrs is not None and not self.lrs) or not self.weight_decays:
             raise ValueError("lrs and weight_decays need at least one value each.")
 
@@ -97,7 +103,7 @@ def run_linear_probe(cfg: LinearProbeConfig) -> dict:
 
     def cached(compute, split: str, aug_pass: Optional[int] = None):
         key = feature_key(cfg.recipe, cfg.n_last_blocks, data, split, size, aug_pass,
-                          cfg.seed if aug_pass is not None else None, hflip_for(data, cfg.hflip))
+                          cfg.seed if aug_pass is not None else None, hflip_for(data, cfg.hflip), cfg.crop_scale)
         feats, labels, hit = cached_features(weights, compute, write=main, **key)
         hits.append(hit)
         return feats, labels
@@ -141,7 +147,8 @@ def _split_features(cfg: LinearProbeConfig, model, sets, data: str, size: int, a
     def features(dataset, split: str, aug_pass: Optional[int] = None):
         def compute():
             if aug_pass is not None:
-                dataset.transform = mae_train_transform(size, scale=(0.08, 1.0), hflip=hflip_for(data, cfg.hflip))
+                dataset.transform = mae_train_transform(size, scale=tuple(cfg.crop_scale),
+                                                        hflip=hflip_for(data, cfg.hflip))
                 torch.manual_seed(cfg.seed * 1000 + aug_pass)  # each pass is its own reproducible draw
             if model is None:
                 return raw_pixel_features(dataset)
