@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -64,13 +65,17 @@ def knn(run: Path, pool: str, baselines: bool) -> dict:
     return {name: r["20"]["top1"] for name, r in json.loads((run / "knn.json").read_text())["results"].items()}
 
 
-def linear(run: Path, recipe: str = "avg") -> float:
-    """Best val top-1 of the linear probe on ``run``'s features; ``pixels``: on raw pixels, same heads and grid."""
+def linear_probe(run: Path, recipe: str = "avg", aug_passes: int = 0) -> float:
+    """Best val top-1 of the linear probe on ``run``'s features; ``pixels``: on raw pixels, same heads and grid.
+    ``aug_passes`` N: the heads train on N cached passes of RandomResizedCrop (0.5-1), as the reference probes
+    train theirs on augmented crops, and are picked and scored on centre crops."""
     # the grid reaches 2.0: on these short runs the best lr sat at the default grid's edge (0.1). The pixels'
     # 3072 inputs overfit 4,050 images at the grid's low edge (0.005 best on cluttered), so theirs goes lower
     low = "0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, " if recipe == "pixels" else ""
     sh([PY, "probes/linear.py", "--ckpt", str(run), "--recipe", recipe, "--head", "mae", "--epochs", "50",
-        "--lrs", f"[{low}0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0]"], run / f"linear_{recipe}.log")
+        "--lrs", f"[{low}0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0]",
+        *(["--aug_passes", str(aug_passes), "--crop_scale", "[0.5, 1.0]"] if aug_passes else [])],
+       run / f"linear_{recipe}.log")
     written = run / ("linear_pixels.json" if recipe == "pixels" else "linear.json")
     return json.loads(written.read_text())["best"]["val_top1"]
 
@@ -156,6 +161,7 @@ def one_seed(args, seed: int) -> dict[str, dict]:
     linear, and fine-tuning from it, i.e. trained with labels only); raw pixels; the ceiling."""
     rows: dict[str, dict] = {}
     root = Path(args.out) / f"seed{seed}"
+    linear = functools.partial(linear_probe, aug_passes=args.linear_aug_passes)
     objectives = args.objectives.split(",")
     for obj in objectives:
         run = root / obj
@@ -225,6 +231,8 @@ def main() -> None:
     p.add_argument("--finetune_epochs", type=int, default=20, help="0: no fine-tuning")
     p.add_argument("--ceiling_epochs", type=int, default=0,
                    help="also the supervised row trained this many epochs: what the set allows, past the budget")
+    p.add_argument("--linear_aug_passes", type=int, default=0,
+                   help="N: every linear probe (pixels too) trains on N augmented passes, not the centre crop")
     p.add_argument("--out", default="runs/quality")
     p.add_argument("--extra", default="", help="more keys for every pretraining run, e.g. '--train.epochs 4'")
     p.add_argument("--merge", nargs="+", metavar="QUALITY_JSON",
@@ -235,7 +243,8 @@ def main() -> None:
         return
     print_machine()
     print(f"data {args.data}, objectives {args.objectives}, seeds {args.seeds}, fine-tune {args.finetune_epochs} "
-          f"epochs, extra keys '{args.extra}'")
+          f"epochs, extra keys '{args.extra}'"
+          + (f", linear probes on {args.linear_aug_passes} augmented passes" if args.linear_aug_passes else ""))
     per_seed = [one_seed(args, int(s)) for s in args.seeds.split(",")]
     (Path(args.out) / "quality.json").write_text(json.dumps(per_seed, indent=1))
     print(table(per_seed))

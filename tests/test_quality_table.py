@@ -68,3 +68,35 @@ def test_a_start_of_named_epochs_is_trained_first_for_that_many(tmp_path, monkey
     assert dino[1] == "pretrain/dino.py" and "--train.epochs" not in dino
     assert dino[dino.index("--init") + 1] == str(root / "mae33" / "backbone.safetensors")
     assert quality.split_epochs("mae_dino") == ("mae_dino", [])
+
+
+@pytest.mark.parametrize("passes", [0, 10])
+def test_linear_aug_passes_reach_every_linear_probe_pixels_included(tmp_path, monkeypatch, passes):
+    import json
+
+    probes = []
+
+    def fake_sh(args, log):
+        if args[1] == "probes/linear.py":
+            probes.append(args)
+            run = Path(args[args.index("--ckpt") + 1])
+            name = "linear_pixels.json" if args[args.index("--recipe") + 1] == "pixels" else "linear.json"
+            (run / name).write_text(json.dumps({"best": {"val_top1": 50.0}}))
+        return 0.0
+
+    monkeypatch.setattr(quality, "sh", fake_sh)
+    monkeypatch.setattr(quality, "pretrain", lambda args, run, seed: run.mkdir(parents=True) or 1.0)
+    monkeypatch.setattr(quality, "knn", lambda run, pool, baselines: {"pretrained": 1.0, "random_init": 1.0,
+                                                                       "raw_pixels": 1.0})
+    monkeypatch.setattr(quality, "random_init_run", lambda folder, run, seed: folder.mkdir(parents=True) or folder)
+    monkeypatch.setattr(quality, "shape_key", lambda run: "x")
+    args = type("Args", (), {"objectives": "mae", "out": str(tmp_path), "finetune_epochs": 0,
+                             "ceiling_epochs": 0, "linear_aug_passes": passes})()
+    quality.one_seed(args, 0)
+    recipes = sorted(p[p.index("--recipe") + 1] for p in probes)
+    assert recipes == ["avg", "avg", "blocks", "blocks", "dino_avg", "dino_avg", "pixels"]
+    for p in probes:
+        if passes:
+            assert p[p.index("--aug_passes") + 1] == "10" and p[p.index("--crop_scale") + 1] == "[0.5, 1.0]"
+        else:
+            assert "--aug_passes" not in p
