@@ -264,9 +264,10 @@ def test_blocks_recipe_fits_a_grid_per_block_and_reports_the_best_block_on_held_
     assert "(block 2, lr" in table
 
 
-def test_aug_passes_crop_at_the_asked_scale(tmp_path, image_folder, fresh_accelerate, monkeypatch):
+def test_aug_passes_crop_at_the_asked_scale_and_the_report_says_so(tmp_path, image_folder, fresh_accelerate,
+                                                                    monkeypatch):
     from sslvit.eval import linear_probe
-    from sslvit.eval.linear_probe import run_linear_probe
+    from sslvit.eval.linear_probe import format_report, run_linear_probe
     from sslvit.recipes.mae import MAERunConfig
     from sslvit.train.entry import run_pretraining
 
@@ -283,3 +284,4 @@ def test_aug_passes_crop_at_the_asked_scale(tmp_path, image_folder, fresh_accele
     report = run_linear_probe(LinearProbeConfig(ckpt=str(run), recipe="pixels", epochs=2, lrs=(0.1,), batch_size=16,
                                                 aug_passes=2, crop_scale=(0.5, 1.0)))
     assert scales == [(0.5, 1.0), (0.5, 1.0)] and report["aug_passes"] == 2
+    assert "on 2 augmented passes" in format_report(report)

@@ -203,7 +203,9 @@ def format_report(report: dict) -> str:
     per_block = "block" in b
     what = "raw pixels (the baseline)" if report["recipe"] == "pixels" else f"{report['recipe']} features"
     lines = [f"linear probe ({what}, {report['feature_dim']}-d, {report['head']} head, "
-             f"{report['optimizer']}, {report['epochs']} epochs; {report['num_train']} train / "
+             f"{report['optimizer']}, {report['epochs']} epochs"
+             f"{' on {} augmented passes'.format(report['aug_passes']) if report.get('aug_passes') else ''}; "
+             f"{report['num_train']} train / "
              f"{report['num_holdout']} held out / {report['num_val']} val"
              f"{'; features from cache' if report['features_from_cache'] else ''})",
              f"{'block':>6}" * per_block + f"{'lr':>10}{'wd':>10}{'held-out':>10}{'val top-1':>11}{f'val top-{n}':>11}"]
