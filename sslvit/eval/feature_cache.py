@@ -33,16 +33,20 @@ def cache_key(weights: Path, **fields) -> tuple[str, dict]:
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:20], desc
 
 
+# torchvision's RandomResizedCrop area range, which MAE's and DINO's linear probes train on
+DEFAULT_AUG_CROP_SCALE = (0.08, 1.0)
+
+
 def feature_key(recipe: str, n_last_blocks: int, data: str, split: str, img_size: int,
                 aug_pass: int | None = None, aug_seed: int | None = None, aug_hflip: bool = True,
-                aug_crop_scale: tuple[float, float] = (0.08, 1.0)) -> dict:
+                aug_crop_scale: tuple[float, float] = DEFAULT_AUG_CROP_SCALE) -> dict:
     """The fields the features depend on besides the weights; every probe builds its key here,
     so the k-NN and linear probes read each other's cache."""
     key = dict(recipe=recipe, n_last_blocks=n_last_blocks, data=str(data), split=split, img_size=img_size,
                aug_pass=aug_pass, aug_seed=aug_seed)
     if aug_pass is not None and not aug_hflip:  # only then: the keys of every cache written before stay valid
         key["aug_hflip"] = False
-    if aug_pass is not None and tuple(aug_crop_scale) != (0.08, 1.0):  # likewise
+    if aug_pass is not None and tuple(aug_crop_scale) != DEFAULT_AUG_CROP_SCALE:  # likewise
         key["aug_crop_scale"] = tuple(float(v) for v in aug_crop_scale)
     return key
 

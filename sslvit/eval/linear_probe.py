@@ -14,7 +14,7 @@ import torch
 
 from sslvit.data.dataset import build_dataset
 from sslvit.data.transforms import eval_transform, hflip_for, mae_train_transform
-from sslvit.eval.feature_cache import cached_features, feature_key
+from sslvit.eval.feature_cache import DEFAULT_AUG_CROP_SCALE, cached_features, feature_key
 from sslvit.eval.features import extract_features, finish_probe, raw_pixel_features
 from sslvit.eval.linear_heads import grid_accuracy, train_head_grid
 from sslvit.files import existing, write_json_atomic
@@ -49,9 +49,9 @@ class LinearProbeConfig:
     holdout_fraction: float = 0.1  # of the train split, to pick the best head
     aug_passes: int = 0  # 0: centre-crop features; N: N cached passes of RandomResizedCrop + flip
     hflip: Optional[bool] = None  # the aug passes' left-right flip; None: yes, but not the embedded digit sets
-    # the aug passes' RandomResizedCrop area range: MAE's and DINO's probes use torchvision's 0.08-1; on
-    # small images where the object is a small part of the frame, 0.08 crops often miss it (fine-tuning's 0.5-1)
-    crop_scale: tuple[float, float] = (0.08, 1.0)
+    # the aug passes' RandomResizedCrop area range; on small images where the object is a small part of the
+    # frame, 0.08 crops often miss it (fine-tuning's 0.5-1)
+    crop_scale: tuple[float, float] = DEFAULT_AUG_CROP_SCALE
     extract_batch_size: int = 256
     num_workers: int = 0
     seed: int = 0
