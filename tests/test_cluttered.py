@@ -152,6 +152,19 @@ def test_batched_crops_stay_only_for_images_near_the_crop_size():
     assert dino["crops"]["batched"] == "true"  # the preset itself is untouched
 
 
+def test_the_beit_codebook_and_its_pooling_follow_the_folder():
+    """BEiT's pixel codes pool the patch as the recipe scales it, and a small folder gets a codebook
+    that k-means can fit: at most one code per 39 of the patches it is fitted on."""
+    beit = {"model": {"img_size": "32", "patch_size": "8"}, "train": {},
+            "tokenizer": {"vocab": "512", "fit_images": "1500", "pixel_size": "4"}}
+    large = fitted_small_recipe(beit, DataShape(9_000, 64, False))  # 1,500 x 16 patches: 46 a code
+    assert large["tokenizer"] == {"vocab": 512, "fit_images": "1500", "pixel_size": 8}
+    assert large["model"] == {"img_size": 64, "patch_size": 16}
+    assert fitted_small_recipe(beit, DataShape(600, 32, False))["tokenizer"]["vocab"] == 128  # 9,600 / 39 = 246
+    assert fitted_small_recipe(beit, DataShape(16, 20, False))["tokenizer"]["vocab"] == 4  # 256 / 39 = 6
+    assert beit["tokenizer"]["vocab"] == "512"  # the preset itself is untouched
+
+
 def test_the_recipe_line_names_a_depth_that_is_not_the_sizes():
     from sslvit.recipes.mae import MAERunConfig
     from sslvit.train.data_recipe import summary
