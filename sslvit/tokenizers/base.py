@@ -20,7 +20,6 @@ from sslvit.config import ConfigError
 from sslvit.files import save_safetensors_atomic
 
 HEADER_KEY = "sslvit_tokenizer"
-FAISS_MIN_POINTS_PER_CODE = 39  # below this faiss warns that k-means is under-determined
 
 
 class Tokenizer(nn.Module):

@@ -10,11 +10,12 @@ from torch.utils.data import DataLoader, Subset
 
 from sslvit.data.dataset import build_dataset, is_embedded
 from sslvit.data.transforms import hflip_for, mae_train_transform
-from sslvit.tokenizers.base import FAISS_MIN_POINTS_PER_CODE, Tokenizer
+from sslvit.tokenizers.base import Tokenizer
 from sslvit.tokenizers.features import FeatureTokenizer
 from sslvit.tokenizers.pixel import PixelTokenizer
 # the keys live in tokenizer_config (no faiss for --help); RUN_TOKENIZER and TokenizerConfig are imported from here too
-from sslvit.tokenizers.tokenizer_config import RUN_TOKENIZER, TokenizerConfig, TokenizerFitConfig  # noqa: F401
+from sslvit.tokenizers.tokenizer_config import (FAISS_MIN_POINTS_PER_CODE, RUN_TOKENIZER, TokenizerConfig,  # noqa: F401
+                                              TokenizerFitConfig)
 from sslvit.tokenizers.usage import codebook_usage, collapse_warnings, format_usage
 
 

@@ -8,6 +8,7 @@ from typing import Optional
 from sslvit.config import ConfigError
 
 RUN_TOKENIZER = "tokenizer.safetensors"
+FAISS_MIN_POINTS_PER_CODE = 39  # below this faiss warns that k-means is under-determined
 
 
 @dataclass

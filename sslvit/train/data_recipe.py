@@ -13,7 +13,7 @@ The small-data recipe of each objective is its ``cluttered`` preset (chosen by t
   - the batch is at most half the images (a power of two), and the online k-NN is off
     (``train.knn_every N`` turns it on for a labelled folder);
   - BEiT's pixel codes are pooled as the patch is scaled, and the codebook has at most one code
-    per POINTS_PER_CODE patches it is fitted on;
+    per FAISS_MIN_POINTS_PER_CODE patches it is fitted on;
   - DINO's crops are made a batch at a time (``crops.batched``) only when the images' short side
     is at most BATCHED_SHRINK times the crops' size: that path does not low-pass a crop it shrinks.
 """
@@ -28,6 +28,7 @@ from sslvit.data.shape import SMALL_SIDE, DataShape, data_shape
 from sslvit.data.shard_reader import is_shard_spec
 from sslvit.data.transforms import hflip_for
 from sslvit.models.backbone_config import VIT_SIZES
+from sslvit.tokenizers.tokenizer_config import FAISS_MIN_POINTS_PER_CODE
 
 FEW_IMAGES = 20_000
 TUNED_COUNT = 4_500  # training images of the embedded 'cluttered' set
@@ -35,7 +36,6 @@ TUNED_SIZE = 32
 MAX_EPOCH_SCALE = 4
 PIXEL_KEYS = (("model", "img_size"), ("model", "patch_size"), ("crops", "local_size"), ("tokenizer", "pixel_size"))
 BATCHED_SHRINK = 1.5
-POINTS_PER_CODE = 39  # faiss's k-means warns below 39 training points a centroid
 
 
 def fitted_small_recipe(preset: dict, shape: DataShape) -> dict:
@@ -62,13 +62,13 @@ def fitted_small_recipe(preset: dict, shape: DataShape) -> dict:
 
 def _fit_vocab(recipe: dict, count: int) -> None:
     """BEiT's pixel codebook at most as large as the patches it is fitted on allow: the largest
-    power of two with POINTS_PER_CODE of them a code (a folder of 16 images has 256 patches)."""
+    power of two with FAISS_MIN_POINTS_PER_CODE of them a code (a folder of 16 images has 256 patches)."""
     tok, model = recipe.get("tokenizer", {}), recipe.get("model", {})
     if "vocab" not in tok or "img_size" not in model:
         return
     images = min(count, int(tok.get("fit_images", count)))
     patches = images * (int(model["img_size"]) // int(model.get("patch_size", 16))) ** 2
-    cap = 1 << max(1, (patches // POINTS_PER_CODE).bit_length() - 1)
+    cap = 1 << max(1, (patches // FAISS_MIN_POINTS_PER_CODE).bit_length() - 1)
     tok["vocab"] = min(int(tok["vocab"]), cap)
 
 
