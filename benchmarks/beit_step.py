@@ -44,22 +44,18 @@ from sslvit.train.optim import build_adamw
 N, D, DEPTH = 196, 384, 12
 
 
-def main() -> None:
+def _parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    keep_freed_memory()
-    torch.set_num_threads(args.threads)
-    B, V = args.batch, args.vocab
-    bf16_ok = print_machine(f"batch {B}, vocab {V}, steps {args.steps} (+{args.warmup} warm-up)")
-    peak = {"fp32": matmul_peak(torch.float32)}
-    if bf16_ok:
-        peak["bf16"] = matmul_peak(torch.bfloat16)
+    return ap.parse_args()
 
+
+def _build(B: int, V: int):
+    """The ViT-S/16 BEiT, its tokenizer and optimizer, a batch (B, 3, 224, 224) and its masks (B, N)."""
     torch.manual_seed(0)
     tok = PixelTokenizer(V, patch_size=16, pixel_size=8)
     tok.codebook = F.normalize(torch.randn(V, tok.codebook.shape[1]), dim=-1) * tok.codebook.shape[1] ** 0.5
@@ -68,33 +64,13 @@ def main() -> None:
     model.train()
     opt = build_adamw(model, 1.5e-3 * B / 2048, 0.05, (0.9, 0.98))
     imgs = torch.randn(B, 3, 224, 224)
-    mask_args = model.mask_args
-    masks = block_masking(B, **mask_args)
-    M = int(masks[0].sum())
+    return model, tok, opt, imgs, block_masking(B, **model.mask_args)
 
-    def step(bf16: bool = False) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = model((imgs, masks))
-        out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        out["loss"].item()
 
-    def masking() -> None:
-        block_masking(B, **mask_args)
-
-    def tokenisation() -> None:
-        tok.encode(imgs, masks)
-
-    steps = {"step": step, "masking": masking, "tokenisation": tokenisation}
-    if bf16_ok:
-        steps["step bf16"] = lambda: step(bf16=True)
-    times = time_round_robin(steps, args.steps, args.warmup)
-    peak["fp32"] = max(peak["fp32"], matmul_peak(torch.float32))
+def _report(times: dict, peak: dict, B: int, V: int, M: int, d: int) -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     step_flops = 3 * 2 * B * (N * stem_macs("hmlp", D) + DEPTH * block_macs(1 + N, D) + M * D * V)
-    tok_flops = 2 * B * M * tok.codebook.shape[1] * V
+    tok_flops = 2 * B * M * d * V
     print("\npeak matmul 2048^3: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peak.items()))
     for name in [n for n in ("step", "step bf16") if n in med]:
         fps = step_flops / med[name]
@@ -113,6 +89,36 @@ def main() -> None:
     print(f"masking + tokenisation: {share:.2%} of the step (goal < 5%); "
           f"masking alone {med['masking'] / (med['step'] + med['masking']):.2%}, "
           f"tokenisation alone {med['tokenisation'] / (med['step'] + med['masking']):.2%}")
+
+
+def main() -> None:
+    args = _parse()
+    keep_freed_memory()
+    torch.set_num_threads(args.threads)
+    B, V = args.batch, args.vocab
+    bf16_ok = print_machine(f"batch {B}, vocab {V}, steps {args.steps} (+{args.warmup} warm-up)")
+    peak = {"fp32": matmul_peak(torch.float32)}
+    if bf16_ok:
+        peak["bf16"] = matmul_peak(torch.bfloat16)
+    model, tok, opt, imgs, masks = _build(B, V)
+    mask_args = model.mask_args
+
+    def step(bf16: bool = False) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model((imgs, masks))
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        out["loss"].item()
+
+    steps = {"step": step, "masking": lambda: block_masking(B, **mask_args),
+             "tokenisation": lambda: tok.encode(imgs, masks)}
+    if bf16_ok:
+        steps["step bf16"] = lambda: step(bf16=True)
+    times = time_round_robin(steps, args.steps, args.warmup)
+    peak["fp32"] = max(peak["fp32"], matmul_peak(torch.float32))
+    _report(times, peak, B, V, int(masks[0].sum()), tok.codebook.shape[1])
 
 
 if __name__ == "__main__":

@@ -31,13 +31,17 @@ from sslvit.eval.linear_probe import DEFAULT_LRS
 from sslvit.models.vit import BackboneConfig, build_backbone
 
 
-def main() -> None:
+def _parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--epochs", type=int, default=90)
     ap.add_argument("--rerun-epochs", type=int, default=3)
     ap.add_argument("--img", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = _parse()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     backbone = build_backbone(BackboneConfig(size="small", patch_size=16, img_size=args.img)).eval()
