@@ -266,7 +266,7 @@ def test_forward_logs_entropy_and_kl():
 
 
 def test_cls_attention_equals_timms_own_attention_weights():
-    from sslvit.eval.attention import cls_attention
+    from sslvit.models.attention_maps import cls_attention
 
     backbone = build_backbone(BackboneConfig(size="tiny", depth=2, patch_size=4, img_size=16,
                                              dynamic_img_size=True)).eval()

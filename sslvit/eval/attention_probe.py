@@ -14,7 +14,7 @@ from sslvit.data.dataset import build_dataset
 from sslvit.data.folder import DataError, load_rgb
 from sslvit.data.sample import spread_sample
 from sslvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
-from sslvit.eval.attention import attention_columns
+from sslvit.models.attention_maps import attention_columns
 from sslvit.models.export import load_backbone, resolve_backbone_path, run_data_of
 from sslvit.models.vit import check_img_size
 from sslvit.files import existing

@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sslvit.models.attention_maps import attention_columns
 from sslvit.objectives.base import Objective, StepInfo
 from sslvit.runtime.schedules import cosine_schedule
 
@@ -351,6 +352,4 @@ class DINO(Objective):
     @torch.no_grad()
     def pictures(self, imgs: torch.Tensor):
         """The teacher's last-block cls attention per head over ``imgs`` (B, C, H, W)."""
-        from sslvit.eval.attention import attention_columns
-
         return attention_columns(self.exported_backbone(), imgs)
