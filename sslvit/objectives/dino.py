@@ -16,7 +16,6 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sslvit.models.attention_maps import attention_columns
 from sslvit.objectives.base import Objective, StepInfo
 from sslvit.runtime.schedules import cosine_schedule
 
@@ -352,4 +351,6 @@ class DINO(Objective):
     @torch.no_grad()
     def pictures(self, imgs: torch.Tensor):
         """The teacher's last-block cls attention per head over ``imgs`` (B, C, H, W)."""
+        from sslvit.models.attention_maps import attention_columns  # imports timm: kept off --help's path
+
         return attention_columns(self.exported_backbone(), imgs)
