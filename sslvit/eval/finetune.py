@@ -318,7 +318,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     effective = cfg.batch_size * accelerator.num_processes
     base_lr = scaled_lr(blr_for(sizes["img_size"], cfg.blr), effective)
     optimizer = build_optimizer(model, cfg, base_lr)
-    if len(train_set) < cfg.batch_size * accelerator.num_processes:
+    if len(train_set) < effective:
         raise ValueError(f"The training data has {len(train_set)} images, fewer than one batch of {cfg.batch_size}; "
                          "lower --batch_size.")
     val_loader = DataLoader(val_set, batch_size=256, num_workers=cfg.num_workers)
