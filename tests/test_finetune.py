@@ -79,6 +79,15 @@ def test_finetune_run_reports_and_writes(exported, image_folder, fresh_accelerat
     assert full["lr"] == pytest.approx(4e-3 * 8 / 256) and written["head_init_std"] == 0.02  # 16 px: small images
 
 
+def test_a_batch_larger_than_the_data_is_one_sentence_and_writes_nothing(exported, image_folder, fresh_accelerate):
+    cfg = FinetuneConfig(ckpt=str(exported), data=str(image_folder), epochs=1, batch_size=64)
+    with pytest.raises(ValueError) as err:
+        run_finetune(cfg)
+    message = str(err.value)  # the folder's 48 training images against the effective batch, as the pretraining loop says
+    assert "has 48 images, fewer than one batch of 64 x 1 processes; lower --batch_size." in message
+    assert "\n" not in message and not (exported.parent / "finetune_full").exists()
+
+
 def test_average_pool_head_is_maes_global_pool():
     """models_vit.py with global_pool: blocks, then the mean of the patch tokens, then fc_norm,
     then the head; the backbone's final norm is dropped."""

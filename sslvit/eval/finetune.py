@@ -311,16 +311,16 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     weights = resolve_backbone_path(cfg.ckpt)
     data, train_set, val_set, num_classes = _labelled_sets(cfg, weights)
     accelerator = build_accelerator()
+    effective = cfg.batch_size * accelerator.num_processes
+    if len(train_set) < effective:  # before the model is built: no work for a run that cannot take one step
+        raise ValueError(f"The training data has {len(train_set)} images, fewer than one batch of "
+                         f"{cfg.batch_size} x {accelerator.num_processes} processes; lower --batch_size.")
     torch.manual_seed(cfg.seed)
     model, sizes = build_classifier(weights, num_classes, cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total_params = sum(p.numel() for p in model.parameters())
-    effective = cfg.batch_size * accelerator.num_processes
     base_lr = scaled_lr(blr_for(sizes["img_size"], cfg.blr), effective)
     optimizer = build_optimizer(model, cfg, base_lr)
-    if len(train_set) < effective:
-        raise ValueError(f"The training data has {len(train_set)} images, fewer than one batch of {cfg.batch_size}; "
-                         "lower --batch_size.")
     val_loader = DataLoader(val_set, batch_size=256, num_workers=cfg.num_workers)
     if isinstance(train_set, ShardDataset):  # the pretraining loop's stream: shuffled, equal steps per process
         train_set.shuffle, train_set.seed = True, cfg.seed
