@@ -210,7 +210,7 @@ def test_a_folder_of_small_images_trains_with_no_keys(tmp_path, objective, capsy
                                          "--model.depth", "1", "--train.precision", "fp32"])
     printed = capsys.readouterr().out
     assert "recipe: small data (16 training images, short side 20 px" in printed
-    assert "this run: ViT-tiny/8, 1 block at 32 px" in printed  # --model.depth 1, not the size's 12
+    assert "this run: ViT-tiny/8, 1 block at 32 px, 1 epoch of batch" in printed  # --model.depth 1, not the size's 12
     assert ("\nnote: DINO learns here when it starts from an MAE run" in printed) == (objective == "dino")
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert (cfg["model"]["img_size"], cfg["model"]["patch_size"], cfg["train"]["batch_size"]) == (32, 8, 8)

@@ -110,5 +110,6 @@ def summary(cfg) -> str:
     standard_depth = VIT_SIZES[m.size][1] if m.size in VIT_SIZES else None
     blocks = "" if m.depth in (None, standard_depth) else f", {m.depth} block{'s' if m.depth != 1 else ''}"
     blocks += f" of {m.parallel} parallel branches" if m.parallel > 1 else ""
-    return (f"this run: ViT-{m.size}/{m.patch_size}{blocks} at {m.img_size} px, {t.epochs} epochs of batch "
-            f"{t.batch_size}, {flip} (every key stays yours to set)")
+    epochs = f"{t.epochs} epoch{'s' if t.epochs != 1 else ''}"
+    return (f"this run: ViT-{m.size}/{m.patch_size}{blocks} at {m.img_size} px, {epochs} of batch {t.batch_size}, "
+            f"{flip} (every key stays yours to set)")
