@@ -101,6 +101,11 @@ def _chosen(presets: dict, data: str) -> tuple[dict | None, str]:
     return recipe, f"recipe: small data ({seen}: {why}), the cluttered preset fitted to it"
 
 
+def _counted(n: int, noun: str) -> str:
+    """'1 block', '6 blocks'."""
+    return f"{n} {noun}{'s' if n != 1 else ''}"
+
+
 def summary(cfg) -> str:
     """What the resolved config trains, for the recipe line: model, size, epochs, batch."""
     m, t = cfg.model, cfg.train
@@ -108,8 +113,7 @@ def summary(cfg) -> str:
     # "ViT-tiny" alone would hide a --model.depth or --model.parallel override; an unknown size is
     # validate()'s to name, after this line is built
     standard_depth = VIT_SIZES[m.size][1] if m.size in VIT_SIZES else None
-    blocks = "" if m.depth in (None, standard_depth) else f", {m.depth} block{'s' if m.depth != 1 else ''}"
+    blocks = "" if m.depth in (None, standard_depth) else f", {_counted(m.depth, 'block')}"
     blocks += f" of {m.parallel} parallel branches" if m.parallel > 1 else ""
-    epochs = f"{t.epochs} epoch{'s' if t.epochs != 1 else ''}"
-    return (f"this run: ViT-{m.size}/{m.patch_size}{blocks} at {m.img_size} px, {epochs} of batch {t.batch_size}, "
-            f"{flip} (every key stays yours to set)")
+    return (f"this run: ViT-{m.size}/{m.patch_size}{blocks} at {m.img_size} px, {_counted(t.epochs, 'epoch')} "
+            f"of batch {t.batch_size}, {flip} (every key stays yours to set)")
