@@ -1,9 +1,13 @@
 """What a tiny real run leaves for a person: one TensorBoard entry with its hparams once and no
-step/epoch curves, the parameter counts in the first lines, and files colleagues can read (the
+step/epoch curves, the parameter counts in the first lines, each epoch's seconds and the time
+left, the training time at the end, and files colleagues can read (the
 umask's modes, not safetensors' 0600)."""
 import contextlib
+import datetime
 import io
+import json
 import os
+import re
 import stat
 
 import numpy as np
@@ -126,3 +130,34 @@ def test_two_writers_of_one_file_at_once_each_rename_a_whole_file(tmp_path):
         assert np.load(path)["x"].tolist() == [1, 1, 1]
     assert np.load(path)["x"].tolist() == [0, 0, 0]
     assert [p.name for p in tmp_path.iterdir()] == ["cache.npz"]  # no temporary file left behind
+
+
+def test_epoch_lines_give_the_epochs_seconds_and_the_time_left_and_the_end_the_training_time(tiny_run):
+    run, printed = tiny_run
+    (first,) = [line for line in printed.splitlines() if line.startswith("epoch 1/2  loss")]
+    (last,) = [line for line in printed.splitlines() if line.startswith("epoch 2/2  loss")]
+    m = re.fullmatch(r"epoch 1/2  loss [\d.]+  \d+ img/s  (\d+) s, about (\d+):(\d\d):(\d\d) left", first)
+    assert m, first
+    seconds, h, mi, s = map(int, m.groups())
+    assert 3600 * h + 60 * mi + s >= seconds  # one epoch to go, at least as long as the first took
+    assert re.fullmatch(r"epoch 2/2  loss [\d.]+  \d+ img/s  \d+ s", last), last
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    (total,) = [r["training_time_s"] for r in records if "training_time_s" in r]
+    assert total >= sum(r["epoch_time_s"] for r in records if "epoch_time_s" in r)
+    assert f"Training time {datetime.timedelta(seconds=round(total))}" in printed.splitlines()
+
+
+@pytest.mark.parametrize("first_epoch, now_epoch, last_epoch, elapsed, expected", [
+    (0, 1, 9, 100.0, ", about 0:06:40 left"),  # 2 epochs in 100 s, 8 to go
+    (5, 6, 9, 60.0, ", about 0:01:30 left"),  # resumed at epoch 5: only this session's 2 epochs count
+    (0, 9, 9, 500.0, ""),  # the last epoch
+])
+def test_time_left_is_this_sessions_seconds_an_epoch_times_the_epochs_to_go(
+        monkeypatch, first_epoch, now_epoch, last_epoch, elapsed, expected):
+    from sslvit.train import loop
+
+    trainer = object.__new__(loop.Trainer)
+    trainer.first_epoch, trainer.last_epoch, trainer.p = first_epoch, last_epoch, loop.Progress(epoch=now_epoch)
+    trainer.run_t0 = 1000.0
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: 1000.0 + elapsed)
+    assert trainer._time_left(is_last=now_epoch == last_epoch) == expected

@@ -14,6 +14,7 @@ import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Optional
 
@@ -237,6 +238,7 @@ class Trainer:
                   "machine": machine(acc), "objective": type(self.raw).__name__,
                   **({"precision_timings_s": c.timings, "precision_choice_s": c.cost_s} if c.timings else {})})
         last_epoch = tc.epochs - 1 if tc.stop_after is None else min(tc.epochs, self.p.epoch + tc.stop_after) - 1
+        self.last_epoch, self.first_epoch, self.run_t0 = last_epoch, self.p.epoch, time.perf_counter()
         try:
             while self.p.epoch <= last_epoch:
                 signum = stop.agreed(acc)
@@ -249,6 +251,9 @@ class Trainer:
                     raise self._stopped(signum)
                 self.p = Progress(epoch=self.p.epoch + 1, step=self.p.step, applied=self.p.applied,
                                   bad_streak=self.p.bad_streak, counts_checked=self.p.counts_checked)
+            elapsed = time.perf_counter() - self.run_t0
+            self.log({"step": self.p.step, "training_time_s": elapsed})
+            acc.print(f"Training time {timedelta(seconds=round(elapsed))}")
         finally:
             if self.log_file is not None:
                 self.log_file.close()
@@ -408,6 +413,7 @@ class Trainer:
             record["bad_samples"] = bad_per_shard
         self.log(record)
         acc.print(f"epoch {epoch + 1}/{tc.epochs}  loss {record['epoch_loss']:.4f}  {record['images_per_s']:.0f} img/s"
+                  f"  {dt:.0f} s{self._time_left(is_last)}"
                   + (f"  skipped {skipped} unreadable images" if skipped else "")
                   + (f" in {len(bad_per_shard)} shard(s), counts per shard in log.jsonl" if bad_per_shard else ""))
         # a folder replaces an unreadable draw (counted once); a stream drops its bad samples
@@ -429,6 +435,15 @@ class Trainer:
                 ((epoch + 1) % tc.picture_every == 0 or is_last):
             with gathered(acc, self.model):
                 save_pictures(acc, self.raw, self.picture_imgs, self.run_dir / f"pictures_epoch{epoch + 1:04d}.png")
+
+    def _time_left(self, is_last: bool) -> str:
+        """', about 0:14:05 left': this session's seconds an epoch (the online k-NN, checkpoints and
+        pictures included) times the epochs still to run; '' after the last."""
+        if is_last:
+            return ""
+        done = self.p.epoch + 1 - self.first_epoch
+        per_epoch = (time.perf_counter() - self.run_t0) / done
+        return f", about {timedelta(seconds=round(per_epoch * (self.last_epoch - self.p.epoch)))} left"
 
     def _check_learned(self) -> None:
         if self.p.applied == 0:  # nothing learned: neither checkpoint nor export an untrained backbone
