@@ -147,17 +147,25 @@ def test_epoch_lines_give_the_epochs_seconds_and_the_time_left_and_the_end_the_t
     assert f"Training time {datetime.timedelta(seconds=round(total))}" in printed.splitlines()
 
 
-@pytest.mark.parametrize("first_epoch, now_epoch, last_epoch, elapsed, expected", [
+@pytest.mark.parametrize("start_epoch, now_epoch, last_epoch, elapsed, expected", [
     (0, 1, 9, 100.0, ", about 0:06:40 left"),  # 2 epochs in 100 s, 8 to go
     (5, 6, 9, 60.0, ", about 0:01:30 left"),  # resumed at epoch 5: only this session's 2 epochs count
+    (5.5, 6, 9, 60.0, ", about 0:02:00 left"),  # resumed half-way through epoch 5: 1.5 epochs in 60 s
     (0, 9, 9, 500.0, ""),  # the last epoch
 ])
 def test_time_left_is_this_sessions_seconds_an_epoch_times_the_epochs_to_go(
-        monkeypatch, first_epoch, now_epoch, last_epoch, elapsed, expected):
+        monkeypatch, start_epoch, now_epoch, last_epoch, elapsed, expected):
     from sslvit.train import loop
 
     trainer = object.__new__(loop.Trainer)
-    trainer.first_epoch, trainer.last_epoch, trainer.p = first_epoch, last_epoch, loop.Progress(epoch=now_epoch)
+    trainer.start_epoch, trainer.last_epoch, trainer.p = start_epoch, last_epoch, loop.Progress(epoch=now_epoch)
     trainer.run_t0 = 1000.0
     monkeypatch.setattr(loop.time, "perf_counter", lambda: 1000.0 + elapsed)
     assert trainer._time_left(is_last=now_epoch == last_epoch) == expected
+
+
+@pytest.mark.parametrize("epoch, batches_done, start", [(0, 0, 0.0), (5, 0, 5.0), (5, 7, 5.5)])
+def test_a_session_starts_where_the_checkpoint_left_off_part_epochs_included(epoch, batches_done, start):
+    from sslvit.train.loop import Progress, session_start
+
+    assert session_start(Progress(epoch=epoch, batches_done=batches_done), batches_per_epoch=14) == start

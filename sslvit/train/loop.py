@@ -61,6 +61,11 @@ class Tally:
         self.skipped += skipped
 
 
+def session_start(p: "Progress", batches_per_epoch: int) -> float:
+    """Where a session starts, in epochs (5.5: half of epoch 5 was trained before a mid-epoch resume)."""
+    return p.epoch + p.batches_done / max(1, batches_per_epoch)
+
+
 @dataclass
 class Progress:
     """Where the run is, beyond accelerate's state: what a mid-epoch checkpoint must keep for
@@ -238,7 +243,8 @@ class Trainer:
                   "machine": machine(acc), "objective": type(self.raw).__name__,
                   **({"precision_timings_s": c.timings, "precision_choice_s": c.cost_s} if c.timings else {})})
         last_epoch = tc.epochs - 1 if tc.stop_after is None else min(tc.epochs, self.p.epoch + tc.stop_after) - 1
-        self.last_epoch, self.first_epoch, self.run_t0 = last_epoch, self.p.epoch, time.perf_counter()
+        self.start_epoch = session_start(self.p, len(self.loader))
+        self.last_epoch, self.run_t0 = last_epoch, time.perf_counter()
         try:
             while self.p.epoch <= last_epoch:
                 signum = stop.agreed(acc)
@@ -438,10 +444,11 @@ class Trainer:
 
     def _time_left(self, is_last: bool) -> str:
         """', about 0:14:05 left': this session's seconds an epoch (the online k-NN, checkpoints and
-        pictures included) times the epochs still to run; '' after the last."""
+        pictures included; a resumed partial epoch counts as its part) times the epochs still to
+        run; '' after the last."""
         if is_last:
             return ""
-        done = self.p.epoch + 1 - self.first_epoch
+        done = self.p.epoch + 1 - self.start_epoch
         per_epoch = (time.perf_counter() - self.run_t0) / done
         return f", about {timedelta(seconds=round(per_epoch * (self.last_epoch - self.p.epoch)))} left"
 
