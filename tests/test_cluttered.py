@@ -113,8 +113,9 @@ def test_the_shipped_presets_fit_a_small_folder(tmp_path):
     for objective in ("mae", "beit", "dino", "ibot", "mae_dino"):
         recipe, why = preset_for(load_presets(objective), folder)
         assert int(recipe["model"]["img_size"]) == 32 and "small data" in why, objective
-        # a line, not a key; DINO and iBOT learn from an MAE start (their note)
-        assert "note" not in recipe and ("--init" in why) == (objective in ("dino", "ibot")), objective
+        # a line, not a key; DINO and iBOT learn from an MAE start, which they train first (12 images: 4x the epochs)
+        assert "note" not in recipe and ("--start none" in why) == (objective in ("dino", "ibot")), objective
+        assert recipe.get("start") == ("mae:132" if objective in ("dino", "ibot") else None), objective
 
 
 def test_recipe_chosen_by_the_data(tmp_path):
@@ -211,7 +212,10 @@ def test_a_folder_of_small_images_trains_with_no_keys(tmp_path, objective, capsy
     printed = capsys.readouterr().out
     assert "recipe: small data (16 training images, short side 20 px" in printed
     assert "this run: ViT-tiny/8, 1 block at 32 px, 1 epoch of batch" in printed  # --model.depth 1, not the size's 12
-    assert ("\nnote: DINO learns here when it starts from an MAE run" in printed) == (objective == "dino")
+    assert ("\nnote: DINO learns here from an MAE run's weights" in printed) == (objective == "dino")
+    # DINO's recipe trains its MAE start first, 33 epochs scaled as its own (16 images: 4x), in the same backbone
+    assert ("start: MAE's recipe for this data, 132 epochs, trained first in" in printed) == (objective == "dino")
+    assert (out / "start-mae132" / "backbone.safetensors").is_file() == (objective == "dino")
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert (cfg["model"]["img_size"], cfg["model"]["patch_size"], cfg["train"]["batch_size"]) == (32, 8, 8)
     assert (out / "backbone.safetensors").is_file()

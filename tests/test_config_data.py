@@ -37,14 +37,14 @@ def test_dino_small_recipe_uses_sincos_positions_and_layerscale():
     # a learned table that starts random fine-tunes ~10 points lower on small data (docs/results.md, issue 16)
     assert small.model.pos_embed == "sincos" and small.model.init_values == 0.1
     assert small.model.dynamic_img_size  # the local crops still resize the table
-    # chosen from an MAE start (docs/results.md, "DINO on an MAE start"), which the note under the recipe line asks for
-    assert (small.crops.grayscale_p, small.train.blr) == (1.0, 4e-3) and "--init" in small._recipe_line
+    # chosen from an MAE start (docs/results.md, "DINO on an MAE start"), which the recipe trains first
+    assert (small.crops.grayscale_p, small.train.blr) == (1.0, 4e-3) and small.start == "mae:33"
     # a short run's schedules: lr and the teacher's momentum held, the last layer free from the start
     assert (small.train.lr_schedule, small.dino.momentum_teacher, small.dino.momentum_teacher_end,
             small.dino.freeze_last_layer) == ("constant", 0.98, 0.98, 0)
-    # 15 epochs of batched crops from a 33-epoch MAE start, which the note names (docs/results.md, "Fourteen epochs",
+    # 15 epochs of batched crops from a 33-epoch MAE start (docs/results.md, "Fourteen epochs",
     # "Fifteen and thirteen epochs"); the online k-NN every 2nd epoch pays for the 15th
-    assert small.train.epochs == 15 and small.train.knn_every == 2 and small.crops.batched and "--train.epochs 33" in small._recipe_line
+    assert small.train.epochs == 15 and small.train.knn_every == 2 and small.crops.batched and small.start == "mae:33"
     # batch 32: twice the steps an epoch for about the same time; it learns faster per epoch (docs/results.md, "Batch 32")
     assert small.train.batch_size == 32
     ref = run_config(DINORunConfig, preset="dino", argv=["--data", "cluttered", "--model.pos_embed", "learned"])
@@ -80,7 +80,7 @@ def test_ibot_cluttered_preset_is_dinos_short_run_from_the_same_mae_start():
             assert getattr(getattr(ibot, section), key) == getattr(getattr(dino, section), key), (section, key)
     # an iBOT step costs 1.1-1.2x DINO's: 13 epochs take the budget where DINO runs 15
     # (docs/results.md, "iBOT with DINO's short-run keys", "Fifteen and thirteen epochs")
-    assert ibot.train.epochs == 13 and ibot.train.knn_every == 2 and "--train.epochs 33" in ibot._recipe_line
+    assert ibot.train.epochs == 13 and ibot.train.knn_every == 2 and ibot.start == dino.start == "mae:33"
 
 
 def test_yaml_then_command_line_overrides(tmp_path):

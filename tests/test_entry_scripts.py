@@ -13,11 +13,11 @@ TINY = ["--train.precision", "fp32", "--model.size", "tiny", "--model.depth", "2
         "--dino.hidden_dim", "32", "--dino.bottleneck_dim", "16", "--train.batch_size", "16", "--train.epochs", "1",
         "--train.num_workers", "0", "--train.knn_every", "0"]
 SCRIPTS = {
-    "ibot": ("pretrain/ibot.py", ["--ibot.shared_head", "false", "--ibot.patch_out_dim", "48"]),
+    "ibot": ("pretrain/ibot.py", ["--ibot.shared_head", "false", "--ibot.patch_out_dim", "48", "--start", "none"]),
     "mae_dino": ("pretrain/mae_dino.py", ["--mae.decoder_dim", "32", "--mae.decoder_depth", "1",
                                           "--mae.decoder_heads", "2", "--weights.dino", "0.5"]),
     "dinov2_options": ("pretrain/dino.py", ["--dino.koleo_weight", "0.1", "--dino.centering", "sinkhorn",
-                                            "--model.reg_tokens", "2"]),
+                                            "--model.reg_tokens", "2", "--start", "none"]),
 }
 
 

@@ -47,12 +47,12 @@ OBJECTIVES = {
                                                  "--dino.out_dim", "128", "--dino.hidden_dim", "64",
                                                  "--dino.bottleneck_dim", "32", "--dino.use_bn_in_head", "false",
                                                  # KoLeo (the small-data recipe sets 0.1) is per process batch
-                                                 "--dino.koleo_weight", "0"]),
+                                                 "--dino.koleo_weight", "0", "--start", "none"]),
     "ibot": (IBOTRunConfig, "pretrain/ibot.py", ["--crops.local_number", "2", "--crops.local_size", "8",
                                                  "--dino.out_dim", "128", "--dino.hidden_dim", "64",
                                                  "--dino.bottleneck_dim", "32", "--dino.use_bn_in_head", "false",
                                                  "--ibot.shared_head", "false", "--ibot.patch_out_dim", "96",
-                                                 "--dino.koleo_weight", "0"]),  # as DINO's: per process batch
+                                                 "--dino.koleo_weight", "0", "--start", "none"]),  # as DINO's
     "beit": (BEiTRunConfig, "pretrain/beit.py", ["--tokenizer.vocab", "16", "--tokenizer.fit_images", "48",
                                                  "--tokenizer.iters", "3", "--train.blr", "1e-2"]),
 }
@@ -147,6 +147,22 @@ def test_two_processes_stay_one_group_when_the_run_starts_from_init(name, folder
     start = run_pretraining(MAERunConfig, "mae", argv=_args("mae", folder160, tmp_path / "mae", 16))
     stdout = run_two_processes(name, folder160, tmp_path / "two", 8, port=PORTS[name] + 10, extra=["--init", str(start)])
     assert stdout.count(f"--init {start}:") == 1  # the main process reports the load, once
+
+
+def test_two_processes_train_the_start_then_the_run_as_one_group(folder160, tmp_path):
+    """``--start``: the start's run ends, and the run after it trains in the same two processes:
+    the group is not torn down between them (a group made again read the old one's addresses from
+    the launcher's store, and one process died on a reset connection), and the run is the one
+    ``--init`` of the start's backbone gives."""
+    stdout = run_two_processes("dino", folder160, tmp_path / "one_command", 8, port=PORTS["dino"] + 20,
+                               extra=["--start", "mae:2"])
+    start = tmp_path / "one_command" / "start-mae2"
+    assert stdout.count("start: MAE's recipe for this data, 2 epochs, trained first") == 1
+    assert stdout.count("2 process(es)") == 2  # the start and the run, each as one group of two
+    run_two_processes("dino", folder160, tmp_path / "init", 8, port=PORTS["dino"] + 21,
+                      extra=["--init", str(start / "backbone.safetensors")])
+    loss_rel, weight_rel, _ = compare(tmp_path / "one_command", tmp_path / "init")
+    assert loss_rel < RTOL and weight_rel < RTOL, (loss_rel, weight_rel)
 
 
 def _key_masks_by_local_rows(monkeypatch) -> None:

@@ -9,6 +9,7 @@ from sslvit.data.multicrop import MultiCropConfig, multicrop_data
 from sslvit.data.transforms import hflip_for
 from sslvit.models.backbone_config import BackboneConfig
 from sslvit.objectives.dino import DINO, DINOConfig
+from sslvit.recipes.start_run import StartRun, check_start, start_run
 from sslvit.train.train_config import TrainConfig
 
 
@@ -33,6 +34,9 @@ class DINORunConfig:
     out: str = "runs/dino"
     resume: bool = False
     init: Optional[str] = None  # weights to start a new run from (a file or a run directory); not --resume
+    # a run to train first and start from (OUT/start-mae33/): mae:EPOCHS, mae, or none (random weights);
+    # the small-data recipes set mae:33, --init skips it
+    start: Optional[str] = None
     model: BackboneConfig = field(default_factory=dino_backbone)
     dino: DINOConfig = field(default_factory=DINOConfig)
     crops: MultiCropConfig = field(default_factory=MultiCropConfig)
@@ -42,9 +46,14 @@ class DINORunConfig:
         self.model.validate()
         self.train.validate()
         self.crops.validate(self.model.img_size, self.model.patch_size)
+        check_start(self.start)
         if self.crops.local_number and not self.model.dynamic_img_size:
             raise ValueError("DINO's local crops need model.dynamic_img_size true (the position embedding is "
                              "interpolated to their grid); set it, or crops.local_number 0.")
+
+    def start_run(self) -> Optional[StartRun]:
+        """The run trained first whose backbone this one starts from (``start``), or None."""
+        return start_run(self)
 
     def build_objective(self) -> DINO:
         from sslvit.models.vit import build_backbone  # timm: imported to build, not for --help

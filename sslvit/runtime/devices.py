@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.state import AcceleratorState
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
 from sslvit.config import ConfigError
@@ -63,6 +63,20 @@ def build_accelerator(**kwargs) -> Accelerator:
         keep_freed_memory()
         shard_on_the_cpu(accelerator)
     return accelerator
+
+
+def release_accelerator() -> None:
+    """Forget a finished run's ``Accelerator`` so that the next run in this process (a run's
+    ``start``, then the run) builds its own: accelerate keeps one state a process and refuses a second
+    ``Accelerator`` of another precision, and each run picks its own. The processes, their group and
+    the device stay (``PartialState``): the pretraining loop ends its trackers, not the group, because
+    a group destroyed and made again reads the old one's addresses from the launcher's store.
+    accelerate has no public call for this; its tests use these."""
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    if PartialState._shared_state.get("distributed_type") == DistributedType.FSDP and PartialState().device.type == "cpu":
+        # shard_on_the_cpu made it FSDP after the launch said MULTI_CPU; it does so again for the next run
+        PartialState._shared_state["distributed_type"] = DistributedType.MULTI_CPU
 
 
 def shard_on_the_cpu(accelerator: Accelerator) -> None:

@@ -9,7 +9,7 @@ The small-data recipe of each objective is its ``cluttered`` preset (chosen by t
   - the images are used at 32 px (short side below 48 px) or 64 px, on the recipe's 4 x 4 grid of
     patches (patch 8 or 16; local crops scaled alike);
   - fewer images than the 4,500 it was tuned on get proportionally more epochs (at most 4x), so
-    the run takes about the same number of steps;
+    the run takes about the same number of steps (and so does the run it starts from, ``start``);
   - the batch is at most half the images (a power of two), and the online k-NN is off
     (``train.knn_every N`` turns it on for a labelled folder);
   - BEiT's pixel codes are pooled as the patch is scaled, and the codebook has at most one code
@@ -29,6 +29,7 @@ from sslvit.data.shard_reader import is_shard_spec
 from sslvit.data.transforms import hflip_for
 from sslvit.models.backbone_config import VIT_SIZES
 from sslvit.tokenizers.tokenizer_config import FAISS_MIN_POINTS_PER_CODE
+from sslvit.train.start_spec import scaled_start
 
 FEW_IMAGES = 20_000
 TUNED_COUNT = 4_500  # training images of the embedded 'cluttered' set
@@ -47,9 +48,11 @@ def fitted_small_recipe(preset: dict, shape: DataShape) -> dict:
         if key in recipe.get(section, {}):
             recipe[section][key] = int(recipe[section][key]) * scale  # preset values are text until typed
     train = recipe.setdefault("train", {})
+    factor = min(MAX_EPOCH_SCALE, max(1.0, TUNED_COUNT / max(shape.count, 1)))
     if "epochs" in train:
-        factor = min(MAX_EPOCH_SCALE, max(1.0, TUNED_COUNT / max(shape.count, 1)))
         train["epochs"] = int(round(int(train["epochs"]) * factor))
+    if "start" in recipe:
+        recipe["start"] = scaled_start(recipe["start"], factor)
     if "batch_size" in train:  # a batch of at most half the images: a few dozen images still train
         train["batch_size"] = min(int(train["batch_size"]), max(2, 1 << max(0, (shape.count // 2).bit_length() - 1)))
     train["knn_every"] = 0  # your data's labels, if any, are for the probes; turn it on with train.knn_every

@@ -27,6 +27,7 @@ from sslvit.train.data_recipe import preset_for, summary
 from sslvit.runtime.devices import process_state
 from sslvit.runtime.errors import USER_ERRORS, TrainingDiverged
 from sslvit.train.run_lock import run_dir_lock
+from sslvit.train.start_stage import train_start
 from sslvit.train.stop_signals import RunStopped, StopRequest, follow_launcher
 
 NUM_PICTURES = 8
@@ -87,6 +88,7 @@ def run_pretraining(config_cls, preset: str | None = None, argv=None, stop: Stop
         check_same_run(cfg)
     if getattr(cfg, "_recipe_line", None) and int(os.environ.get("RANK", "0")) == 0:
         print(cfg._recipe_line, flush=True)  # after validation: a mistake is still its one sentence alone
+    start = train_start(cfg, stop)
     train_set = training_set(cfg)
     picture_set = build_dataset(cfg.data, "val" if is_embedded(cfg.data) else "all", cfg.model.img_size,
                                 transform=eval_transform(cfg.model.img_size))
@@ -96,7 +98,7 @@ def run_pretraining(config_cls, preset: str | None = None, argv=None, stop: Stop
     picture_imgs = torch.stack(picture_imgs)
     from sslvit.train.loop import pretrain  # timm, torchvision, faiss: here, so --help and bad input answer at once
 
-    with removed_if_it_fails(Path(cfg.out).expanduser()):
+    with removed_if_it_fails(Path(cfg.out).expanduser(), keep=(start.out.name,) if start else ()):
         set_seed(cfg.train.seed)  # the initial weights are part of what a seed reproduces
         objective = cfg.build_objective()  # BEiT fits (and writes) its tokenizer here
         init_weights(cfg, objective)
@@ -123,12 +125,13 @@ def init_weights(cfg, objective) -> None:
 
 
 @contextlib.contextmanager
-def removed_if_it_fails(run_dir: Path):
+def removed_if_it_fails(run_dir: Path, keep: tuple = ()):
     """A run folder this invocation creates is removed when the run fails before its first
     checkpoint, so no half-written run (config.yaml, log.jsonl, tensorboard/, a tokenizer) is
     left; a diverged run keeps its folder, marked by a FAILED file holding the error, because its
-    log.jsonl shows the non-finite steps."""
-    existed = run_dir.exists()
+    log.jsonl shows the non-finite steps. Entries named in ``keep`` (the run's start, trained
+    before) stay, and the folder counts as created when they were all it held."""
+    existed = run_dir.exists() and any(p.name not in keep for p in run_dir.iterdir())
     try:
         yield
     except BaseException as e:
@@ -136,7 +139,11 @@ def removed_if_it_fails(run_dir: Path):
             if isinstance(e, TrainingDiverged):
                 (run_dir / "FAILED").write_text(f"{e}\n")
             else:
-                shutil.rmtree(run_dir, ignore_errors=True)
+                for p in run_dir.iterdir():
+                    if p.name not in keep:
+                        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    run_dir.rmdir()
         raise
 
 
@@ -187,12 +194,25 @@ def knn_sets(cfg) -> tuple | None:
     return database, build_dataset(cfg.data, "val", size, transform=eval_transform(size))
 
 
+@contextlib.contextmanager
+def ended_process_group():
+    """The process group ends with the script, not with a run (a run's start is a run too): as
+    ``Accelerator.end_training`` would, for a group torch made (the GPU backends warn of one left)."""
+    try:
+        yield
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def main(config_cls, preset: str | None = None) -> None:
     """Entry point: errors a user can cause end as one sentence on stderr and exit code 2; SIGTERM
     and SIGINT stop at the next step with a checkpoint, one line, and exit code 128 + signal."""
     follow_launcher()
     try:
-        with StopRequest() as stop:
+        with StopRequest() as stop, ended_process_group():
             run_dir = run_pretraining(config_cls, preset, stop=stop)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)

@@ -263,7 +263,8 @@ class Trainer:
         finally:
             if self.log_file is not None:
                 self.log_file.close()
-            acc.end_training()
+            for tracker in acc.trackers:  # end_training without its destroy_process_group: a run's start
+                tracker.finish()  # is followed by the run in the same processes; main() ends the group
             write_report(acc, self.run_dir)
         return self.run_dir
 
