@@ -14,7 +14,9 @@ on the pixels); ``--ceiling_epochs``: the first objective's twin trained with la
 ``OBJ@START`` is OBJ started from the weights of this seed's START run (``dino@mae``: DINO's preset
 with ``--init`` the ``mae`` run, listed before it); its minutes are both runs'. A START that ends in
 a number is that objective's preset for that many epochs, trained first if this seed has none
-(``dino@mae33``: DINO from a 33-epoch MAE run, the start DINO's ``cluttered`` preset names).
+(``dino@mae33``: DINO from a 33-epoch MAE run, the start DINO's ``cluttered`` preset names). A plain
+``dino`` (or ``ibot``) is the preset as ``pretrain/dino.py`` runs it, which trains that start itself
+inside the run (``start``); ``dino@mae33`` gets the same weights and keeps the start a row of its own.
 Runs that already hold a backbone are probed again, not retrained, and a fine-tuning of the same
 recipe and epochs is reused (delete --out to start over).
 Every figure is one run's; with several seeds each cell is mean +- spread (max - min) / 2.

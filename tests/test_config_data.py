@@ -58,12 +58,12 @@ def test_dino_digits_preset_is_in_maes_digits_shape_and_names_its_start():
 
     dino = run_config(DINORunConfig, preset="dino", argv=[])
     mae = run_config(MAERunConfig, preset="mae", argv=[])
-    # --init from MAE's digits run must load: the weights' shape is the same (drop path and the crops' dynamic size
+    # MAE's digits run (the recipe's start) must load: the weights' shape is the same (drop path and the crops' dynamic size
     # are not weights); from it DINO fine-tunes above random weights there, from random weights it did not
     weights = ("size", "patch_size", "img_size", "stem", "stem_norm", "pos_embed", "depth", "parallel", "init_values",
                "reg_tokens")
     assert {k: getattr(dino.model, k) for k in weights} == {k: getattr(mae.model, k) for k in weights}
-    assert f"--init {mae.out}" in dino._recipe_line
+    assert dino.start == "mae" and str(dino.start_run().out) == "runs/dino-digits/start-mae"  # trained first
 
 
 def test_ibot_cluttered_preset_is_dinos_short_run_from_the_same_mae_start():
