@@ -115,8 +115,8 @@ def _peak_lr(run: Path) -> float:
     return max(r["lr"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "lr" in r)
 
 
-def run_two_processes(name: str, data: Path, out: Path, batch: int, port: int, extra=()) -> str:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+def run_two_processes(name: str, data: Path, out: Path, batch: int, port: int, extra=(), env_extra=None) -> str:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env_extra or {})}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch/cpu_2proc.yaml"),
            "--main_process_port", str(port), str(REPO / OBJECTIVES[name][1]), *_args(name, data, out, batch), *extra]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -153,9 +153,10 @@ def test_two_processes_train_the_start_then_the_run_as_one_group(folder160, tmp_
     """``--start``: the start's run ends, and the run after it trains in the same two processes:
     the group is not torn down between them (a group made again read the old one's addresses from
     the launcher's store, and one process died on a reset connection), and the run is the one
-    ``--init`` of the start's backbone gives."""
+    ``--init`` of the start's backbone gives. The main process writes the start's backbone 2 s late:
+    the other must wait for it, not read a missing (or an older) file."""
     stdout = run_two_processes("dino", folder160, tmp_path / "one_command", 8, port=PORTS["dino"] + 20,
-                               extra=["--start", "mae:2"])
+                               extra=["--start", "mae:2"], env_extra={"SSLVIT_TEST_EXPORT_PAUSE": "2"})
     start = tmp_path / "one_command" / "start-mae2"
     assert stdout.count("start: MAE's recipe for this data, 2 epochs, trained first") == 1
     assert stdout.count("2 process(es)") == 2  # the start and the run, each as one group of two

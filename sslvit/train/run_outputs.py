@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import time
 from pathlib import Path
 
 import torch
@@ -62,6 +63,8 @@ def export(accelerator, model, raw, cfg, run_dir: Path) -> None:
         prefix = next(name for name, m in raw.named_modules() if m is backbone) + "."
         state = {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
     if accelerator.is_main_process:
+        if os.environ.get("SSLVIT_TEST_EXPORT_PAUSE"):  # lets a test widen the window other processes must wait out
+            time.sleep(float(os.environ["SSLVIT_TEST_EXPORT_PAUSE"]))
         export_backbone(backbone, cfg.model, run_dir, state=state)
 
 

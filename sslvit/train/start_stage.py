@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from sslvit.config import ConfigError, plain_dict
-from sslvit.runtime.devices import release_accelerator
+from sslvit.runtime.devices import process_state, release_accelerator
 from sslvit.train.checkpoint import latest_checkpoint, read_meta
 from sslvit.train.stop_signals import StopRequest
 
@@ -33,6 +33,9 @@ def train_start(cfg, stop: StopRequest | None):
 
         try:
             run_pretraining(start.config_cls, start.preset, start.argv + resume, stop)
+            # the main process writes the start's backbone and report after the others have left the
+            # loop: every process reads it only once it is there (a race that failed one CI run)
+            process_state().wait_for_everyone()
         finally:
             release_accelerator()
             with contextlib.suppress(OSError):
