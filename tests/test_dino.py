@@ -146,7 +146,8 @@ def test_head_shapes_and_norm_last_layer_freezes_the_gain():
     free = DINOHead(24, 64, hidden_dim=32, bottleneck_dim=16, norm_last_layer=False)
     assert free.last_layer.parametrizations.weight.original0.requires_grad
     bn = DINOHead(24, 64, hidden_dim=32, bottleneck_dim=16, nlayers=3, use_bn=True)
-    kinds = [type(m).__name__ for m in bn.mlp]
+    # the head's BatchNorm1d (a subclass that survives FSDP's bf16 weights; the official layout)
+    kinds = ["BatchNorm1d" if isinstance(m, torch.nn.BatchNorm1d) else type(m).__name__ for m in bn.mlp]
     assert kinds == ["Linear", "BatchNorm1d", "GELU", "Linear", "BatchNorm1d", "GELU", "Linear"]
 
 
@@ -333,3 +334,60 @@ def test_dino_with_sinkhorn_centring_trains_without_the_ema_centre():
     out["loss"].backward()
     with pytest.raises(ValueError, match="dino.centering 'ema' is unknown"):
         _dino(dataclasses.replace(SMALL, centering="ema"))
+
+
+def test_head_batchnorm_with_bf16_weights_normalises_as_batchnorm_in_fp32():
+    """FSDP's mixed precision hands the head's BatchNorm bf16 weights and fp32 running statistics."""
+    from sslvit.objectives.dino import HeadBatchNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(20, 6) * 3 + 1
+
+    def pair():
+        ref, ours = torch.nn.BatchNorm1d(6), HeadBatchNorm(6)
+        with torch.no_grad():
+            ours.weight.uniform_(0.5, 1.5)
+            ours.bias.uniform_(-1, 1)
+        ours.weight.data, ours.bias.data = ours.weight.data.bfloat16(), ours.bias.data.bfloat16()
+        ref.weight.data, ref.bias.data = ours.weight.data.float(), ours.bias.data.float()  # the same values
+        return ref, ours
+
+    ref, ours = pair()
+    for train in (True, False):
+        ref.train(train), ours.train(train)
+        y_ref, y = ref(x), ours(x.bfloat16())
+        assert y.dtype == torch.bfloat16
+        # the input's and output's bf16 rounding (2^-8 relative), through the normalisation
+        torch.testing.assert_close(y.float(), y_ref, rtol=0, atol=0.05)
+    ref, ours = pair()
+    for _ in range(2):  # an fp32 input with bf16 weights: the running statistics are fp32 BatchNorm's, exactly
+        ref(x), ours(x)
+    torch.testing.assert_close(ours.running_mean, ref.running_mean, rtol=0, atol=0)
+    torch.testing.assert_close(ours.running_var, ref.running_var, rtol=0, atol=0)
+    assert int(ours.num_batches_tracked) == int(ref.num_batches_tracked) == 2
+
+
+def test_the_bn_head_trains_under_fsdp_mixed_precision(tmp_path):
+    """The head's BatchNorm under FSDP2 with bf16 parameters (one gloo process, in a process of its own):
+    torch's batch_norm refused the bf16 weight beside the fp32 running statistics."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "fsdp_head.py"
+    script.write_text(
+        "import torch, torch.distributed as dist\n"
+        "from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard\n"
+        "from sslvit.objectives.dino import DINOHead\n"
+        "dist.init_process_group('gloo', init_method='tcp://127.0.0.1:29597', rank=0, world_size=1)\n"
+        "head = DINOHead(16, 32, hidden_dim=24, bottleneck_dim=8, use_bn=True)\n"
+        "fully_shard(head, mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32))\n"
+        "y = head(torch.randn(10, 16))\n"
+        "y.float().sum().backward()\n"
+        "assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()\n"
+        "assert all(p.grad is not None for p in head.parameters() if p.requires_grad)\n"
+        "dist.destroy_process_group()\n")
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(script)], cwd=repo, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "PYTHONPATH": str(repo)})
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -59,6 +59,26 @@ def teacher_momentum(step: int, total_steps: int, base: float = 0.996, end: floa
     return cosine_schedule(step, total_steps, base, end)
 
 
+class HeadBatchNorm(nn.BatchNorm1d):
+    """(M, C) -> (M, C): ``BatchNorm1d`` that normalises in its running statistics' dtype (fp32) when
+    its weight and bias come in another. FSDP's mixed precision casts a module's parameters to bf16 and
+    leaves its buffers in fp32, a mix torch's ``batch_norm`` refuses ("expected scalar type BFloat16 but
+    found Float"); under autocast the parameters stay fp32 and this is ``BatchNorm1d`` itself. The
+    output keeps the input's dtype; the state dict is ``BatchNorm1d``'s."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = self.running_mean.dtype
+        if self.weight is None or self.weight.dtype == dtype:
+            return super().forward(x)
+        momentum = self.momentum or 0.0
+        if self.training:
+            self.num_batches_tracked.add_(1)
+            momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        out = F.batch_norm(x.to(dtype), self.running_mean, self.running_var, self.weight.to(dtype),
+                           self.bias.to(dtype), self.training, momentum, self.eps)
+        return out.to(x.dtype)
+
+
 class DINOHead(nn.Module):
     """(M, D) -> (M, K): MLP -> l2-normalised bottleneck -> weight-normed linear, no bias."""
 
@@ -72,7 +92,7 @@ class DINOHead(nn.Module):
         for i in range(nlayers):
             layers.append(nn.Linear(dims[i], dims[i + 1]))
             if i < nlayers - 1:
-                layers += [nn.BatchNorm1d(dims[i + 1])] if use_bn else []
+                layers += [HeadBatchNorm(dims[i + 1])] if use_bn else []
                 layers.append(nn.GELU())
         self.mlp = nn.Sequential(*layers)
         for m in self.mlp:
