@@ -70,7 +70,7 @@ class HeadBatchNorm(nn.BatchNorm1d):
         dtype = self.running_mean.dtype
         if self.weight is None or self.weight.dtype == dtype:
             return super().forward(x)
-        momentum = self.momentum or 0.0
+        momentum = 0.0  # read only in training: eval mode normalises with the running statistics
         if self.training:
             self.num_batches_tracked.add_(1)
             momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)

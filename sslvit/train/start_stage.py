@@ -4,7 +4,6 @@ What a start is and which objectives can be one: ``sslvit.recipes.start_run``.""
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 import yaml
@@ -22,7 +21,7 @@ def train_start(cfg, stop: StopRequest | None):
     start = cfg.start_run() if hasattr(cfg, "start_run") else None
     if start is None or (cfg.resume and latest_checkpoint(Path(cfg.out).expanduser()) is not None):
         return None
-    say = print if int(os.environ.get("RANK", "0")) == 0 else (lambda *_, **__: None)
+    say = process_state().print  # the main process's lines, as --init's
     if finished_run(start.out):
         check_reusable(start)
         say(f"start: {start.what}, finished in {start.out}: reused (--start none trains from random weights)", flush=True)
