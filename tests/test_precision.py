@@ -136,3 +136,28 @@ def test_the_timings_are_cached_per_setup_so_a_rerun_times_nothing(native_bf16, 
     choice = resolve_precision("auto", lambda: precision.measure_step(objective, data, 16))
     assert choice.precision == "bf16" and "cached from an earlier run" in choice.reason
     assert precision.cache_file().parent == tmp_path / "cache"
+
+
+def test_auto_times_a_run_on_shards_on_the_streams_first_samples(native_bf16, monkeypatch, image_folder, tmp_path,
+                                                                  fresh_accelerate, capsys):
+    """A shard set is a stream: the timing batch is its first good samples (indexing it raised, and
+    every ``auto`` run on shards stopped before its first step on a CPU with native bf16)."""
+    from sslvit.config import build_config
+    from sslvit.data.shards import write_shards
+    from sslvit.train.entry import training_set
+
+    write_shards(image_folder, tmp_path / "shards", max_count=10, progress=False)
+    auto = [a for a in TINY if a not in ("--train.precision", "fp32")]
+    argv = [*auto, "--data", str(tmp_path / "shards"), "--out", str(tmp_path / "run"), "--train.epochs", "1"]
+    stream = training_set(build_config(MAERunConfig, argv))
+    batch = precision.timing_batch(stream, 4)
+    first = torch.stack([s[0] for s in stream if isinstance(s, tuple)][:4])
+    assert torch.equal(batch, first)
+
+    calls = []
+    monkeypatch.setattr(precision, "time_step_precisions",
+                        lambda objective, b: calls.append(b.shape) or {"fp32": 1.0, "bf16": 0.4})
+    run_pretraining(MAERunConfig, "mae", argv=argv)
+    assert calls == [torch.Size([16, 3, 16, 16])]
+    assert "precision bf16 (measured on this CPU" in capsys.readouterr().out
+    assert (tmp_path / "run" / "backbone.safetensors").is_file()

@@ -111,7 +111,8 @@ def timing_batch(train_set, batch_size: int, collate_fn: Optional[Callable] = No
     good samples), collated as the loader collates them: what ``time_step_precisions`` runs on."""
     collate = collate_fn or torch.utils.data.default_collate
     with torch.random.fork_rng(devices=[]):
-        if hasattr(train_set, "__getitem__"):
+        # not hasattr(__getitem__): torch's IterableDataset inherits one that raises (the shard stream)
+        if not isinstance(train_set, torch.utils.data.IterableDataset):
             items = [train_set[i] for i in range(batch_size)]
         else:
             items = []
