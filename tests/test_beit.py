@@ -188,3 +188,20 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_weights(workers, tmp_path, 
     a = load_file(str(straight / "backbone.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "backbone.safetensors"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) == 0.0
+
+
+def test_the_tokenizer_is_fitted_on_the_training_split_of_a_folder_and_of_shards(tmp_path, image_folder,
+                                                                                  fresh_accelerate):
+    """A folder's fit leaves out the 12 images the probes hold out (it read all 60 before); a shard set
+    is a stream (indexing it raised, so BEiT could not start on shards): its first n, seeded."""
+    from sslvit.data.shards import write_shards
+    from sslvit.tokenizers.fit import sample_fit_batches
+
+    assert sum(len(b) for b in sample_fit_batches(str(image_folder), 16, 1000, seed=0)) == 48
+    write_shards(image_folder, tmp_path / "shards", max_count=10, progress=False)
+    whole = torch.cat(sample_fit_batches(str(tmp_path / "shards"), 16, 1000, seed=0, batch_size=16))
+    some = sample_fit_batches(str(tmp_path / "shards"), 16, 20, seed=0, batch_size=16)
+    assert whole.shape == (48, 3, 16, 16) and [len(b) for b in some] == [16, 4]
+    assert torch.equal(torch.cat(some), torch.cat(sample_fit_batches(str(tmp_path / "shards"), 16, 20, seed=0)))
+    run = _run(tmp_path / "run", tmp_path / "shards", ["--train.epochs", "1"])
+    assert load_tokenizer(run / "tokenizer.safetensors").fit_info["images"] == 48

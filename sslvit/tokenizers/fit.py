@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from sslvit.data.dataset import build_dataset, is_embedded
+from sslvit.data.dataset import build_dataset, first_items
+from sslvit.data.shard_reader import build_shard_dataset, is_shard_spec
 from sslvit.data.transforms import hflip_for, mae_train_transform
 from sslvit.tokenizers.base import Tokenizer
 from sslvit.tokenizers.features import FeatureTokenizer
@@ -25,14 +26,21 @@ def _device() -> str:
 
 def sample_fit_batches(data: str, img_size: int, n: int, seed: int, batch_size: int = 256):
     """Batches (B, C, H, W) of ``n`` training images drawn without replacement, with the pretraining
-    augmentation (the tokenizer encodes augmented crops during training, so it is fitted on them)."""
-    dataset = build_dataset(data, "train" if is_embedded(data) else "all", img_size,
-                            transform=mae_train_transform(img_size, hflip=hflip_for(data)))
-    pick = np.sort(np.random.default_rng(seed).choice(len(dataset), min(n, len(dataset)), replace=False))
-    loader = DataLoader(Subset(dataset, pick.tolist()), batch_size=batch_size, shuffle=False)
+    augmentation (the tokenizer encodes augmented crops during training, so it is fitted on them).
+    The run's training split, as pretraining reads it, so a folder's held-out probe images stay unseen.
+    A shard set has no random access: its first ``n`` samples in the seeded shuffled order."""
+    transform = mae_train_transform(img_size, hflip=hflip_for(data))
+    if is_shard_spec(data):
+        stream = build_shard_dataset(data, "train", transform, shuffle=True, seed=seed)
+        images = lambda: torch.stack(first_items(stream, n)).split(batch_size)  # noqa: E731
+    else:
+        dataset = build_dataset(data, "train", img_size, transform=transform)
+        pick = np.sort(np.random.default_rng(seed).choice(len(dataset), min(n, len(dataset)), replace=False))
+        loader = DataLoader(Subset(dataset, pick.tolist()), batch_size=batch_size, shuffle=False)
+        images = lambda: (imgs for imgs, _, _ in loader)  # noqa: E731
     with torch.random.fork_rng(devices=[]):  # fitting leaves the caller's RNG stream as it was
         torch.manual_seed(seed)
-        return [imgs for imgs, _, _ in loader]
+        return list(images())
 
 
 def fit_tokenizer(cfg: TokenizerFitConfig, data: str, img_size: int, patch_size: int,
