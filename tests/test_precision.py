@@ -161,3 +161,22 @@ def test_auto_times_a_run_on_shards_on_the_streams_first_samples(native_bf16, mo
     assert calls == [torch.Size([16, 3, 16, 16])]
     assert "precision bf16 (measured on this CPU" in capsys.readouterr().out
     assert (tmp_path / "run" / "backbone.safetensors").is_file()
+
+
+def test_auto_times_a_composite_whose_batch_is_a_dict_of_its_parts_batches(native_bf16, monkeypatch, image_folder,
+                                                                           tmp_path, fresh_accelerate, capsys):
+    """MAE + DINO's batch is {objective: its batch}: the cache key reads each part's shapes (it asked the
+    dict for a shape, and every ``auto`` run of ``pretrain/mae_dino.py`` stopped on a CPU with native bf16)."""
+    from sslvit.recipes.mae_dino import MAEDINORunConfig
+    from tests.test_composite import MAE_DINO
+
+    calls = []
+    monkeypatch.setattr(precision, "time_step_precisions",
+                        lambda objective, b: calls.append(sorted(b)) or {"fp32": 1.0, "bf16": 0.4})
+    auto = [a for a in MAE_DINO if a not in ("--train.precision", "fp32")]
+    run_pretraining(MAEDINORunConfig, "mae_dino", argv=[*auto, "--data", str(image_folder), "--out",
+                                                        str(tmp_path / "run"), "--train.epochs", "1"])
+    assert calls == [["dino", "mae"]]
+    assert "precision bf16 (measured on this CPU" in capsys.readouterr().out
+    key, = json.loads(precision.cache_file().read_text())
+    assert key.endswith("batch [{'mae': [16, 3, 16, 16], 'dino': [[32, 3, 16, 16], [32, 3, 8, 8]]}]"), key

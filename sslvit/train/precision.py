@@ -158,12 +158,24 @@ def cache_file() -> Path:
     return Path(os.environ.get("SSLVIT_CACHE", Path.home() / ".cache" / "sslvit")).expanduser() / "precision.json"
 
 
+def batch_shapes(batch):
+    """A batch's tensor shapes in its own nesting: a tensor, or lists, tuples and dicts of them (a
+    composite objective's batch is {objective: its batch})."""
+    if isinstance(batch, torch.Tensor):
+        return list(batch.shape)
+    if isinstance(batch, dict):
+        return {k: batch_shapes(v) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return [batch_shapes(x) for x in batch]
+    return type(batch).__name__
+
+
 def step_key(objective: torch.nn.Module, batch) -> str:
     """What decides the step's kernels: the CPU, torch, threads, the attention kernel rule, the
     objective and its shapes."""
     from sslvit.models.attention import RULE  # timm: imported when a step is timed, not for --help
 
-    shapes = [list(t.shape) for t in (batch if isinstance(batch, (list, tuple)) else [batch])]
+    shapes = batch_shapes(batch if isinstance(batch, (list, tuple)) else [batch])
     params = sum(p.numel() for p in objective.parameters())
     return (f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {RULE} | "
             f"{type(objective).__name__} {params} parameters | batch {shapes}")
