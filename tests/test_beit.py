@@ -205,3 +205,19 @@ def test_the_tokenizer_is_fitted_on_the_training_split_of_a_folder_and_of_shards
     assert torch.equal(torch.cat(some), torch.cat(sample_fit_batches(str(tmp_path / "shards"), 16, 20, seed=0)))
     run = _run(tmp_path / "run", tmp_path / "shards", ["--train.epochs", "1"])
     assert load_tokenizer(run / "tokenizer.safetensors").fit_info["images"] == 48
+
+
+def test_the_tokenizer_is_fitted_on_crops_of_the_runs_own_augmentation(tmp_path, image_folder, monkeypatch):
+    """The tokenizer encodes the run's crops, so it is fitted on them: the run's crop scale and flips
+    (MAE's defaults before, whatever --train.crop_scale and --train.hflip said)."""
+    from sslvit.config import build_config
+    from sslvit.tokenizers import fit
+
+    seen = []
+    real = fit.sample_fit_batches
+    monkeypatch.setattr(fit, "sample_fit_batches", lambda *a, **k: seen.append(k["transform"]) or real(*a, **k))
+    cfg = build_config(BEiTRunConfig, [*TINY, "--data", str(image_folder), "--out", str(tmp_path / "run"),
+                                       "--train.crop_scale", "[0.6, 0.9]", "--train.hflip", "false"])
+    cfg.build_objective()
+    assert len(seen) == 1 and repr(seen[0]) == repr(cfg.train_transform())
+    assert "scale=(0.6, 0.9)" in repr(seen[0]) and "Flip" not in repr(seen[0])

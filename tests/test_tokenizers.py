@@ -147,9 +147,10 @@ def test_cli_fits_reports_usage_and_refuses_a_too_large_vocab(tmp_path, image_fo
     cli(["fit", "--kind", "pixel", "--data", str(image_folder), "--vocab", "8", "--img_size", "16",
          "--patch_size", "4", "--out", str(out), "--iters", "3"])
     printed = capsys.readouterr().out
-    assert "960 patches of 60 images" in printed and "codebook usage" in printed and "perplexity" in printed
+    # the folder's training split: 48 of its 60 images, the 12 the probes hold out unseen, as in a BEiT run
+    assert "768 patches of 48 images" in printed and "codebook usage" in printed and "perplexity" in printed
     tok = load_tokenizer(out)
-    assert tok.vocab == 8 and tok.fit_info["usage"]["codes_used"] <= 8 and tok.fit_info["images"] == 60
+    assert tok.vocab == 8 and tok.fit_info["usage"]["codes_used"] <= 8 and tok.fit_info["images"] == 48
     assert not tok.grey and tok.codebook.shape == (8, 48)
     cli(["fit", "--data", str(image_folder), "--vocab", "8", "--img_size", "16", "--patch_size", "4",
          "--out", str(tmp_path / "grey.safetensors"), "--iters", "3", "--grey", "true"])
@@ -158,7 +159,7 @@ def test_cli_fits_reports_usage_and_refuses_a_too_large_vocab(tmp_path, image_fo
     with pytest.raises(SystemExit) as e:
         cli(["fit", "--data", str(image_folder), "--vocab", "1000", "--img_size", "16", "--patch_size", "4",
              "--out", str(tmp_path / "big.safetensors")])
-    assert e.value.code == 2 and "larger than the 960 patches" in capsys.readouterr().err
+    assert e.value.code == 2 and "larger than the 768 patches" in capsys.readouterr().err
     assert not (tmp_path / "big.safetensors").exists()
     with pytest.raises(SystemExit) as e:
         cli(["fit", "--kind", "features", "--out", str(tmp_path / "f.safetensors")])

@@ -38,7 +38,7 @@ class BEiTRunConfig:
 
         self.model.validate()
         tokenizer = run_tokenizer(self.tokenizer, self.data, self.model.img_size, self.model.patch_size,
-                                  Path(self.out).expanduser(), self.resume)
+                                  Path(self.out).expanduser(), self.resume, self.train_transform())
         return BEiT(build_backbone(self.model), tokenizer, self.beit)
 
     def train_transform(self):

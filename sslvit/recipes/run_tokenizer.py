@@ -10,10 +10,10 @@ from sslvit.train.checkpoint import latest_checkpoint
 
 
 def run_tokenizer(cfg: TokenizerConfig, data: str, img_size: int, patch_size: int, run_dir: Path,
-                  resume: bool) -> Tokenizer:
+                  resume: bool, transform=None) -> Tokenizer:
     """The tokenizer of a BEiT run, always kept as ``run_dir/tokenizer.safetensors``: on resume the
     one saved there; else ``cfg.path`` if given, or one fitted now on the training data (on the main
-    process; the others wait and load it), then saved into the run."""
+    process; the others wait and load it) on crops of the run's ``transform``, then saved into the run."""
     saved = run_dir / RUN_TOKENIZER
     state = process_state()
     if resume and saved.is_file():
@@ -34,6 +34,7 @@ def run_tokenizer(cfg: TokenizerConfig, data: str, img_size: int, patch_size: in
         else:
             print(f"No tokenizer.path given: fitting a {cfg.kind} tokenizer (vocab {cfg.vocab}) on "
                   f"{cfg.fit_images} images of the training data; it is saved as {saved}.")
-            tok, _ = fit_tokenizer(cfg, data, img_size, patch_size, picture=run_dir / "tokenizer_codebook.png")
+            tok, _ = fit_tokenizer(cfg, data, img_size, patch_size, picture=run_dir / "tokenizer_codebook.png",
+                                   transform=transform)
         tok.save(saved)
     return tok

@@ -24,12 +24,13 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def sample_fit_batches(data: str, img_size: int, n: int, seed: int, batch_size: int = 256):
+def sample_fit_batches(data: str, img_size: int, n: int, seed: int, batch_size: int = 256, transform=None):
     """Batches (B, C, H, W) of ``n`` training images drawn without replacement, with the pretraining
     augmentation (the tokenizer encodes augmented crops during training, so it is fitted on them).
     The run's training split, as pretraining reads it, so a folder's held-out probe images stay unseen.
-    A shard set has no random access: its first ``n`` samples in the seeded shuffled order."""
-    transform = mae_train_transform(img_size, hflip=hflip_for(data))
+    A shard set has no random access: its first ``n`` samples in the seeded shuffled order.
+    ``transform``: the run's own (its crop scale and flips); else MAE's at ``img_size``."""
+    transform = transform or mae_train_transform(img_size, hflip=hflip_for(data))
     if is_shard_spec(data):
         stream = build_shard_dataset(data, "train", transform, shuffle=True, seed=seed)
         images = lambda: torch.stack(first_items(stream, n)).split(batch_size)  # noqa: E731
@@ -44,10 +45,11 @@ def sample_fit_batches(data: str, img_size: int, n: int, seed: int, batch_size: 
 
 
 def fit_tokenizer(cfg: TokenizerFitConfig, data: str, img_size: int, patch_size: int,
-                  log=print, picture: Path | None = None) -> tuple[Tokenizer, dict]:
+                  log=print, picture: Path | None = None, transform=None) -> tuple[Tokenizer, dict]:
     """Fit a ``cfg.kind`` tokenizer on ``cfg.fit_images`` images of ``data`` -> (tokenizer, its
     codebook usage on those images' patches). ``log`` gets progress and collapse warnings;
-    ``picture``: where a pixel tokenizer's most used codes are drawn (``codebook_picture``)."""
+    ``picture``: where a pixel tokenizer's most used codes are drawn (``codebook_picture``);
+    ``transform``: the training run's augmentation, whose crops the tokenizer will encode."""
     cfg.validate()
     if cfg.kind == "features":
         tok = FeatureTokenizer.from_run(cfg.teacher, cfg.vocab)
@@ -56,7 +58,7 @@ def fit_tokenizer(cfg: TokenizerFitConfig, data: str, img_size: int, patch_size:
         tok = PixelTokenizer(cfg.vocab, patch_size, cfg.pixel_size, grey=cfg.grey)
     tok.to(_device())
     t0 = time.perf_counter()
-    batches = sample_fit_batches(data, img_size, cfg.fit_images, cfg.seed)
+    batches = sample_fit_batches(data, img_size, cfg.fit_images, cfg.seed, transform=transform)
     n_images = sum(len(b) for b in batches)
     vectors = tok.fit(batches, cfg.iters, cfg.seed)
     ids = torch.cat([tok.quantize(chunk.to(tok.codebook.device)).cpu() for chunk in vectors.split(8192)])
