@@ -82,17 +82,20 @@ def test_two_process_knn_probe_equals_one_process_on_a_folder(run_dir):
     assert two["stdout"].count("k-NN (45 train / 15 val") == 1  # one table, from the main process
 
 
-def test_two_process_knn_probe_on_shards_gets_every_sample(run_dir):
-    args = ("--baselines", "false", "--picture_queries", "0", "--ks", "[5]")
+def test_two_process_knn_probe_on_shards_equals_one_process_with_baselines_and_picture(run_dir):
+    """Split by shards, the features come back in the stream's written order, as one process reads
+    it; the main process scores raw pixels on every shard and finds the picture's neighbours (it read
+    only its own shards: half the raw pixels, and a KeyError for the picture)."""
+    args = ("--baselines", "true", "--picture_queries", "3", "--ks", "[5]")
     one = _probe("knn.py", run_dir, run_dir.parent / "shards", 1, 0, *args)
     two = _probe("knn.py", run_dir, run_dir.parent / "shards", 2, 29562, *args)
+    assert sorted(one["features"]) == sorted(two["features"]) == [15, 45]
     for n, (x, y) in one["features"].items():
         x2, y2 = two["features"][n]
-        # split by shards: the same samples, in process order; compare them as sets of rows
-        rows = lambda f, l: sorted(zip(l.tolist(), np.round(f.numpy(), 4).tolist()))  # noqa: E731
-        assert rows(x, y) == rows(x2, y2)
-    assert one["report"]["results"]["pretrained"]["5"]["top1"] == pytest.approx(
-        two["report"]["results"]["pretrained"]["5"]["top1"])
+        assert torch.equal(y, y2)  # the same samples in the same order
+        torch.testing.assert_close(x2, x, rtol=1e-5, atol=1e-6)
+    assert one["report"]["results"] == two["report"]["results"]
+    assert two["report"]["num_train"] == 45 and (run_dir / "knn_neighbours.png").is_file()
 
 
 def test_two_process_linear_probe_equals_one_process(run_dir):

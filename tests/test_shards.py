@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader
@@ -371,17 +372,31 @@ def test_the_probes_run_on_a_model_pretrained_on_shards(split_folder, tmp_path, 
     assert 0 <= lin["best"]["val_top1"] <= 100
 
 
-def test_items_at_follows_the_feature_extractors_order_of_a_stream(split_folder, tmp_path):
+class _PixelsAsFeatures(torch.nn.Module):
+    """A stand-in backbone whose features are the image's pixels: a row says which sample it is."""
+
+    def features(self, imgs, pool="cls", n_last_blocks=4):
+        return imgs.flatten(1)
+
+
+def test_a_streams_features_come_back_in_its_written_order_which_items_at_reads(split_folder, tmp_path):
+    """Two workers interleave a stream's batches (and processes split it by shards); the features come
+    back in the written order, the one ``items_at`` reads for the k-NN picture's neighbours."""
     from sslvit.data.dataset import items_at
+    from sslvit.data.transforms import eval_transform
+    from sslvit.eval.features import extract_features
 
     out = tmp_path / "shards"
     write_shards(split_folder / "train", out, val_fraction=0, max_count=4, progress=False)
-    ds = ShardDataset(*resolve_shards(str(out), "train")[:2], transform=pixel_id, shuffle=False)
-    order = [x for batch in DataLoader(ds, batch_size=8, num_workers=2) for x in batch[0]]  # as extract_features
+    ds = build_dataset(str(out), "train", 12, transform=eval_transform(12))
+    written = torch.stack([x.flatten() for x, _, _ in ds])
+    feats, labels = extract_features(_PixelsAsFeatures(), ds, batch_size=8, num_workers=2)
+    assert torch.equal(feats, written) and labels.tolist() == [y for _, y, _ in ds]
+    interleaved = torch.cat([x.flatten(1) for x, _, _ in DataLoader(ds, batch_size=8, num_workers=2)])
+    assert not torch.equal(interleaved, written)  # as the workers read it: the check has teeth
     wanted = [0, 7, 8, 30, 44]
-    found = items_at(ds, wanted, batch_size=8, num_workers=2)
-    assert [found[i] for i in wanted] == [order[i] for i in wanted]
-    assert order != [x for x, _, _ in ds]  # two workers interleave: the check has teeth
+    found = items_at(ds, wanted)
+    assert all(torch.equal(found[i].flatten(), feats[i]) for i in wanted)
 
 
 def test_resampled_mode_gives_a_full_epoch_reproducibly(split_folder, tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from sslvit.data.cluttered import cluttered_split, parse_spec
 from sslvit.data.digits import digits_split
@@ -88,8 +88,10 @@ def build_dataset(data: str, split: str, img_size: int, transform=None, val_frac
                   seed: int = SPLIT_SEED) -> ImageDataset | ShardDataset:
     """``data`` is 'cluttered' / 'digits' (embedded), a folder or a shard set (see ``shard_reader``). split 'train' | 'val' | 'all'.
 
-    A shard set comes back in its written order, unshuffled, bad samples skipped with a warning:
-    what the probes want; pretraining asks ``build_shard_dataset`` for its shuffled stream.
+    A shard set comes back in its written order, unshuffled, bad samples skipped with a warning,
+    each sample keyed by its place in that order: what the probes want (``extract_features`` puts
+    the features of many readers back in that order); pretraining asks ``build_shard_dataset`` for
+    its shuffled stream.
 
     A folder with ``train/`` and ``val/`` sub-folders uses them; any other folder is used whole
     for pretraining ('all' and 'train'), and for 'val' a fixed ``val_fraction`` is held out of it
@@ -103,7 +105,7 @@ def build_dataset(data: str, split: str, img_size: int, transform=None, val_frac
     if not data.strip():
         raise DataError("--data is empty; pass 'cluttered', 'digits', a folder of images or a shard set.")
     if is_shard_spec(data):
-        return build_shard_dataset(data, split, transform, seed=seed)
+        return build_shard_dataset(data, split, transform, seed=seed, keyed=True)
     root = Path(data).expanduser()
     if (root / "train").is_dir() and (root / "val").is_dir() and split in ("train", "val"):
         paths, labels, classes = scan_folder(root / split)
@@ -117,34 +119,31 @@ def build_dataset(data: str, split: str, img_size: int, transform=None, val_frac
 
 
 def first_items(dataset, n: int) -> list:
-    """The first ``n`` images of a dataset, map-style or streamed (in its order)."""
+    """The first ``n`` images of a dataset, map-style or streamed (in its order, every shard's)."""
     if isinstance(dataset, ShardDataset):
-        return [x for x, _, _ in islice(iter(dataset), n)]
+        return [x for x, _, _ in islice(iter(dataset.whole()), n)]
     return [dataset[i][0] for i in range(min(n, len(dataset)))]
 
 
-def items_at(dataset, indices, batch_size: int = 256, num_workers: int = 0) -> dict:
-    """{index: image} for the given sample numbers; a stream is read in the order that
-    ``DataLoader(dataset, batch_size, num_workers=num_workers)`` gives (the feature extractor's)."""
+def items_at(dataset, indices) -> dict:
+    """{index: image} for the given sample numbers: of a map-style set its indices, of a stream its
+    good samples in the written order (``extract_features``'s order for it)."""
     wanted = set(int(i) for i in indices)
     if not isinstance(dataset, ShardDataset):
         return {i: dataset[i][0] for i in wanted}
-    out, pos = {}, 0
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
-    for batch in loader:
-        for x, _, _ in batch:
-            if pos in wanted:
-                out[pos] = x
-            pos += 1
-        if len(out) == len(wanted):
-            break
+    out = {}
+    for pos, (x, _, _) in enumerate(dataset.whole()):
+        if pos in wanted:
+            out[pos] = x
+            if len(out) == len(wanted):
+                break
     return out
 
 
 def iterate(dataset):
     """Every sample of a dataset once: map-style by index (its __getitem__ wraps around), or streamed."""
     if isinstance(dataset, ShardDataset):
-        yield from dataset
+        yield from dataset.whole()  # every shard, in whatever process group
     else:
         for i in range(len(dataset)):
             yield dataset[i]

@@ -3,7 +3,6 @@ set, over its shards), so a labelled folder read in sorted order does not fill e
 picture with its first class."""
 from __future__ import annotations
 
-import copy
 from itertools import islice
 
 import numpy as np
@@ -52,9 +51,8 @@ def _shard_items(dataset: ShardDataset, n: int, seed: int) -> list:
     per_shard = SHARD_POOL * -(-n // len(urls))
     streams = []
     for url in urls:  # one reader per shard, unshuffled and on this process alone
-        one = copy.copy(dataset)
-        one.urls, one.shuffle, one.resampled, one.markers, one.shard_ends = [url], False, False, False, False
-        one.rank, one.world_size = 0, 1
+        one = dataset.whole()
+        one.urls, one.shuffle, one.resampled = [url], False, False
         streams.append(list(islice(((x, y) for x, y, _ in iter(one)), per_shard)))
     pool = [s[i] for i in range(per_shard) for s in streams if i < len(s)]  # shard-interleaved
     labels = np.asarray([y if dataset.labelled else 0 for _, y in pool])

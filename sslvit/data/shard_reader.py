@@ -22,6 +22,8 @@ counts reach the main process through the data loader itself.
 """
 from __future__ import annotations
 
+import copy
+
 import io
 import itertools
 import random
@@ -147,7 +149,9 @@ def decode_sample(sample: dict) -> tuple[Optional[Image.Image], int, Optional[st
 
 
 class ShardDataset(IterableDataset):
-    """Yields ``(image, label, 0)`` per good sample and a :class:`BadSample` per bad one.
+    """Yields ``(image, label, 0)`` per good sample and a :class:`BadSample` per bad one; with
+    ``keyed`` the third item is the sample's place in the written order (``written_place``), by
+    which the probes put features read by many processes and workers back in one order.
 
     ``rank``/``world_size`` default to the running process group (or 0/1). ``set_epoch`` and
     ``set_pass`` choose the order: (seed, epoch, pass) fix the shard order and the shuffle buffer.
@@ -158,7 +162,7 @@ class ShardDataset(IterableDataset):
     def __init__(self, urls: list[str], num_samples: int, transform: Optional[Callable] = None,
                  classes: Optional[list[str]] = None, shuffle: bool = True, shuffle_buffer: int = 1000,
                  resampled: bool = False, seed: int = 0, rank: Optional[int] = None,
-                 world_size: Optional[int] = None, markers: bool = True):
+                 world_size: Optional[int] = None, markers: bool = True, keyed: bool = False):
         self.urls = list(urls)
         self.num_samples = num_samples
         self.transform = transform
@@ -170,6 +174,7 @@ class ShardDataset(IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.markers = markers
+        self.keyed = keyed
         self.claimed: dict[str, int] = {}  # shard name -> count in the index (build_shard_dataset sets it)
         self.shard_ends = False  # yield a ShardEnd after each shard (the training stream's count check)
         self.epoch = 0
@@ -241,8 +246,8 @@ class ShardDataset(IterableDataset):
                 else:
                     warnings.warn(f"Skipping a bad sample in shard '{item.shard}' ({item.kind}).", stacklevel=2)
                 continue
-            img, label = item
-            yield self._augment(img, slot, served), label, 0
+            img, label, place = item
+            yield self._augment(img, slot, served), label, place if self.keyed else 0
             served += 1
 
     def _augment(self, img, slot: int, n: int):
@@ -256,8 +261,17 @@ class ShardDataset(IterableDataset):
             torch.default_generator.manual_seed(key % 2**63)  # the CPU's only, as ImageDataset._augment
             return self.transform(img)
 
+    def whole(self) -> "ShardDataset":
+        """A copy that reads every shard on this process alone, without markers: what the main
+        process reads to look samples up or to score raw pixels, whichever process group it is in."""
+        one = copy.copy(self)
+        one.rank, one.world_size, one.markers, one.shard_ends = 0, 1, False, False
+        return one
+
     def _read(self, shards: Iterator[str]):
-        """Shard URLs -> (PIL image, label) | BadSample, one shard at a time so every error has its shard."""
+        """Shard URLs -> (PIL image, label, written place) | BadSample, one shard at a time so every
+        error has its shard."""
+        number = {url: i for i, url in enumerate(self.urls)}
         for url in shards:
             errors: list[Exception] = []
 
@@ -272,11 +286,17 @@ class ShardDataset(IterableDataset):
                     yield BadSample(url, _error_kind(errors.pop(0)))
                 img, label, problem = decode_sample(sample)
                 read += 1
-                yield BadSample(url, problem) if problem else (img, label)
+                yield BadSample(url, problem) if problem else (img, label, written_place(number.get(url, 0), read))
             while errors:
                 read += 1
                 yield BadSample(url, _error_kind(errors.pop(0)))
             yield ShardEnd(url, read)
+
+
+def written_place(shard_number: int, member: int) -> int:
+    """A sample's place in a shard set's written order: its shard's number in the set, then its
+    member count within the shard (2**32 members a shard at most)."""
+    return (shard_number << 32) | member
 
 
 def tar_members(stream) -> Iterator[tuple[str, bytes]]:
@@ -350,10 +370,11 @@ def _error_kind(exn: Exception) -> str:
 
 
 def build_shard_dataset(spec: str, split: str, transform=None, shuffle: bool = False, seed: int = 0,
-                        markers: bool = False, resampled: bool = False, shuffle_buffer: int = 1000) -> ShardDataset:
+                        markers: bool = False, resampled: bool = False, shuffle_buffer: int = 1000,
+                        keyed: bool = False) -> ShardDataset:
     urls, counts, classes = resolve_shard_counts(spec, split)
     dataset = ShardDataset(urls, sum(counts.values()), transform, classes, shuffle=shuffle,
-                           shuffle_buffer=shuffle_buffer, resampled=resampled, seed=seed, markers=markers)
+                           shuffle_buffer=shuffle_buffer, resampled=resampled, seed=seed, markers=markers, keyed=keyed)
     dataset.claimed = counts  # what the index says each shard holds, checked against the first pass
     dataset.shard_ends = markers
     return dataset

@@ -14,6 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from sslvit.data.shard_reader import is_shard_spec
 from sslvit.files import save_safetensors_atomic
 
 CACHE_DIR = "features"
@@ -48,6 +49,8 @@ def feature_key(recipe: str, n_last_blocks: int, data: str, split: str, img_size
         key["aug_hflip"] = False
     if aug_pass is not None and tuple(aug_crop_scale) != DEFAULT_AUG_CROP_SCALE:  # likewise
         key["aug_crop_scale"] = tuple(float(v) for v in aug_crop_scale)
+    if is_shard_spec(str(data)):  # a stream's features in its written order, not as processes read it (before)
+        key["order"] = "written"
     return key
 
 

@@ -19,8 +19,8 @@ def extract_features(backbone, dataset, pool: str = "cls", batch_size: int = 256
     With an ``accelerator`` of several processes every process extracts its share on its own
     device (``device`` is then ignored) and all of them get the whole result: a map-style dataset
     is dealt sample by sample (process r takes r, r + n, ...) and comes back in its own order; a
-    shard stream is split by shards (as the reader deals them) and comes back process by process,
-    labels alongside their features."""
+    shard stream is split by shards (as the reader deals them to processes and workers) and, keyed
+    (``build_dataset``'s), comes back in its written order, whatever the processes and workers."""
     procs = accelerator.num_processes if accelerator is not None else 1
     if accelerator is not None:
         device = accelerator.device
@@ -30,36 +30,40 @@ def extract_features(backbone, dataset, pool: str = "cls", batch_size: int = 256
     backbone.eval().to(device)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     main = accelerator is None or accelerator.is_main_process
-    feats, labels = [], []
-    for imgs, y, _ in tqdm(loader, desc=desc, leave=False, disable=not main):
+    feats, labels, places = [], [], []
+    for imgs, y, place in tqdm(loader, desc=desc, leave=False, disable=not main):
         feats.append(backbone.features(imgs.to(device), pool=pool, n_last_blocks=n_last_blocks).float())
         labels.append(torch.as_tensor(y, device=device))
+        places.append(torch.as_tensor(place, device=device))
     if not feats:  # this process got no sample (fewer shards than processes): an empty share
         dim = backbone.features(torch.zeros(1, backbone.in_chans, *backbone.patch_embed.img_size, device=device),
                                 pool=pool, n_last_blocks=n_last_blocks).shape[1]
         feats, labels = [torch.zeros(0, dim, device=device)], [torch.zeros(0, dtype=torch.long, device=device)]
-    feats, labels = torch.cat(feats), torch.cat(labels).long()
+        places = labels
+    feats, labels, places = torch.cat(feats), torch.cat(labels).long(), torch.cat(places).long()
     if procs > 1:
-        feats, labels = _gather_shares(accelerator, feats, labels, interleaved=not stream)
+        feats, labels, places = _gather_shares(accelerator, [feats, labels, places], interleaved=not stream)
+    if stream and dataset.keyed:  # one order for any processes and workers: the one items_at reads
+        order = places.argsort()
+        feats, labels = feats[order], labels[order]
     return feats.cpu(), labels.cpu()
 
 
-def _gather_shares(accelerator, feats: torch.Tensor, labels: torch.Tensor, interleaved: bool):
-    """Every process's (n_r, F) share -> the whole (N, F) on every process. ``interleaved``: the
-    shares were dealt r, r + n, ..., so row j of process r is sample j * n + r."""
-    counts = accelerator.gather(torch.tensor([len(labels)], device=feats.device)).tolist()
-    longest = max(counts)
-    pad = longest - len(labels)
-    feats = torch.cat([feats, feats.new_zeros(pad, feats.shape[1])])
-    labels = torch.cat([labels, labels.new_zeros(pad)])
-    all_feats = accelerator.gather(feats).view(len(counts), longest, -1)
-    all_labels = accelerator.gather(labels).view(len(counts), longest)
-    if interleaved:
-        # padding sits only in the last row of the shorter shares, i.e. at positions >= N
-        total = sum(counts)
-        return all_feats.transpose(0, 1).reshape(-1, all_feats.shape[-1])[:total], all_labels.t().reshape(-1)[:total]
-    return (torch.cat([all_feats[r, :n] for r, n in enumerate(counts)]),
-            torch.cat([all_labels[r, :n] for r, n in enumerate(counts)]))
+def _gather_shares(accelerator, shares: list[torch.Tensor], interleaved: bool) -> list[torch.Tensor]:
+    """Every process's (n_r, ...) shares -> the whole (N, ...) of each on every process. ``interleaved``:
+    the samples were dealt r, r + n, ..., so row j of process r is sample j * n + r."""
+    counts = accelerator.gather(torch.tensor([len(shares[0])], device=shares[0].device)).tolist()
+    longest, total = max(counts), sum(counts)
+    whole = []
+    for share in shares:
+        rest = share.shape[1:]
+        padded = torch.cat([share, share.new_zeros(longest - len(share), *rest)])
+        every = accelerator.gather(padded).view(len(counts), longest, *rest)
+        if interleaved:  # padding sits only in the last row of the shorter shares, i.e. at positions >= N
+            whole.append(every.transpose(0, 1).reshape(-1, *rest)[:total])
+        else:
+            whole.append(torch.cat([every[r, :n] for r, n in enumerate(counts)]))
+    return whole
 
 
 def finish_probe(accelerator, report):

@@ -96,10 +96,9 @@ def _neighbours_picture(feats, train_set, val_set, cfg: KNNProbeConfig, path, ca
     8 nearest train images."""
     ftr, ytr, fva, yva = feats
     picked = spread_order(yva.numpy(), cfg.picture_queries, cfg.seed)
-    # the extractor's batch size and workers give a stream the same order as the features
-    queries = items_at(val_set, picked, cfg.batch_size, cfg.num_workers)
+    queries = items_at(val_set, picked)
     sims, nbrs = knn_search(ftr.numpy(), fva[picked].numpy(), 8)
-    found = items_at(train_set, nbrs.flatten(), cfg.batch_size, cfg.num_workers)
+    found = items_at(train_set, nbrs.flatten())
     neighbours = torch.stack([torch.stack([found[int(j)] for j in row]) for row in nbrs])
     neighbours_picture(torch.stack([queries[i] for i in picked]), yva[picked], neighbours, ytr.numpy()[nbrs], sims,
                        train_set.classes, path, caption)
