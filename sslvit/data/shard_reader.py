@@ -23,7 +23,6 @@ counts reach the main process through the data loader itself.
 from __future__ import annotations
 
 import copy
-
 import io
 import itertools
 import random
@@ -286,7 +285,7 @@ class ShardDataset(IterableDataset):
                     yield BadSample(url, _error_kind(errors.pop(0)))
                 img, label, problem = decode_sample(sample)
                 read += 1
-                yield BadSample(url, problem) if problem else (img, label, written_place(number.get(url, 0), read))
+                yield BadSample(url, problem) if problem else (img, label, written_place(number[url], read))
             while errors:
                 read += 1
                 yield BadSample(url, _error_kind(errors.pop(0)))

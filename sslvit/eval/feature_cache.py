@@ -49,7 +49,7 @@ def feature_key(recipe: str, n_last_blocks: int, data: str, split: str, img_size
         key["aug_hflip"] = False
     if aug_pass is not None and tuple(aug_crop_scale) != DEFAULT_AUG_CROP_SCALE:  # likewise
         key["aug_crop_scale"] = tuple(float(v) for v in aug_crop_scale)
-    if is_shard_spec(str(data)):  # a stream's features in its written order, not as processes read it (before)
+    if is_shard_spec(str(data)):  # in the stream's written order since 2026-12-07 (process order before)
         key["order"] = "written"
     return key
 

@@ -65,5 +65,6 @@ def start_run(cfg) -> Optional[StartRun]:
     argv += [f"--model.{k}={_text(getattr(cfg.model, k))}" for k in SHAPE_KEYS]
     argv += [f"--train.{k}={_text(getattr(cfg.train, k))}" for k in DATA_KEYS]
     argv += [f"--train.epochs={epochs}"] if epochs else []
-    what = f"{paper}'s recipe for this data, " + (f"{epochs} epoch{'s' * (epochs != 1)}" if epochs else "its own epochs")
+    length = f"{epochs} epoch{'s' * (epochs != 1)}" if epochs else "its own epochs"
+    what = f"{paper}'s recipe for this data, {length}"
     return StartRun(config_cls, preset, argv, out, what)
