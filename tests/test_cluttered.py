@@ -96,9 +96,13 @@ def _folder(root, n, side, classes=("a", "b")):
     return root
 
 
-def test_data_shape_of_a_folder(tmp_path):
+def test_data_shape_of_a_folder_counts_the_images_pretraining_reads(tmp_path):
+    # without train/ and val/: the 32 of 40 left when the probes' 20% is held out (it said 40)
     shape = data_shape(str(_folder(tmp_path / "imgs", 40, 28)))
-    assert shape == DataShape(count=40, side=28, labelled=True)
+    assert shape == DataShape(count=32, side=28, labelled=True)
+    assert len(build_dataset(str(tmp_path / "imgs"), "train", 28)) == 32
+    _folder(tmp_path / "split" / "train", 30, 20), _folder(tmp_path / "split" / "val", 10, 20)
+    assert data_shape(str(tmp_path / "split")) == DataShape(count=30, side=20, labelled=True)
 
 
 PRESETS = {"digits": {"model": {"img_size": 16}},
@@ -130,7 +134,8 @@ def test_recipe_chosen_by_the_data(tmp_path):
     recipe, why = preset_for(PRESETS, str(small))
     assert recipe["model"] == {"size": "tiny", "patch_size": 8, "img_size": 32} and "out" not in recipe
     assert recipe["train"]["epochs"] == 40 and recipe["train"]["knn_every"] == 0  # 4x (capped) for 30 images
-    assert "small data (30 training images, short side 40 px" in why and recipe["train"]["batch_size"] == 8
+    # 24: the 30 less the 6 the probes hold out, which pretraining never reads
+    assert "small data (24 training images, short side 40 px" in why and recipe["train"]["batch_size"] == 8
     unlabelled = tmp_path / "flat"
     unlabelled.mkdir()
     for i in range(5):
@@ -210,14 +215,14 @@ def test_a_folder_of_small_images_trains_with_no_keys(tmp_path, objective, capsy
     run_pretraining(cls, objective, argv=["--data", str(folder), "--out", str(out), "--train.epochs", "1",
                                          "--model.depth", "1", "--train.precision", "fp32"])
     printed = capsys.readouterr().out
-    assert "recipe: small data (16 training images, short side 20 px" in printed
+    assert "recipe: small data (13 training images, short side 20 px" in printed  # 16 less the probes' 3
     assert "this run: ViT-tiny/8, 1 block at 32 px, 1 epoch of batch" in printed  # --model.depth 1, not the size's 12
     assert ("\nnote: DINO learns here from an MAE run's weights" in printed) == (objective == "dino")
     # DINO's recipe trains its MAE start first, 33 epochs scaled as its own (16 images: 4x), in the same backbone
     assert ("start: MAE's recipe for this data, 132 epochs, trained first in" in printed) == (objective == "dino")
     assert (out / "start-mae132" / "backbone.safetensors").is_file() == (objective == "dino")
     cfg = yaml.safe_load((out / "config.yaml").read_text())
-    assert (cfg["model"]["img_size"], cfg["model"]["patch_size"], cfg["train"]["batch_size"]) == (32, 8, 8)
+    assert (cfg["model"]["img_size"], cfg["model"]["patch_size"], cfg["train"]["batch_size"]) == (32, 8, 4)  # at most half of the 13
     assert (out / "backbone.safetensors").is_file()
 
 

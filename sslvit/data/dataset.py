@@ -93,9 +93,9 @@ def build_dataset(data: str, split: str, img_size: int, transform=None, val_frac
     the features of many readers back in that order); pretraining asks ``build_shard_dataset`` for
     its shuffled stream.
 
-    A folder with ``train/`` and ``val/`` sub-folders uses them; any other folder is used whole
-    for pretraining ('all' and 'train'), and for 'val' a fixed ``val_fraction`` is held out of it
-    (the rest then forms 'train' for the probes, which ask with ``labelled=True``).
+    A folder with ``train/`` and ``val/`` sub-folders uses them; any other folder holds out a fixed
+    ``val_fraction`` as 'val' (the probes' queries), and 'train' is the rest: what pretraining and
+    the probes train on. 'all' is the whole folder.
     """
     if is_embedded(data):
         which = "val" if split == "val" else "train"

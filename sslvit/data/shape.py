@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from sslvit.data.folder import scan_folder
+from sslvit.data.folder import held_out_split, scan_folder
 from sslvit.data.shard_reader import build_shard_dataset, is_shard_spec, resolve_shards
 
 SMALL_SIDE = 64  # px: images whose short side is at most this get the small-data recipes (pretraining, fine-tuning)
@@ -35,7 +35,9 @@ def data_shape(data: str) -> DataShape:
         first = islice(iter(build_shard_dataset(data, "train")), SAMPLED)
         return DataShape(count, _median([min(img.size) for img, _, _ in first]), len(classes) > 1)
     root = Path(data).expanduser()
-    paths, _, classes = scan_folder(root / "train" if (root / "train").is_dir() and (root / "val").is_dir() else root)
+    split = (root / "train").is_dir() and (root / "val").is_dir()
+    paths, _, classes = scan_folder(root / "train" if split else root)
+    count = len(paths) if split else len(held_out_split(len(paths))[0])  # pretraining leaves the probes' val out
     sides = []
     for p in paths[:: max(1, len(paths) // SAMPLED)][:SAMPLED]:  # spread over the (sorted) classes
         try:
@@ -43,4 +45,4 @@ def data_shape(data: str) -> DataShape:
                 sides.append(min(img.size))
         except OSError:
             continue  # an unreadable file is the loop's to count, not the recipe's
-    return DataShape(len(paths), _median(sides), len(classes) > 1)
+    return DataShape(count, _median(sides), len(classes) > 1)
