@@ -24,7 +24,7 @@ def scan_folder(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"Data folder '{root}' does not exist; pass --data with a folder of images "
-                        "(or 'digits' for the embedded data).")
+                        "(or 'cluttered' or 'digits' for the embedded sets).")
     paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
     if not paths:
         if any(root.glob("*.tar")):
