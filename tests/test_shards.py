@@ -399,6 +399,21 @@ def test_a_streams_features_come_back_in_its_written_order_which_items_at_reads(
     assert all(torch.equal(found[i].flatten(), feats[i]) for i in wanted)
 
 
+def test_one_reader_extracts_every_shard_whatever_the_process_group(split_folder, tmp_path):
+    """Without an accelerator to split over (the online k-NN on the main process of a DDP run), a stream
+    is read whole: as rank 0 of 2 it read only its own shards, half the k-NN's data."""
+    from sslvit.data.transforms import eval_transform
+    from sslvit.eval.features import extract_features
+
+    out = tmp_path / "shards"
+    write_shards(split_folder / "train", out, val_fraction=0, max_count=4, progress=False)
+    ds = build_dataset(str(out), "train", 12, transform=eval_transform(12))
+    ds.rank, ds.world_size = 0, 2  # as the process group of a two-process run sets it
+    assert len([x for x, _, _ in ds]) < 45
+    feats, labels = extract_features(_PixelsAsFeatures(), ds, batch_size=8)
+    assert len(labels) == 45 and torch.equal(feats, torch.stack([x.flatten() for x, _, _ in ds.whole()]))
+
+
 def test_resampled_mode_gives_a_full_epoch_reproducibly(split_folder, tmp_path):
     out = tmp_path / "shards"
     write_shards(split_folder / "train", out, val_fraction=0, max_count=10, progress=False)

@@ -25,6 +25,8 @@ def extract_features(backbone, dataset, pool: str = "cls", batch_size: int = 256
     if accelerator is not None:
         device = accelerator.device
     stream = isinstance(dataset, ShardDataset)
+    if stream and accelerator is None:  # one reader (the online k-NN): every shard, whatever the process group
+        dataset = dataset.whole()
     if procs > 1 and not stream:
         dataset = Subset(dataset, range(accelerator.process_index, len(dataset), procs))
     backbone.eval().to(device)
