@@ -175,6 +175,7 @@ def step_key(objective: torch.nn.Module, batch) -> str:
     objective and its shapes."""
     from sslvit.models.attention import RULE  # timm: imported when a step is timed, not for --help
 
+    # a lone tensor is listed, as the key always wrote it, so that earlier cached timings still match
     shapes = batch_shapes(batch if isinstance(batch, (list, tuple)) else [batch])
     params = sum(p.numel() for p in objective.parameters())
     return (f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {RULE} | "
