@@ -9,6 +9,7 @@ launch/fsdp_vit_large.yaml, each timm Block one unit, sharded checkpoints).
 - ``--resume`` from a sharded checkpoint ends with the weights of the unbroken FSDP run.
 - Pictures and the online k-NN (forwards outside ``model(...)``) run on every process under
   FSDP; the k-NN scores like the 1-process run's.
+- Fine-tuning under FSDP writes the gathered classifier, whose val top-1 is the one it reports.
 """
 import json
 import os
@@ -27,7 +28,7 @@ from tests.run_checks import assert_same_backbone, assert_timm_loads_and_is_prob
 from tests.test_equivalence import OBJECTIVES, RTOL, _args, _peak_lr, compare
 
 REPO = Path(__file__).resolve().parents[1]
-PORTS = {"mae": 29562, "dino": 29563, "dino_resumed": 29564}
+PORTS = {"mae": 29562, "dino": 29563, "dino_resumed": 29564, "finetune": 29565}
 SAVE_EVERY_EPOCH = ["--train.save_every", "1", "--train.keep_checkpoints", "2"]
 KNN_AT_THE_END = ["--train.knn_every", "2"]  # the online k-NN: under FSDP every process runs its forwards
 
@@ -130,3 +131,39 @@ def test_resume_from_a_sharded_checkpoint_ends_like_the_unbroken_run(dino_runs, 
     out = run_fsdp("dino", labelled160, resumed, PORTS["dino_resumed"], [*SAVE_EVERY_EPOCH, "--resume"])
     assert "Resuming from" in out and "epoch_0001" in out
     assert_same_backbone(unbroken, resumed)
+
+
+def test_finetuning_under_fsdp_writes_the_gathered_classifier_it_reports(labelled160, tmp_path):
+    """Before 2026-12-07 the fine-tune trained sharded and then stopped on its save: the main process
+    wrote its own shards' state dict (DTensors), and each process printed the report."""
+    import torch
+    from safetensors.torch import load_file
+    from torch.utils.data import DataLoader
+
+    from sslvit.data.dataset import build_dataset
+    from sslvit.data.transforms import eval_transform
+    from sslvit.eval.finetune import FinetuneConfig, build_classifier
+    from sslvit.models import BackboneConfig, build_backbone
+    from sslvit.models.export import export_backbone
+
+    cfg = BackboneConfig(size="tiny", depth=2, patch_size=4, img_size=16)
+    torch.manual_seed(0)
+    export_backbone(build_backbone(cfg), cfg, tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch/fsdp_cpu_2proc.yaml"),
+           "--main_process_port", str(PORTS["finetune"]), str(REPO / "probes/finetune.py"), "--ckpt", str(tmp_path),
+           "--data", str(labelled160), "--epochs", "2", "--batch_size", "8"]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("fine-tuning (full): 2 process(es), parameters sharded (FSDP2),") == 1, proc.stdout
+    assert proc.stdout.count("fine-tuning (full, 2 epochs at 16 px") == 1  # the report, from the main process only
+    report = json.loads((tmp_path / "finetune_full" / "finetune.json").read_text())
+    assert report["processes"] == 2 and report["parameters_sharded"]
+    model, _ = build_classifier(tmp_path / "backbone.safetensors", 2, FinetuneConfig(ckpt=str(tmp_path)))
+    state = load_file(str(tmp_path / "finetune_full" / "model.safetensors"))
+    model.load_state_dict(state, strict=True)  # every parameter, at its full shape
+    model.eval()
+    val = DataLoader(build_dataset(str(labelled160), "val", 16, transform=eval_transform(16)), batch_size=64)
+    with torch.no_grad():
+        hits = sum((model(x).argmax(-1) == y).sum().item() for x, y, _ in val)
+    assert 100 * hits / len(val.dataset) == pytest.approx(report["val_top1"])

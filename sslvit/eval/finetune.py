@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn as nn
+from accelerate.utils import DistributedType
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -330,24 +331,32 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
         model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     else:
         model, optimizer, val_loader = accelerator.prepare(model, optimizer, val_loader)
+    sharded = accelerator.distributed_type == DistributedType.FSDP
+    accelerator.print(f"fine-tuning ({cfg.mode}): {accelerator.num_processes} process(es)"
+                      f"{', parameters sharded (FSDP2),' if sharded else ''} on {accelerator.device}, effective batch "
+                      f"{effective}, lr {base_lr:.3g}, {len(train_loader)} steps/epoch")
     top1, top5, step_times, history = _train(model, optimizer, train_loader, val_loader, accelerator, cfg, base_lr)
     timed = step_times[min(len(step_times) - 1, 2):]  # the first steps warm up allocators
     report = {"ckpt": str(weights), "data": data, "mode": cfg.mode, "epochs": cfg.epochs, **sizes,
               "trainable_params": trainable, "total_params": total_params, "val_top1": top1, "val_top5": top5,
               "step_time_s": sum(timed) / len(timed), "peak_memory_mb": _peak_memory_mb(accelerator.device),
-              "effective_batch": effective, "lr": base_lr, "history": history}
-    if accelerator.is_main_process:
+              "effective_batch": effective, "lr": base_lr, "processes": accelerator.num_processes,
+              "parameters_sharded": sharded, "history": history}
+    state = accelerator.get_state_dict(model)  # collective under FSDP: every process gathers, the main one keeps
+    main = accelerator.is_main_process
+    if main:
         out = weights.parent / f"finetune_{cfg.mode}"
         out.mkdir(exist_ok=True)
         report["replaced"] = existing([out / "model.safetensors", out / "finetune.json"])
-        save_safetensors_atomic(accelerator.unwrap_model(model).state_dict(), out / "model.safetensors")
+        save_safetensors_atomic(state, out / "model.safetensors")
         write_json_atomic(report, out / "finetune.json")
     accelerator.end_training()
-    return report
+    return report if main else None  # the main process prints the report, once
 
 
 def format_report(report: dict) -> str:
-    return (f"fine-tuning ({report['mode']}, {report['epochs']} epochs at {report['img_size']} px, pretrained at "
+    epochs = f"{report['epochs']} epoch{'s' * (report['epochs'] != 1)}"
+    return (f"fine-tuning ({report['mode']}, {epochs} at {report['img_size']} px, pretrained at "
             f"{report['pretrain_img_size']} px): val top-1 {report['val_top1']:.2f}, top-5 {report['val_top5']:.2f}\n"
             f"trainable parameters {report['trainable_params']:,} of {report['total_params']:,}, "
             f"step {report['step_time_s'] * 1000:.0f} ms, peak memory {report['peak_memory_mb']:.0f} MB -> "
