@@ -7,7 +7,9 @@ incomplete checkpoint; ``--resume`` takes the newest folder that has ``meta.json
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -52,6 +54,26 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class _SharedTensorNotice(logging.Filter):
+    """Drops accelerate's "Removed shared tensor {...} while saving" notice. A composite's parts
+    hold one backbone under several names (``parts.mae.encoder.*``, ``parts.dino.student.backbone.*``),
+    so safetensors keeps one name of each and every save listed the other names, about 180 of them;
+    loading ties the aliases back (a resumed composite equals the unbroken run: test_composite)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_shared_tensor_notice():
+    logger, notice = logging.getLogger("accelerate.utils.other"), _SharedTensorNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
+
+
 def save_checkpoint(accelerator, run_dir: Path, epoch: int, step: int, keep: int = 2,
                     progress: Optional[dict] = None) -> Path:
     """Save the accelerate state at ``step`` atomically; keep the newest ``keep``. Without
@@ -65,7 +87,8 @@ def save_checkpoint(accelerator, run_dir: Path, epoch: int, step: int, keep: int
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     try:
-        accelerator.save_state(str(tmp), safe_serialization=True)
+        with _without_shared_tensor_notice():
+            accelerator.save_state(str(tmp), safe_serialization=True)
         if os.environ.get("SSLVIT_TEST_CHECKPOINT_PAUSE"):  # lets the kill -9 test land inside a write
             time.sleep(float(os.environ["SSLVIT_TEST_CHECKPOINT_PAUSE"]))
         accelerator.wait_for_everyone()
