@@ -221,3 +221,40 @@ def test_the_tokenizer_is_fitted_on_crops_of_the_runs_own_augmentation(tmp_path,
     cfg.build_objective()
     assert len(seen) == 1 and repr(seen[0]) == repr(cfg.train_transform())
     assert "scale=(0.6, 0.9)" in repr(seen[0]) and "Flip" not in repr(seen[0])
+
+
+def test_a_features_tokenizer_replaces_the_small_data_recipes_grey_pixel_one(tmp_path, image_folder,
+                                                                             fresh_accelerate, capsys):
+    """The small-data recipe (BEiT's cluttered preset) sets tokenizer.grey for its pixel codes; with
+    --tokenizer.kind features that key is unused, and the run said "grey is for the pixel kind" before."""
+    from sslvit.models.export import export_backbone
+    from sslvit.tokenizers.features import FeatureTokenizer
+
+    cfg = BackboneConfig(size="tiny", depth=1, patch_size=4, img_size=16)
+    (tmp_path / "teacher").mkdir()
+    export_backbone(build_backbone(cfg), cfg, tmp_path / "teacher")
+    run = _run(tmp_path / "run", image_folder, ["--train.epochs", "1", "--tokenizer.kind", "features",
+                                                "--tokenizer.teacher", str(tmp_path / "teacher")])
+    out = capsys.readouterr().out
+    assert "recipe: small data" in out and "tokenizer.grey is for the pixel kind, unused here" in out
+    assert isinstance(load_tokenizer(run / "tokenizer.safetensors"), FeatureTokenizer)
+
+
+def test_a_tokenizer_the_main_process_cannot_fit_stops_every_process_with_its_sentence(tmp_path, image_folder):
+    """The main process fits while the others wait at a barrier; its error left them there until gloo
+    broke the connection, and each printed that traceback."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(repo / "launch/cpu_2proc.yaml"),
+           "--main_process_port", "29567", str(repo / "pretrain/beit.py"), *TINY, "--data", str(image_folder),
+           "--out", str(tmp_path / "run"), "--tokenizer.vocab", "4096"]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0 and "vocab 4096 is larger than the 768 patches" in out, out[-3000:]
+    assert "the main process could not make it (its error is above)." in out and "[rank1]: Traceback" not in out
+    assert not (tmp_path / "run").exists()  # nothing half-written

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 from sslvit.config import ConfigError
 from sslvit.models import BackboneConfig, build_backbone
 from sslvit.tokenizers import FeatureTokenizer, PixelTokenizer, load_tokenizer
-from sslvit.tokenizers.__main__ import main as cli
+from sslvit.tokenizers.__main__ import FitCommand, main as cli
 from sslvit.tokenizers.tokenizer_config import TokenizerFitConfig
 from sslvit.tokenizers.usage import codebook_usage, collapse_warnings
 
@@ -122,8 +122,9 @@ def test_unusable_files_and_settings_are_one_clear_error(tmp_path):
         PixelTokenizer(64, 4).fit([torch.randn(3, 3, 16, 16)])
     with pytest.raises(ConfigError, match="pixel_size 3 must divide the patch size 8"):
         PixelTokenizer(8, 8, pixel_size=3)
-    with pytest.raises(ConfigError, match="grey is for the pixel kind"):
-        TokenizerFitConfig(kind="features", teacher="runs/x", grey=True).validate()
+    with pytest.raises(ConfigError, match="--grey is for the pixel kind"):  # asked for on fit's command line
+        FitCommand(kind="features", teacher="runs/x", grey=True).validate()
+    TokenizerFitConfig(kind="features", teacher="runs/x", grey=True).validate()  # a run's recipe's: unused
     with pytest.raises(FileNotFoundError, match="No tokenizer at"):
         load_tokenizer(tmp_path / "none.safetensors")
     save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))

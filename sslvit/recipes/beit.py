@@ -32,6 +32,13 @@ class BEiTRunConfig:
         epochs=800, blr=1.875e-4, min_lr=1e-5, warmup_epochs=10, weight_decay=0.05, betas=(0.9, 0.98),
         clip_grad=3.0))
 
+    def validate(self) -> None:
+        """On every process, before the main one fits the tokenizer while the others wait for it."""
+        self.model.validate()
+        self.train.validate()
+        if not self.tokenizer.path:
+            self.tokenizer.validate()
+
     def build_objective(self) -> BEiT:
         from sslvit.models.vit import build_backbone  # timm and faiss: imported to build, not for --help
         from sslvit.recipes.run_tokenizer import run_tokenizer

@@ -26,15 +26,30 @@ def run_tokenizer(cfg: TokenizerConfig, data: str, img_size: int, patch_size: in
     if has_ckpt:  # checked here too: the loop refuses the run, but only after this would overwrite the tokenizer
         raise FileExistsError(f"Run directory '{run_dir}' already holds checkpoints; pass --resume to continue "
                               "that run, or --out a new directory.")
+    failed = None
     with state.main_process_first():
         if not state.is_main_process:
+            if not saved.is_file():
+                raise FileNotFoundError(f"No tokenizer at {saved}: the main process could not make it (its error "
+                                        "is above).")
             return load_tokenizer(saved)
-        if cfg.path:
-            tok = load_tokenizer(cfg.path)
-        else:
-            print(f"No tokenizer.path given: fitting a {cfg.kind} tokenizer (vocab {cfg.vocab}) on "
-                  f"{cfg.fit_images} images of the training data; it is saved as {saved}.")
-            tok, _ = fit_tokenizer(cfg, data, img_size, patch_size, picture=run_dir / "tokenizer_codebook.png",
-                                   transform=transform)
-        tok.save(saved)
+        try:  # caught so that the main process still reaches the barrier the others wait at
+            tok = _made_tokenizer(cfg, data, img_size, patch_size, run_dir, transform)
+            tok.save(saved)
+        except Exception as e:  # noqa: BLE001 - re-raised as it is, below
+            failed = e
+    if failed is not None:
+        raise failed
     return tok
+
+
+def _made_tokenizer(cfg: TokenizerConfig, data: str, img_size: int, patch_size: int, run_dir: Path,
+                    transform) -> Tokenizer:
+    """``cfg.path`` loaded, or a tokenizer fitted now on the training data."""
+    if cfg.path:
+        return load_tokenizer(cfg.path)
+    unused = "; tokenizer.grey is for the pixel kind, unused here" if cfg.grey and cfg.kind != "pixel" else ""
+    print(f"No tokenizer.path given: fitting a {cfg.kind} tokenizer (vocab {cfg.vocab}) on "
+          f"{cfg.fit_images} images of the training data; it is saved as {run_dir / RUN_TOKENIZER}{unused}.")
+    return fit_tokenizer(cfg, data, img_size, patch_size, picture=run_dir / "tokenizer_codebook.png",
+                         transform=transform)[0]

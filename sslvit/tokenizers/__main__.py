@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
-from sslvit.config import build_config
+from sslvit.config import ConfigError, build_config
 from sslvit.tokenizers.fit import TokenizerFitConfig, fit_tokenizer
 from sslvit.runtime.errors import USER_ERRORS
 
@@ -18,6 +18,11 @@ class FitCommand(TokenizerFitConfig):
     out: str = "tokenizer.safetensors"
     img_size: Optional[int] = None  # pixel: None = 16 for digits (their preset), else 224; features: the teacher's
     patch_size: Optional[int] = None  # pixel: None = 4 for digits, else 16; features: the teacher's
+
+    def validate(self) -> None:
+        super().validate()
+        if self.grey and self.kind != "pixel":  # asked for here; a run's recipe may set it for its pixel default
+            raise ConfigError("--grey is for the pixel kind; leave it off with --kind features.")
 
 
 def main(argv: list[str]) -> None:

@@ -18,7 +18,7 @@ class TokenizerFitConfig:
     vocab: int = 8192  # codebook size (BEiT: 8192)
     fit_images: int = 2000  # training images sampled for k-means (all their patches are used)
     pixel_size: int = 8  # pixel: each patch is average-pooled to this side first (BEiT's dVAE sees 112 px)
-    grey: bool = False  # pixel: quantise each patch's luma, not its colour (codes are shapes, not hues)
+    grey: bool = False  # pixel: quantise each patch's luma, not its colour (codes are shapes, not hues); unused by features
     iters: int = 20  # k-means iterations
     seed: int = 0
 
@@ -28,8 +28,6 @@ class TokenizerFitConfig:
         if self.kind == "features" and not self.teacher:
             raise ConfigError("The features tokenizer needs a teacher; pass teacher with the run directory of a "
                               "pretrained sslvit backbone (e.g. a DINO run).")
-        if self.grey and self.kind != "pixel":
-            raise ConfigError("tokenizer grey is for the pixel kind; leave it off with --kind features.")
         if self.fit_images < 1 or self.iters < 1:
             raise ConfigError(f"fit_images and iters must be >= 1 (got {self.fit_images}, {self.iters}).")
 
