@@ -256,5 +256,5 @@ def test_a_tokenizer_the_main_process_cannot_fit_stops_every_process_with_its_se
     done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     out = done.stdout + done.stderr
     assert done.returncode != 0 and "vocab 4096 is larger than the 768 patches" in out, out[-3000:]
-    assert "the main process could not make it (its error is above)." in out and "[rank1]: Traceback" not in out
+    assert "error: The main process could not make the run's tokenizer" in out and "[rank1]: Traceback" not in out
     assert not (tmp_path / "run").exists()  # nothing half-written

@@ -119,3 +119,21 @@ def test_two_process_probe_from_a_weights_file_is_one_process_group(run_dir, tmp
                    "--baselines", "false", "--picture_queries", "0", "--ks", "[5]")
     assert proc.stdout.count(f"--weights {weights}:") == 1
     assert proc.stdout.count("k-NN (45 train / 15 val") == 1
+
+
+def test_a_weights_file_the_main_process_cannot_import_stops_both_with_their_sentences(run_dir, tmp_path):
+    """The main process imports ``--weights`` while the other waits at a barrier; its refusal left the
+    other there until gloo broke the connection, and it printed that traceback."""
+    from safetensors.torch import save_file
+
+    junk = tmp_path / "junk.safetensors"
+    save_file({"w": torch.zeros(2)}, str(junk))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch/cpu_2proc.yaml"),
+           "--main_process_port", "29568", str(REPO / "probes/knn.py"), "--weights", str(junk),
+           "--data", str(run_dir.parent / "folder")]
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0 and f"error: --weights {junk}: '{junk}' matches none of the layouts" in out, out[-3000:]
+    assert f"error: The main process could not make the backbone of --weights {junk}" in out
+    assert "[rank1]: Traceback" not in out

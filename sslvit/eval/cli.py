@@ -8,8 +8,8 @@ from pathlib import Path
 
 from sslvit.config import ConfigError, build_config
 from sslvit.models.checkpoint_layouts import WeightsError
-from sslvit.runtime.devices import process_state
 from sslvit.runtime.errors import USER_ERRORS
+from sslvit.runtime.main_first import main_process_does
 
 WEIGHTS_HELP = ("  --weights FILE  a checkpoint from elsewhere (timm, official MAE / DINO, DINOv2, sslvit) instead of "
                 "--ckpt: its backbone is imported into FILE_sslvit/ beside it, where the results go")
@@ -37,14 +37,14 @@ def weights_as_ckpt(argv: list[str]) -> list[str]:
 
     file = Path(weights).expanduser()
     out = file.parent / f"{file.stem}_sslvit"
-    state = process_state()
-    with state.main_process_first():  # one process writes the folder; the others read it after
-        if state.is_main_process:
-            try:
-                lines = import_backbone(file, out)
-            except WeightsError as e:
-                raise WeightsError(f"--weights {weights}: {e}") from None
-            print("\n".join([f"--weights {weights}: {lines[0]}", *(f"  {line}" for line in lines[1:])]))
+    def imported() -> None:  # one process writes the folder; the others read it after
+        try:
+            lines = import_backbone(file, out)
+        except WeightsError as e:
+            raise WeightsError(f"--weights {weights}: {e}") from None
+        print("\n".join([f"--weights {weights}: {lines[0]}", *(f"  {line}" for line in lines[1:])]))
+
+    main_process_does(imported, f"the backbone of --weights {weights}")
     return [*args, "--ckpt", str(out)]
 
 

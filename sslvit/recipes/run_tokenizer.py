@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sslvit.runtime.devices import process_state
+from sslvit.runtime.main_first import main_process_does
 from sslvit.tokenizers.base import Tokenizer, load_tokenizer
 from sslvit.tokenizers.fit import RUN_TOKENIZER, TokenizerConfig, fit_tokenizer
 from sslvit.train.checkpoint import latest_checkpoint
@@ -26,28 +27,20 @@ def run_tokenizer(cfg: TokenizerConfig, data: str, img_size: int, patch_size: in
     if has_ckpt:  # checked here too: the loop refuses the run, but only after this would overwrite the tokenizer
         raise FileExistsError(f"Run directory '{run_dir}' already holds checkpoints; pass --resume to continue "
                               "that run, or --out a new directory.")
-    failed = None
-    with state.main_process_first():
-        if not state.is_main_process:
-            if not saved.is_file():
-                raise FileNotFoundError(f"No tokenizer at {saved}: the main process could not make it (its error "
-                                        "is above).")
-            return load_tokenizer(saved)
-        try:  # caught so that the main process still reaches the barrier the others wait at
-            tok = _made_tokenizer(cfg, data, img_size, patch_size, run_dir, transform)
-            tok.save(saved)
-        except Exception as e:  # noqa: BLE001 - re-raised as it is, below
-            failed = e
-    if failed is not None:
-        raise failed
-    return tok
+    tok = main_process_does(lambda: _made_tokenizer(cfg, data, img_size, patch_size, run_dir, transform),
+                            f"the run's tokenizer {saved}")
+    return tok if tok is not None else load_tokenizer(saved)  # the others load what the main process saved
 
 
 def _made_tokenizer(cfg: TokenizerConfig, data: str, img_size: int, patch_size: int, run_dir: Path,
                     transform) -> Tokenizer:
-    """``cfg.path`` loaded, or a tokenizer fitted now on the training data."""
-    if cfg.path:
-        return load_tokenizer(cfg.path)
+    """``cfg.path`` loaded, or a tokenizer fitted now on the training data; saved into the run."""
+    tok = load_tokenizer(cfg.path) if cfg.path else _fitted(cfg, data, img_size, patch_size, run_dir, transform)
+    tok.save(run_dir / RUN_TOKENIZER)
+    return tok
+
+
+def _fitted(cfg: TokenizerConfig, data: str, img_size: int, patch_size: int, run_dir: Path, transform) -> Tokenizer:
     unused = "; tokenizer.grey is for the pixel kind, unused here" if cfg.grey and cfg.kind != "pixel" else ""
     print(f"No tokenizer.path given: fitting a {cfg.kind} tokenizer (vocab {cfg.vocab}) on "
           f"{cfg.fit_images} images of the training data; it is saved as {run_dir / RUN_TOKENIZER}{unused}.")

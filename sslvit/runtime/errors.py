@@ -1,5 +1,5 @@
 """The errors a user can cause, which every command ends as one sentence on stderr and exit
-code 2 (``USER_ERRORS``), and the two the training run raises itself."""
+code 2 (``USER_ERRORS``), and the three sslvit raises itself."""
 from __future__ import annotations
 
 from sslvit.config import ConfigError
@@ -15,5 +15,9 @@ class TrainingDiverged(RuntimeError):
     """The losses or gradients stayed non-finite, or no step was ever applied."""
 
 
+class MainProcessFailed(RuntimeError):
+    """The main process failed at work the others wait for; its own error says why."""
+
+
 USER_ERRORS = (ConfigError, DataError, WeightsError, FileNotFoundError, FileExistsError, PermissionError, ValueError,
-               TrainingDiverged, CheckpointError)
+               TrainingDiverged, CheckpointError, MainProcessFailed)

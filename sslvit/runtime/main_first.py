@@ -1,0 +1,33 @@
+"""Work that the main process does while the other processes wait for its result (a tokenizer
+fitted, a checkpoint from elsewhere imported), and how a failure there ends every process."""
+from __future__ import annotations
+
+from typing import Callable, Optional, TypeVar
+
+from accelerate.utils import broadcast_object_list
+
+from sslvit.runtime.devices import process_state
+from sslvit.runtime.errors import MainProcessFailed
+
+T = TypeVar("T")
+
+
+def main_process_does(work: Callable[[], T], what: str) -> Optional[T]:
+    """``work()`` on the main process, while the others wait at a barrier; -> its result there, None
+    on the others (once it is done). An error in ``work`` is raised on the main process after the
+    barrier, and the others raise one sentence naming ``what``. Raised inside the barrier, it left
+    them waiting until gloo broke the connection, and each printed that traceback instead."""
+    state = process_state()
+    failed, result = None, None
+    with state.main_process_first():
+        if state.is_main_process:
+            try:
+                result = work()
+            except Exception as e:  # noqa: BLE001 - raised as it is, below
+                failed = e
+    flag = broadcast_object_list([failed is not None]) if state.num_processes > 1 else [failed is not None]
+    if failed is not None:
+        raise failed
+    if flag[0]:
+        raise MainProcessFailed(f"The main process could not make {what} (its error is above).")
+    return result
