@@ -164,6 +164,33 @@ def test_a_probe_image_size_the_patch_does_not_divide_is_refused_naming_the_near
     assert str(err.value) == words or str(err.value).endswith(words)
 
 
+@pytest.mark.parametrize("probe", ["knn", "linear", "finetune"])
+def test_a_probe_on_images_of_fewer_than_two_classes_is_refused(probe, tiny_backbone, tmp_path_factory,
+                                                                 fresh_accelerate):
+    """A folder whose images sit in one sub-folder (``~/my_images/all/*.jpg``) is one class, and every
+    probe read 100% on it (k-NN, linear, fine-tuning, and their baselines) until 2026-12-07."""
+    from sslvit.data.folder import DataError
+    from sslvit.data.shards import write_shards
+    from sslvit.eval.finetune import FinetuneConfig, run_finetune
+    from sslvit.eval.knn_probe import KNNProbeConfig, run_knn_probe
+    from sslvit.eval.linear_probe import LinearProbeConfig, run_linear_probe
+
+    root = tmp_path_factory.mktemp("classes")
+    for d in (root / "flat", root / "one" / "all"):
+        d.mkdir(parents=True)
+        for i in range(20):
+            Image.fromarray(np.full((16, 16, 3), i * 10, np.uint8)).save(d / f"{i}.png")
+    write_shards(root / "one", root / "one_shards", progress=False)
+    cfg, run = {"knn": (KNNProbeConfig, run_knn_probe), "linear": (LinearProbeConfig, run_linear_probe),
+                "finetune": (FinetuneConfig, run_finetune)}[probe]
+    with pytest.raises(DataError, match=r"needs labels, and '.*flat' has none; pass --data with a folder"):
+        run(cfg(ckpt=str(tiny_backbone), data=str(root / "flat")))
+    for one in (root / "one", root / "one_shards"):
+        with pytest.raises(DataError, match=rf"needs at least two classes, and '{one}' has one"):
+            run(cfg(ckpt=str(tiny_backbone), data=str(one)))
+    assert not [p.name for p in tiny_backbone.iterdir() if p.suffix == ".json" and p.name != "backbone.json"]
+
+
 def test_attention_with_no_images_is_one_sentence(tiny_backbone):
     from sslvit.eval.attention_probe import AttentionConfig, run_attention
 

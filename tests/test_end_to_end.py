@@ -1,5 +1,6 @@
 """A real (tiny) MAE run through the entry point: artifacts, resume, probe."""
 import json
+import shutil
 import math
 
 import numpy as np
@@ -92,12 +93,16 @@ def test_online_knn_is_logged_at_the_requested_interval(tmp_path, image_folder, 
         np.testing.assert_array_equal(a[k].numpy(), b[k].numpy(), err_msg=k)
 
 
-def test_online_knn_on_unlabelled_data_is_one_clear_error(tmp_path, fresh_accelerate):
-    from sslvit.config import ConfigError
+def test_online_knn_on_unlabelled_or_one_class_data_is_one_clear_error(tmp_path, fresh_accelerate):
+    from sslvit.data.folder import DataError
 
     flat = tmp_path / "flat"
     flat.mkdir()
     for i in range(20):
         Image.fromarray(np.full((16, 16, 3), i * 10, np.uint8)).save(flat / f"{i}.png")
-    with pytest.raises(ConfigError, match="train.knn_every needs labels"):
+    with pytest.raises(DataError, match="train.knn_every needs labels"):
         _run(tmp_path / "run", flat, ["--train.knn_every", "1"])
+    one = tmp_path / "one"
+    shutil.copytree(flat, one / "all")  # one sub-folder: one class, which every image would be scored right in
+    with pytest.raises(DataError, match=r"train.knn_every needs at least two classes, and '.*one' has one"):
+        _run(tmp_path / "run1", one, ["--train.knn_every", "1"])

@@ -118,6 +118,25 @@ def build_dataset(data: str, split: str, img_size: int, transform=None, val_frac
     return ImageDataset([paths[i] for i in keep], [labels[i] for i in keep], transform, classes)
 
 
+def class_count(dataset) -> int:
+    """Classes among a labelled dataset's images (a shard set's index lists them; 0 unlabelled)."""
+    if not dataset.labelled:
+        return 0
+    return len(dataset.classes) if isinstance(dataset, ShardDataset) else len(set(dataset.labels))
+
+
+def check_labelled(dataset, data: str, who: str, fix: str = "pass --data with a folder whose images sit in one "
+                   "sub-folder per class (optionally under train/ and val/)") -> None:
+    """Refuse ``who`` (a probe) on ``data`` without labels of at least two classes: on one class every
+    image is classified right, and a probe would read 100%."""
+    n = class_count(dataset)
+    if n == 0:
+        raise DataError(f"{who} needs labels, and '{data}' has none; {fix}.")
+    if n == 1:
+        raise DataError(f"{who} needs at least two classes, and '{data}' has one (every image would be classified "
+                        f"right); {fix}.")
+
+
 def first_items(dataset, n: int) -> list:
     """The first ``n`` images of a dataset, map-style or streamed (in its order, every shard's)."""
     if isinstance(dataset, ShardDataset):

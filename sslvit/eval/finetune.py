@@ -22,7 +22,7 @@ from accelerate.utils import DistributedType
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from sslvit.data.dataset import build_dataset
+from sslvit.data.dataset import build_dataset, check_labelled
 from sslvit.data.loaders import training_loader
 from sslvit.data.shard_reader import ShardDataset
 from sslvit.data.stream_loader import StreamLoader
@@ -260,9 +260,7 @@ def _labelled_sets(cfg: FinetuneConfig, weights: Path):
     aug = (three_augment if cfg.augment == "3aug" else rrc_augment)(size, cfg.crop_scale, hflip_for(data, cfg.hflip))
     train_set = build_dataset(data, "train", size, transform=aug)
     val_set = build_dataset(data, "val", size, transform=eval_transform(size))
-    if not train_set.labelled:
-        raise ValueError(f"Fine-tuning needs labels, and '{data}' has none; pass --data with a folder whose "
-                         "images sit in one sub-folder per class (optionally under train/ and val/).")
+    check_labelled(train_set, data, "Fine-tuning")
     num_classes = len(train_set.classes) if isinstance(train_set, ShardDataset) else \
         int(max(max(train_set.labels), max(val_set.labels))) + 1
     return data, train_set, val_set, num_classes

@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch  # before faiss: faiss imported first makes forked workers that call it hang
 
-from sslvit.data.dataset import build_dataset, items_at
+from sslvit.data.dataset import build_dataset, check_labelled, items_at
 from sslvit.data.sample import spread_order
 from sslvit.data.transforms import eval_transform
 from sslvit.eval.feature_cache import cached_features, feature_key
@@ -45,9 +45,7 @@ def run_knn_probe(cfg: KNNProbeConfig) -> dict:
     tf = eval_transform(bcfg.img_size)
     train_set = build_dataset(data, "train", bcfg.img_size, transform=tf)
     val_set = build_dataset(data, "val", bcfg.img_size, transform=tf)
-    if not train_set.labelled:
-        raise ValueError(f"The k-NN probe needs labels, and '{data}' has none; pass --data with a folder whose "
-                         "images sit in one sub-folder per class (optionally under train/ and val/).")
+    check_labelled(train_set, data, "The k-NN probe")
     accelerator = build_accelerator()  # `accelerate launch` splits the extraction over processes
     main = accelerator.is_main_process
 

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from sslvit.data.dataset import build_dataset
+from sslvit.data.dataset import build_dataset, check_labelled
 from sslvit.data.transforms import eval_transform, hflip_for, mae_train_transform
 from sslvit.eval.feature_cache import DEFAULT_AUG_CROP_SCALE, cached_features, feature_key
 from sslvit.eval.features import extract_features, finish_probe, raw_pixel_features
@@ -95,9 +95,7 @@ def run_linear_probe(cfg: LinearProbeConfig) -> dict:
     main = accelerator.is_main_process
     train_set = build_dataset(data, "train", size, transform=eval_transform(size))
     val_set = build_dataset(data, "val", size, transform=eval_transform(size))
-    if not train_set.labelled:
-        raise ValueError(f"The linear probe needs labels, and '{data}' has none; pass --data with a folder whose "
-                         "images sit in one sub-folder per class (optionally under train/ and val/).")
+    check_labelled(train_set, data, "The linear probe")
     sets = (train_set, build_dataset(data, "train", size) if cfg.aug_passes > 0 else None, val_set)
     hits = []
 

@@ -15,7 +15,7 @@ import yaml
 from accelerate.utils import set_seed
 
 from sslvit.config import ConfigError, build_config, load_text_yaml, plain_dict
-from sslvit.data.dataset import build_dataset, is_embedded
+from sslvit.data.dataset import build_dataset, check_labelled, is_embedded
 from sslvit.data.sample import spread_sample
 from sslvit.data.folder import DataError
 from sslvit.data.shard_reader import build_shard_dataset, is_shard_spec
@@ -188,9 +188,8 @@ def knn_sets(cfg) -> tuple | None:
         return None
     size = cfg.model.img_size
     database = build_dataset(cfg.data, "train", size, transform=eval_transform(size))
-    if not database.labelled:
-        raise ConfigError(f"train.knn_every needs labels, and '{cfg.data}' has none; put the images in one "
-                          "sub-folder per class, or set train.knn_every 0.")
+    check_labelled(database, cfg.data, "train.knn_every", "put the images in one sub-folder per class, or set "
+                   "train.knn_every 0")
     return database, build_dataset(cfg.data, "val", size, transform=eval_transform(size))
 
 
