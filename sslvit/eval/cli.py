@@ -37,6 +37,7 @@ def weights_as_ckpt(argv: list[str]) -> list[str]:
 
     file = Path(weights).expanduser()
     out = file.parent / f"{file.stem}_sslvit"
+
     def imported() -> None:  # one process writes the folder; the others read it after
         try:
             lines = import_backbone(file, out)

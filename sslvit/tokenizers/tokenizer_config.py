@@ -18,7 +18,7 @@ class TokenizerFitConfig:
     vocab: int = 8192  # codebook size (BEiT: 8192)
     fit_images: int = 2000  # training images sampled for k-means (all their patches are used)
     pixel_size: int = 8  # pixel: each patch is average-pooled to this side first (BEiT's dVAE sees 112 px)
-    grey: bool = False  # pixel: quantise each patch's luma, not its colour (codes are shapes, not hues); unused by features
+    grey: bool = False  # pixel: quantise each patch's luma, not its colour (codes are shapes); features: unused
     iters: int = 20  # k-means iterations
     seed: int = 0
 
