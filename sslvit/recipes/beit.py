@@ -43,7 +43,7 @@ class BEiTRunConfig:
         from sslvit.models.vit import build_backbone  # timm and faiss: imported to build, not for --help
         from sslvit.recipes.run_tokenizer import run_tokenizer
 
-        self.model.validate()
+        self.validate()
         tokenizer = run_tokenizer(self.tokenizer, self.data, self.model.img_size, self.model.patch_size,
                                   Path(self.out).expanduser(), self.resume, self.train_transform())
         return BEiT(build_backbone(self.model), tokenizer, self.beit)

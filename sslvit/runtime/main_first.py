@@ -25,9 +25,9 @@ def main_process_does(work: Callable[[], T], what: str) -> Optional[T]:
                 result = work()
             except Exception as e:  # noqa: BLE001 - raised as it is, below
                 failed = e
-    flag = broadcast_object_list([failed is not None]) if state.num_processes > 1 else [failed is not None]
+    failed_on_main = broadcast_object_list([failed is not None])[0]  # as it is, with one process
     if failed is not None:
         raise failed
-    if flag[0]:
+    if failed_on_main:
         raise MainProcessFailed(f"The main process could not make {what} (its error is above).")
     return result
