@@ -15,8 +15,11 @@ MAIN_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 MAIN_PORT=${MAIN_PORT:-29500}
 NUM_PROCESSES=$((SLURM_NNODES * GPUS_PER_NODE))
 CONFIG=${CONFIG:-launch/multi_node.yaml}  # or launch/fsdp_vit_large.yaml for ViT-L and larger
+# Each argument quoted for the node's shell, which would otherwise expand a shard spec's {000000..001023}
+# into 1024 words and split a path at its spaces.
+ARGS=$(printf '%q ' "$@")
 
 srun --kill-on-bad-exit=1 bash -c "accelerate launch --config_file $CONFIG \
     --num_machines $SLURM_NNODES --num_processes $NUM_PROCESSES \
     --machine_rank \$SLURM_NODEID --main_process_ip $MAIN_ADDR --main_process_port $MAIN_PORT \
-    --rdzv_backend c10d $*"
+    --rdzv_backend c10d $ARGS"

@@ -59,6 +59,27 @@ def test_the_slurm_script_parses_and_names_existing_configs():
         assert f"launch/{name}" in text and (LAUNCH / name).is_file()
 
 
+def test_the_slurm_script_hands_accelerate_each_argument_as_given(tmp_path):
+    """The README's shard spec reaches every node's ``accelerate launch`` as one word, braces and
+    all (the node's shell must not expand it into one word a shard), and a path keeps its spaces.
+    srun, scontrol and accelerate are stand-ins: srun runs its command, accelerate writes its argv."""
+    argv = tmp_path / "argv"
+    fakes = {"srun": 'while [[ "$1" == --* ]]; do shift; done; exec "$@"',
+             "scontrol": "printf 'node007\\nnode008\\n'",
+             "accelerate": f'printf "%s\\0" "$@" > {argv}'}
+    for name, body in fakes.items():
+        (tmp_path / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
+        (tmp_path / name).chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "SLURM_JOB_NODELIST": "node[007-008]", "SLURM_NNODES": "2",
+           "SLURM_NODEID": "1"}
+    args = ["pretrain/mae.py", "--data", "shards/train-{000000..001023}.tar", "--out", "runs/my run's"]
+    subprocess.run(["bash", str(LAUNCH / "slurm.sh"), *args], env=env, check=True, cwd=LAUNCH.parent)
+    assert argv.read_text().split("\0")[:-1] == [
+        "launch", "--config_file", "launch/multi_node.yaml", "--num_machines", "2", "--num_processes", "16",
+        "--machine_rank", "1", "--main_process_ip", "node007", "--main_process_port", "29500",
+        "--rdzv_backend", "c10d", *args]
+
+
 BAD = ["--train.epochs", "0"]  # refused before any work: one sentence, exit code 2
 SENTENCE = "error: train.epochs must be >= 1 (got 0)."
 ACCELERATE_DRESSING = ("Traceback", "CalledProcessError", "were not passed to `accelerate launch`", "num_processes")
