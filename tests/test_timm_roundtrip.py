@@ -38,3 +38,32 @@ def test_sincos_pos_embed_is_fixed_and_learned_is_trainable():
     assert not fixed.pos_embed.requires_grad and learned.pos_embed.requires_grad
     assert torch.all(fixed.pos_embed[0, 0] == 0)  # cls row is zero, as in MAE
     assert fixed.pos_embed[0, 1:].abs().max() <= 1.0
+
+
+def _readme_block(marker: str) -> str:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = readme.split("```python\n")[1:]
+    return next(b.split("```")[0] for b in blocks if marker in b.split("```")[0])
+
+
+def test_the_readmes_timm_snippet_loads_the_backbone_maes_digits_preset_builds(tmp_path, monkeypatch):
+    """The README's lines, run as written, on the weights a run of MAE's digits preset writes (the
+    preset read as the run reads it, so a change of its shape is caught here); and the sslvit line."""
+    from sslvit.models.export import export_backbone, read_backbone_config
+    from sslvit.recipes.mae import MAERunConfig
+    from sslvit.train.entry import run_config
+
+    cfg = run_config(MAERunConfig, "mae", argv=["--data", "digits", "--out", str(tmp_path / "runs/mae-digits")])
+    ours = build_backbone(cfg.model).eval()
+    (tmp_path / "runs/mae-digits").mkdir(parents=True)
+    export_backbone(ours, cfg.model, tmp_path / "runs/mae-digits")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(_readme_block("runs/mae-digits/backbone.safetensors"), scope)  # raises if strict loading fails
+    x = torch.randn(2, 3, cfg.model.img_size, cfg.model.img_size)
+    with torch.no_grad():
+        torch.testing.assert_close(scope["model"].eval()(x), ours.features(x, pool="cls"))
+    rebuilt = timm.create_model(**timm_spec(read_backbone_config("runs/mae-digits")))
+    rebuilt.load_state_dict(scope["model"].state_dict(), strict=True)
