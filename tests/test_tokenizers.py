@@ -146,7 +146,7 @@ def test_usage_perplexity_and_collapse_warning():
 def test_cli_fits_reports_usage_and_refuses_a_too_large_vocab(tmp_path, image_folder, capsys):
     out = tmp_path / "tok.safetensors"
     cli(["fit", "--kind", "pixel", "--data", str(image_folder), "--vocab", "8", "--img_size", "16",
-         "--patch_size", "4", "--out", str(out), "--iters", "3"])
+         "--patch_size", "4", "--out", str(out), "--iters", "3", "--grey", "false"])
     printed = capsys.readouterr().out
     # the folder's training split: 48 of its 60 images, the 12 the probes hold out unseen, as in a BEiT run
     assert "768 patches of 48 images" in printed and "codebook usage" in printed and "perplexity" in printed
@@ -166,3 +166,25 @@ def test_cli_fits_reports_usage_and_refuses_a_too_large_vocab(tmp_path, image_fo
         cli(["fit", "--kind", "features", "--out", str(tmp_path / "f.safetensors")])
     assert e.value.code == 2 and "needs a teacher" in capsys.readouterr().err
     assert np.isfinite(tok.fit_info["usage"]["perplexity"])
+
+
+def test_cli_without_keys_fits_the_tokenizer_beits_run_on_the_same_data_would(tmp_path, image_folder, capsys):
+    """The README's ``fit --data ~/my_images`` then ``pretrain/beit.py --data ~/my_images --tokenizer.path``:
+    on small images the run trains at the small-data recipe's sizes, and the file must be fitted at them."""
+    from sslvit.recipes.beit import BEiTRunConfig
+    from sslvit.train.entry import run_config
+
+    out = tmp_path / "tok.safetensors"
+    cli(["fit", "--data", str(image_folder), "--out", str(out), "--iters", "2"])
+    assert "recipe: small data" in capsys.readouterr().out
+    run = run_config(BEiTRunConfig, "beit", argv=["--data", str(image_folder), "--out", str(tmp_path / "run")])
+    tok = load_tokenizer(out)
+    fitted = (tok.patch_size, tok.fit_info["img_size"], tok.vocab, tok.pixel_size, tok.grey, tok.fit_info["images"])
+    assert fitted == (run.model.patch_size, run.model.img_size, run.tokenizer.vocab, run.tokenizer.pixel_size,
+                      run.tokenizer.grey, min(48, run.tokenizer.fit_images))
+    assert (run.model.patch_size, run.tokenizer.grey) != (16, False)  # the recipe, not the reference defaults
+    tok.check_backbone(run.model.patch_size, run.model.img_size, run.model.dynamic_img_size)
+    cli(["fit", "--data", str(image_folder), "--out", str(out), "--iters", "2", "--vocab", "4", "--patch_size", "4"])
+    assert (load_tokenizer(out).vocab, load_tokenizer(out).patch_size) == (4, 4)  # a key given here still wins
+    with pytest.raises(ConfigError, match="--patch_size 8 --img_size 32, or leave them out"):
+        load_tokenizer(out).check_backbone(8, 32, False)

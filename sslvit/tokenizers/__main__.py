@@ -1,6 +1,10 @@
 """``python -m sslvit.tokenizers fit --kind pixel|features --data DIR|digits [--teacher RUN_DIR]
 --vocab V --out FILE.safetensors``: fit a tokenizer and report its codebook usage on the data,
-so a collapsed codebook shows before pretraining. ``fit --help`` lists every key."""
+so a collapsed codebook shows before pretraining. ``fit --help`` lists every key.
+
+Keys left unset are those ``pretrain/beit.py --data DATA`` fits its own tokenizer with (its recipe for
+the data: a preset, the small-data recipe of a folder, or the reference defaults), so the file fits
+that run. An entry point: it reads the recipes, which the tokenizers package below them does not."""
 from __future__ import annotations
 
 import sys
@@ -10,14 +14,17 @@ from typing import Optional
 from sslvit.config import ConfigError, build_config
 from sslvit.tokenizers.fit import TokenizerFitConfig, fit_tokenizer
 from sslvit.runtime.errors import USER_ERRORS
+from sslvit.train.data_recipe import preset_for
+from sslvit.train.entry import load_presets
 
 
 @dataclass
 class FitCommand(TokenizerFitConfig):
     data: str = "digits"  # 'digits' (embedded) or a folder of images
     out: str = "tokenizer.safetensors"
-    img_size: Optional[int] = None  # pixel: None = 16 for digits (their preset), else 224; features: the teacher's
-    patch_size: Optional[int] = None  # pixel: None = 4 for digits, else 16; features: the teacher's
+    # pixel: None = the BEiT recipe's for the data (the reference 224 and 16 by default); features: the teacher's
+    img_size: Optional[int] = None
+    patch_size: Optional[int] = None
 
     def validate(self) -> None:
         super().validate()
@@ -25,15 +32,29 @@ class FitCommand(TokenizerFitConfig):
             raise ConfigError("--grey is for the pixel kind; leave it off with --kind features.")
 
 
+def beit_recipe_keys(data: str, kind: str) -> tuple[dict, str]:
+    """The fit keys of BEiT's recipe for ``data`` (its tokenizer section, and for the pixel kind the
+    image and patch size the run quantises) and the recipe's one-line reason."""
+    recipe, reason = preset_for(load_presets("beit"), data)
+    recipe = recipe or {}
+    keys = dict(recipe.get("tokenizer", {}))
+    if kind == "pixel":
+        keys.update({k: v for k, v in recipe.get("model", {}).items() if k in ("img_size", "patch_size")})
+    else:  # the pixel codes' keys, which a run's features tokenizer ignores too
+        keys = {k: v for k, v in keys.items() if k not in ("grey", "pixel_size")}
+    return keys, reason.partition("\n")[0]
+
+
 def main(argv: list[str]) -> None:
     if not argv or argv[0] != "fit":
         print(__doc__.strip(), file=sys.stderr)
         raise SystemExit(2)
     try:
-        cfg = build_config(FitCommand, argv[1:])
-        digits = cfg.data == "digits"
-        tok, _ = fit_tokenizer(cfg, cfg.data, cfg.img_size or (16 if digits else 224),
-                               cfg.patch_size or (4 if digits else 16))
+        asked = build_config(FitCommand, argv[1:])
+        keys, reason = beit_recipe_keys(asked.data, asked.kind)
+        cfg = build_config(FitCommand, argv[1:], presets=lambda data: keys)
+        print(f"{reason}: the tokenizer pretrain/beit.py --data {cfg.data} would fit, unless a key is given here")
+        tok, _ = fit_tokenizer(cfg, cfg.data, cfg.img_size or 224, cfg.patch_size or 16)
         path = tok.save(cfg.out)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)

@@ -101,7 +101,9 @@ class Tokenizer(nn.Module):
         """ConfigError unless this tokenizer's grid is the one of the backbone it makes targets for."""
         if patch_size != self.patch_size:
             raise ConfigError(f"The tokenizer's patch size {self.patch_size} differs from model.patch_size "
-                              f"{patch_size}; fit a tokenizer with --patch_size {patch_size}.")
+                              f"{patch_size}; fit one with --patch_size {patch_size} --img_size {img_size}, or "
+                              "leave them out of `python -m sslvit.tokenizers fit --data DATA`, which then takes "
+                              "this run's sizes from its recipe for the same data.")
 
     def save(self, path: str | Path) -> Path:
         path = Path(path).expanduser()
