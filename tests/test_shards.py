@@ -518,7 +518,8 @@ def test_a_labelled_folder_is_written_with_the_val_images_reading_it_directly_ho
         written = sorted(data for s in index["shards"] for name, data in _members(out / s["name"]).items()
                          if name.endswith(".png"))
         assert written == held[split] and index["num_samples"] == len(held[split])
-    assert "val: 9 samples" in capsys.readouterr().out
+    assert "val: 9 samples in 3 shards, 3 classes" in capsys.readouterr().out
     shards_main([str(folder), str(tmp_path / "whole"), "--val_fraction", "0"])
+    assert "train: 45 samples in 1 shard, 3 classes" in capsys.readouterr().out
     assert json.loads((tmp_path / "whole" / "train.json").read_text())["num_samples"] == 45
     assert not (tmp_path / "whole" / "val.json").exists()

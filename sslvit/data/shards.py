@@ -218,8 +218,10 @@ def main(argv=None) -> None:
         raise SystemExit(2) from None
     for r in results:
         rate = r["written_samples"] / max(r["seconds"], 1e-9)
-        print(f"{r['split']}: {r['num_samples']} samples in {len(r['shards'])} shards, {len(r['classes'])} classes "
-              f"-> {Path(args.out) / (r['split'] + '.json')}  ({r['written_samples']} written, {rate:.0f} images/s)")
+        shards, classes = len(r["shards"]), len(r["classes"])
+        print(f"{r['split']}: {r['num_samples']} samples in {shards} shard{'s' * (shards != 1)}, {classes} "
+              f"class{'es' * (classes != 1)} -> {Path(args.out) / (r['split'] + '.json')}  "
+              f"({r['written_samples']} written, {rate:.0f} images/s)")
 
 
 if __name__ == "__main__":
