@@ -355,3 +355,14 @@ def test_probe_takes_an_external_file_with_weights(tmp_path, image_folder, fresh
     with pytest.raises(SystemExit):
         main(KNNProbeConfig, run_knn_probe, format_table, argv=["--weights", str(path), "--ckpt", "runs/x"])
     assert "--weights and --ckpt were both given" in capsys.readouterr().err
+
+
+def test_a_probes_help_is_its_usage_and_keys_then_the_weights_flag(capsys):
+    from sslvit.eval.cli import main
+    from sslvit.eval.knn_probe import KNNProbeConfig, format_table, run_knn_probe
+
+    with pytest.raises(SystemExit) as e:
+        main(KNNProbeConfig, run_knn_probe, format_table, argv=["--help"])
+    lines = capsys.readouterr().out.splitlines()
+    assert e.value.code == 0 and lines[0].startswith("usage: ") and "--ckpt 'runs/mae-digits'" in lines[3]
+    assert lines[-1].startswith("  --weights FILE") and sum("--weights" in line for line in lines) == 1

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from sslvit.config import ConfigError, build_config
+from sslvit.config import ConfigError, build_config, help_text
 from sslvit.models.checkpoint_layouts import WeightsError
 from sslvit.runtime.errors import USER_ERRORS
 from sslvit.runtime.main_first import main_process_does
@@ -51,8 +51,9 @@ def weights_as_ckpt(argv: list[str]) -> list[str]:
 
 def main(config_cls, run, fmt, argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if "-h" in argv or "--help" in argv:
-        print(WEIGHTS_HELP)
+    if "-h" in argv or "--help" in argv:  # the config's keys, then the one flag that is not a key
+        print(f"{help_text(config_cls, Path(sys.argv[0]).name)}\n{WEIGHTS_HELP}")
+        raise SystemExit(0)
     try:
         cfg = build_config(config_cls, weights_as_ckpt(argv))
         report = run(cfg)
