@@ -148,6 +148,9 @@ def test_a_probe_refreshes_the_report_and_the_command_rebuilds_it(probed_run, mo
     with pytest.raises(SystemExit) as e:
         report_main([str(probed_run / "nothing")])
     assert e.value.code == 2 and "is not a directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        report_main(["--help"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("``python -m sslvit.report RUN_DIR``")
 
 
 def test_a_real_run_writes_its_report_at_the_end(tmp_path, image_folder, fresh_accelerate):

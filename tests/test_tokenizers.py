@@ -188,3 +188,11 @@ def test_cli_without_keys_fits_the_tokenizer_beits_run_on_the_same_data_would(tm
     assert (load_tokenizer(out).vocab, load_tokenizer(out).patch_size) == (4, 4)  # a key given here still wins
     with pytest.raises(ConfigError, match="--patch_size 8 --img_size 32, or leave them out"):
         load_tokenizer(out).check_backbone(8, 32, False)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["fit", "--help"], ["fit", "--vocab", "3", "-h"]])
+def test_cli_help_names_the_command_and_its_keys(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli(argv)
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "usage: python -m sslvit.tokenizers fit [--config" in out and "  --vocab 8192" in out

@@ -8,6 +8,9 @@ from sslvit.report import build_report
 
 
 def main(argv: list[str]) -> None:
+    if argv in (["-h"], ["--help"]):
+        print(__doc__.strip())
+        raise SystemExit(0)
     if len(argv) != 1 or argv[0].startswith("-"):
         print(__doc__.strip(), file=sys.stderr)
         raise SystemExit(2)

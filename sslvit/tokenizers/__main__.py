@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
-from sslvit.config import ConfigError, build_config
+from sslvit.config import ConfigError, build_config, help_text
 from sslvit.tokenizers.fit import TokenizerFitConfig, fit_tokenizer
 from sslvit.runtime.errors import USER_ERRORS
 from sslvit.train.data_recipe import preset_for
@@ -46,6 +46,9 @@ def beit_recipe_keys(data: str, kind: str) -> tuple[dict, str]:
 
 
 def main(argv: list[str]) -> None:
+    if {"-h", "--help"} & set(argv):
+        print(f"{__doc__.strip()}\n\n{help_text(FitCommand, 'python -m sslvit.tokenizers fit')}")
+        raise SystemExit(0)
     if not argv or argv[0] != "fit":
         print(__doc__.strip(), file=sys.stderr)
         raise SystemExit(2)
