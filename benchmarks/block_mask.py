@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
+from flops import print_machine  # benchmarks/flops.py
 from sslvit.data.transforms import mae_train_transform
 from sslvit.masking import block_masking
 
@@ -42,6 +43,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     args = ap.parse_args()
     torch.set_num_threads(1)  # a DataLoader worker is one thread
+    print_machine()
     buf = io.BytesIO()
     Image.fromarray(load_sample_image("china.jpg")).save(buf, format="JPEG", quality=90)
     jpeg = buf.getvalue()

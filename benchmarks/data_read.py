@@ -40,6 +40,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from flops import print_machine  # benchmarks/flops.py
 from sslvit.data.dataset import build_dataset
 from sslvit.data.shard_reader import build_shard_dataset, tar_members
 from sslvit.data.shards import write_shards
@@ -129,6 +130,7 @@ def main() -> None:
     ap.add_argument("--max-count", type=int, default=500)
     args = ap.parse_args()
     torch.set_num_threads(1)
+    print_machine()
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / "folder", Path(tmp) / "shards"
         make_jpegs(src, args.n, args.px)

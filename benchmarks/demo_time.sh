@@ -12,6 +12,7 @@ make venv > install.log 2>&1
 installed=$(date +%s)
 make demo > demo.log 2>&1
 end=$(date +%s)
+.venv/bin/python -c "import sys; sys.path.insert(0, 'benchmarks'); from flops import print_machine; print_machine()"
 grep -E "^(features|pretrained|random_init|raw_pixels|k-NN|the same heads)" demo.log || true
 echo "install: $((installed - start)) s, demo (pretrain + probe): $((end - installed)) s, total: $((end - start)) s"
 rm -rf "$dir"

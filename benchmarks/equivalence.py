@@ -1,7 +1,7 @@
 """The multi-process equivalence table and what gloo costs on this machine.
 
 For MAE and DINO (the tiny setups of ``tests/test_equivalence.py``: ViT-Ti depth 2, 16 px,
-160 random images, global batch 16, 20 steps), three runs each, every one a fresh
+the test's 160 random training images, global batch 16, 20 steps), four runs each, every one a fresh
 ``accelerate launch`` process tree with 1 thread per process:
 
   1 x B      one process, batch 16 (the reference);
@@ -19,6 +19,7 @@ excluded) and the wall time of each run, as ratios to the reference.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -27,12 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from tests.test_equivalence import OBJECTIVES, _args, compare  # noqa: E402  (the test's own setups)
+from flops import print_machine  # noqa: E402  (benchmarks/flops.py)
+from tests.test_equivalence import OBJECTIVES, _args, compare, write_folder160  # noqa: E402  (the test's own setups)
 
 
 def launch(name: str, data: Path, out: Path, batch: int, accum: int, processes: int, threads: int = 1) -> float:
@@ -56,12 +56,10 @@ def train_time(run: Path) -> float:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()  # no options; --help says what it does
+    print_machine("each run's processes at 1 thread, but the '2 thr' one")
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "imgs"
-        data.mkdir()
-        rng = np.random.default_rng(0)
-        for i in range(160):
-            Image.fromarray((rng.random((16, 16, 3)) * 255).astype(np.uint8)).save(data / f"{i:03d}.png")
+        data = write_folder160(Path(tmp) / "imgs")
         print(f"{'objective':9s} {'run':12s} {'loss rel':>10s} {'weight rel':>11s} {'key bias':>10s} "
               f"{'train s':>8s} {'x ref':>6s} {'wall s':>7s} {'x ref':>6s}")
         for name in OBJECTIVES:

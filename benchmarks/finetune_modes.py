@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from flops import block_macs, stem_macs, time_round_robin  # benchmarks/flops.py
+from flops import block_macs, print_machine, stem_macs, time_round_robin  # benchmarks/flops.py
 from sslvit.eval.finetune import FinetuneConfig, build_classifier, build_optimizer
 from sslvit.models.export import export_backbone
 from sslvit.models.vit import BackboneConfig, build_backbone
@@ -123,6 +123,7 @@ def main() -> None:
     ap.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    print_machine()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.child:
         child(args.weights, args.child, args.batch, args.mem_steps, device)

@@ -35,7 +35,6 @@ within 0.2 point. Run from the repo root (CPU only; ~12 min at the defaults on 2
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
@@ -45,7 +44,7 @@ import torch.nn.functional as F
 import faiss
 import numpy as np
 
-from flops import matmul_peak, time_round_robin  # benchmarks/flops.py
+from flops import matmul_peak, print_machine, time_round_robin  # benchmarks/flops.py
 from sslvit.eval.knn import TEMPERATURE, _l2n, build_index, index_search, knn_search, knn_vote
 
 CLASSES = 1000
@@ -199,9 +198,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, faiss {faiss.__version__}, threads: torch {torch.get_num_threads()}, "
-          f"faiss {faiss.omp_get_max_threads()}")
-    print("load average at start (other processes skew timings): %.2f %.2f %.2f" % os.getloadavg())
+    print_machine(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads")
     peak = matmul_peak(torch.float32)
     print(f"fp32 matmul peak 2048^3 (torch, best of 10): {peak / 1e9:.1f} GFLOP/s")
     centres, scale = make_centres(args.dim, 0)

@@ -23,6 +23,7 @@ import time
 
 import torch
 
+from flops import print_machine  # benchmarks/flops.py
 from sslvit.data.dataset import build_dataset
 from sslvit.data.transforms import eval_transform
 from sslvit.eval.features import extract_features
@@ -43,6 +44,7 @@ def _parse() -> argparse.Namespace:
 def main() -> None:
     args = _parse()
     torch.set_num_threads(args.threads)
+    print_machine()
     torch.manual_seed(0)
     backbone = build_backbone(BackboneConfig(size="small", patch_size=16, img_size=args.img)).eval()
     tf = eval_transform(args.img)

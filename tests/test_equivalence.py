@@ -59,16 +59,19 @@ OBJECTIVES = {
 PORTS = {"mae": 29540, "dino": 29541, "ibot": 29545, "beit": 29546}
 
 
-@pytest.fixture(scope="module")
-def folder160(tmp_path_factory):
-    """200 random 16x16 PNGs: the 160 of the train split (the probes hold out 40) give 10 steps of 16 per
-    epoch, 20 in two epochs."""
+def write_folder160(root: Path) -> Path:
+    """200 random 16x16 PNGs in ``root``: the 160 of the train split (the probes hold out 40) give 10
+    steps of 16 per epoch, 20 in two epochs (benchmarks/equivalence.py writes its runs' data with it)."""
     rng = np.random.default_rng(0)
-    root = tmp_path_factory.mktemp("eq") / "imgs"
-    root.mkdir()
+    root.mkdir(parents=True)
     for i in range(200):
         Image.fromarray((rng.random((16, 16, 3)) * 255).astype(np.uint8)).save(root / f"{i:03d}.png")
     return root
+
+
+@pytest.fixture(scope="module")
+def folder160(tmp_path_factory):
+    return write_folder160(tmp_path_factory.mktemp("eq") / "imgs")
 
 
 def _args(name, data, out, batch, accum=1):
