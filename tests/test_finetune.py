@@ -88,6 +88,21 @@ def test_a_batch_larger_than_the_data_is_one_sentence_and_writes_nothing(exporte
     assert "\n" not in message and not (exported.parent / "finetune_full").exists()
 
 
+def test_the_default_batch_fits_a_small_folder_as_the_pretraining_recipe_does(exported, image_folder,
+                                                                             fresh_accelerate, capsys):
+    """No --batch_size on 48 training images: 16 a process (the largest power of two at most half
+    of them), the lr scaled by it and the start line saying why; 64 images or more keep 64."""
+    from sslvit.eval.finetune import finetune_batch
+
+    report = run_finetune(FinetuneConfig(ckpt=str(exported), data=str(image_folder), epochs=1, warmup_epochs=0))
+    assert (report["effective_batch"], report["lr"]) == (16, pytest.approx(4e-3 * 16 / 256))
+    assert "effective batch 16 (64 a process capped at half the 48 training images; --batch_size sets it)" in \
+        capsys.readouterr().out
+    assert [finetune_batch(None, n, p)[0] for n, p in ((4500, 1), (128, 1), (127, 1), (128, 2), (3, 1))] == [64, 64, 32,
+                                                                                                        32, 2]
+    assert finetune_batch(8, 48, 1) == (8, "")
+
+
 def test_average_pool_head_is_maes_global_pool():
     """models_vit.py with global_pool: blocks, then the mean of the patch tokens, then fc_norm,
     then the head; the backbone's final norm is dropped."""

@@ -47,7 +47,7 @@ class FinetuneConfig:
     hflip: Optional[bool] = None  # the augmentation's left-right flip; None: yes, but not the embedded digit sets
     crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range; small images want more
     epochs: int = 100
-    batch_size: int = 64  # per process
+    batch_size: Optional[int] = None  # per process; None: 64, or at most half the training images (``finetune_batch``)
     blr: Optional[float] = None  # lr = blr * effective batch / 256; None: by the image size (``blr_for``)
     min_lr: float = 1e-6
     warmup_epochs: float = 5.0
@@ -67,6 +67,21 @@ class FinetuneConfig:
             raise ValueError(f"augment '{self.augment}' is unknown; use 3aug or rrc.")
         if not 0 < self.layer_decay <= 1:
             raise ValueError(f"layer_decay must be in (0, 1] (got {self.layer_decay}).")
+
+
+DEFAULT_BATCH = 64  # a process (main_finetune.py: 32 on each of 32 GPUs)
+
+
+def finetune_batch(asked: Optional[int], images: int, processes: int) -> tuple[int, str]:
+    """(batch a process, why it is not the one asked for): ``asked`` when given, else DEFAULT_BATCH
+    capped at half the training images a process reads, a power of two and at least 2, as the
+    pretraining recipe fits its batch to a small folder: a few dozen labelled images still fine-tune."""
+    if asked is not None:
+        return asked, ""
+    half = max(2, images // processes // 2)
+    batch = min(DEFAULT_BATCH, 1 << (half.bit_length() - 1))
+    why = f" ({DEFAULT_BATCH} a process capped at half the {images} training images; --batch_size sets it)"
+    return batch, why if batch < DEFAULT_BATCH else ""
 
 
 MAE_HEAD_INIT = 2e-5  # models_vit / main_finetune: the head starts near zero, for 100-epoch fine-tunes
@@ -310,10 +325,11 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     weights = resolve_backbone_path(cfg.ckpt)
     data, train_set, val_set, num_classes = _labelled_sets(cfg, weights)
     accelerator = build_accelerator()
-    effective = cfg.batch_size * accelerator.num_processes
+    batch, capped = finetune_batch(cfg.batch_size, len(train_set), accelerator.num_processes)
+    effective = batch * accelerator.num_processes
     if len(train_set) < effective:  # before the model is built: no work for a run that cannot take one step
         raise ValueError(f"The training data has {len(train_set)} images, fewer than one batch of "
-                         f"{cfg.batch_size} x {accelerator.num_processes} processes; lower --batch_size.")
+                         f"{batch} x {accelerator.num_processes} processes; lower --batch_size.")
     torch.manual_seed(cfg.seed)
     model, sizes = build_classifier(weights, num_classes, cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -323,7 +339,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     val_loader = DataLoader(val_set, batch_size=256, num_workers=cfg.num_workers)
     if isinstance(train_set, ShardDataset):  # the pretraining loop's stream: shuffled, equal steps per process
         train_set.shuffle, train_set.seed = True, cfg.seed
-    train_loader, by_accelerate = training_loader(train_set, cfg.batch_size, accelerator.num_processes,
+    train_loader, by_accelerate = training_loader(train_set, batch, accelerator.num_processes,
                                                   cfg.num_workers, cfg.seed, device=accelerator.device)
     if by_accelerate:
         model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
@@ -332,7 +348,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     sharded = accelerator.distributed_type == DistributedType.FSDP
     accelerator.print(f"fine-tuning ({cfg.mode}): {accelerator.num_processes} process(es)"
                       f"{', parameters sharded (FSDP2),' if sharded else ''} on {accelerator.device}, effective batch "
-                      f"{effective}, lr {base_lr:.3g}, {len(train_loader)} steps/epoch")
+                      f"{effective}{capped}, lr {base_lr:.3g}, {len(train_loader)} steps/epoch")
     top1, top5, step_times, history = _train(model, optimizer, train_loader, val_loader, accelerator, cfg, base_lr)
     timed = step_times[min(len(step_times) - 1, 2):]  # the first steps warm up allocators
     report = {"ckpt": str(weights), "data": data, "mode": cfg.mode, "epochs": cfg.epochs, **sizes,
