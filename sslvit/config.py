@@ -30,6 +30,10 @@ _NONE_TEXT = ("null", "none", "~", "")
 _TRUE_TEXT, _FALSE_TEXT = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
+class BareFlag(str):
+    """The text ``true`` of a key given alone on the command line (``--resume``)."""
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """``value`` as the field's type ``tp`` means it. Values from YAML and the command line arrive
     as text (``load_text_yaml``), so YAML 1.1's readings never apply: a ``str`` field keeps ``no``,
@@ -43,6 +47,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
+    if isinstance(value, BareFlag) and tp is not bool:
+        raise ConfigError(f"'{key}' needs a value: --{key} VALUE (only a true/false key can be given alone).")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -152,13 +158,15 @@ def parse_overrides(argv: list[str]) -> tuple[Optional[str], dict]:
                     raw = argv[i + 1]
                     i += 1
                 else:
-                    raw = "true"  # a bare flag such as --resume
+                    raw = BareFlag("true")  # --resume; a key that is not true/false says it needs a value
         elif "=" in arg:
             key, raw = arg.split("=", 1)
         else:
             raise ConfigError(f"Cannot read the argument '{arg}'; write key=value or --key value.")
         key = key.replace("-", "_")
         if key == "config":
+            if isinstance(raw, BareFlag):
+                raise ConfigError("--config needs the path of a YAML file: --config FILE.yaml.")
             config_path = raw
         else:
             _merge(overrides, _nest(key, raw))  # text: typed by its field in _coerce

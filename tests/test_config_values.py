@@ -105,3 +105,15 @@ def test_a_key_set_twice_in_a_yaml_file_is_a_warning_naming_both_lines(tmp_path,
     assert cfg.train.epochs == 5
     err = capsys.readouterr().err
     assert f"config file '{f}' sets 'epochs' twice (lines 2 and 4); line 4 is used." in err
+
+
+def test_a_key_given_alone_is_true_for_a_switch_and_asks_for_a_value_otherwise():
+    assert build_config(MAERunConfig, ["--resume", "--train.epochs", "3"]).resume is True
+    assert build_config(MAERunConfig, ["--train.hflip", "--train.epochs", "3"]).train.hflip is True  # Optional[bool]
+    for argv, key in ((["--train.epochs"], "train.epochs"), (["--train.epochs", "--train.batch_size", "8"],
+                                                              "train.epochs"), (["--data"], "data")):
+        with pytest.raises(ConfigError, match=rf"^'{key}' needs a value: --{key} VALUE \(only a true/false key"):
+            build_config(MAERunConfig, argv)
+    with pytest.raises(ConfigError, match=r"^--config needs the path of a YAML file"):
+        build_config(MAERunConfig, ["--train.epochs", "2", "--config"])
+    assert build_config(MAERunConfig, ["--data", "true"]).data == "true"  # the text itself is still a value
