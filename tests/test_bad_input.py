@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sslvit.data.folder import load_rgb
+from sslvit.data.folder import DataError, load_rgb
 from sslvit.data.shard_reader import decode_sample
 
 
@@ -169,7 +169,6 @@ def test_a_probe_on_images_of_fewer_than_two_classes_is_refused(probe, tiny_back
                                                                  fresh_accelerate):
     """A folder whose images sit in one sub-folder (``~/my_images/all/*.jpg``) is one class, and every
     probe read 100% on it (k-NN, linear, fine-tuning, and their baselines) until 2026-12-07."""
-    from sslvit.data.folder import DataError
     from sslvit.data.shards import write_shards
     from sslvit.eval.finetune import FinetuneConfig, run_finetune
     from sslvit.eval.knn_probe import KNNProbeConfig, run_knn_probe
@@ -441,3 +440,19 @@ def test_a_diverged_run_keeps_its_log_and_is_marked_failed(tmp_path, image_folde
     with pytest.raises(TrainingDiverged) as err:
         run_pretraining(MAERunConfig, "mae", argv=[*TINY, "--data", str(image_folder), "--out", str(run)])
     assert (run / "FAILED").read_text().strip() == str(err.value) and (run / "log.jsonl").is_file()
+
+
+def test_attention_on_a_file_that_is_no_image_is_one_sentence_without_a_warning(tiny_backbone, tmp_path):
+    import warnings
+
+    from sslvit.eval.attention_probe import AttentionConfig, run_attention
+
+    (tmp_path / "notes.txt").write_text("not an image")
+    cases = {tmp_path / "notes.txt": "UnidentifiedImageError", tmp_path / "missing.png": "FileNotFoundError",
+             tmp_path: "IsADirectoryError"}
+    for path, kind in cases.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the folder reader's "Skipping unreadable image" warning came first
+            with pytest.raises(DataError, match=rf"^'{path}' is not a readable image file \({kind}\); pass --image"):
+                run_attention(AttentionConfig(ckpt=str(tiny_backbone), image=str(path)))
+    assert not (tiny_backbone / "attention.png").exists()

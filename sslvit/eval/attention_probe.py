@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from PIL import Image
 from torchvision.transforms import v2
 
 from sslvit.data.dataset import build_dataset
-from sslvit.data.folder import DataError, load_rgb
+from sslvit.data.decode import to_rgb
+from sslvit.data.folder import DataError
 from sslvit.data.sample import spread_sample
 from sslvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from sslvit.models.attention_maps import attention_columns
@@ -32,9 +34,13 @@ class AttentionConfig:
 
 
 def _load_image(path: str, short_side: int, patch: int) -> torch.Tensor:
-    img = load_rgb(Path(path).expanduser()) if Path(path).expanduser().is_file() else None
-    if img is None:
-        raise DataError(f"'{path}' is not a readable image file; pass --image with a path to a PNG or JPEG.")
+    """The image at ``path`` as a (1, 3, H, W) batch: short side ``short_side``, centre-cropped to whole patches."""
+    try:
+        with Image.open(Path(path).expanduser()) as opened:
+            img = to_rgb(opened)
+    except Exception as e:  # missing, a folder, or bytes PIL cannot decode (it raises many types)
+        raise DataError(f"'{path}' is not a readable image file ({e.__class__.__name__}); pass --image with a "
+                        "path to a PNG or JPEG.") from None
     x = v2.Compose([v2.ToImage(), v2.Resize(short_side, interpolation=v2.InterpolationMode.BICUBIC,
                                             antialias=True),
                     v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(img)
