@@ -347,16 +347,23 @@ def _folder_with_bad_files(root, good, bad):
     return root
 
 
-def test_a_folder_of_one_unreadable_image_names_it(tmp_path):
-    """It used to say '100 images in a row from index 0 could not be read'."""
-    from sslvit.data.dataset import build_dataset
-    from sslvit.data.folder import DataError
+@pytest.mark.parametrize("count", [1, 40])
+def test_a_folder_where_no_image_reads_is_one_sentence_naming_the_first(tmp_path, count):
+    """It used to say '100 images in a row from index 0 could not be read'; then, until 2026-12-07,
+    a warning for every file of the folder came before the sentence."""
+    import warnings
 
-    root = tmp_path / "one"
+    from sslvit.data.dataset import build_dataset
+
+    root = tmp_path / "bad"
     root.mkdir()
-    (root / "only.png").write_bytes(b"not a png")
-    with pytest.warns(UserWarning), pytest.raises(DataError, match=r"None of the 1 images could be read \(the first: '.*only.png'\)"):
-        build_dataset(str(root), "all", 16)[0]
+    for i in range(count):
+        (root / f"only{i:02d}.png").write_bytes(b"not a png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first = rf"^None of the {count} images could be read \(the first: '.*only00.png'\)"
+        with pytest.raises(DataError, match=first):
+            build_dataset(str(root), "all", 16)[count // 2]
 
 
 def test_many_unreadable_images_stop_the_run_naming_files_and_share_few_do_not(tmp_path, fresh_accelerate):

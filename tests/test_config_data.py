@@ -120,6 +120,12 @@ def test_folder_labels_from_subfolders_and_unreadable_images_are_skipped(tmp_pat
     assert skipped == 1 and x.shape == (3, 16, 16) and y == ds.labels[(broken + 1) % len(ds)]
     val, train = build_dataset(str(tmp_path), "val", 16), build_dataset(str(tmp_path), "train", 16)
     assert len(val) + len(train) == 13 and not set(val.items) & set(train.items)
+    (tmp_path / "dog" / "broken2.png").write_bytes(b"not a png either")  # the next file: passed over, unnamed
+    ds = build_dataset(str(tmp_path), "all", 16)
+    with pytest.warns(UserWarning) as named:
+        assert ds[broken][2] == 1
+    own = f"Skipping unreadable image '{ds.items[broken]}' (UnidentifiedImageError)."
+    assert [str(w.message) for w in named] == [own]
 
 
 def test_missing_or_empty_folder_is_one_clear_error(tmp_path):

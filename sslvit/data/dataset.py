@@ -6,6 +6,7 @@ readable one and ``skipped`` is 1 for that draw, so the loop can log the count (
 """
 from __future__ import annotations
 
+import warnings
 from itertools import islice
 from pathlib import Path
 from typing import Callable, Optional
@@ -62,16 +63,22 @@ class ImageDataset(Dataset):
         return load_rgb(item) if isinstance(item, Path) else item
 
     def __getitem__(self, i: int):
-        skipped = 0
-        for attempt in range(len(self.items)):  # the next readable image, however far
-            j = (i + attempt) % len(self.items)
-            img = self._load(j)
-            if img is not None:
-                x = self._augment(img, j) if self.transform is not None else img
-                return x, self.labels[j], int(skipped > 0)  # 1: this draw's own image was unreadable
-            skipped += 1
-        raise DataError(f"None of the {len(self.items)} images could be read (the first: '{self.items[0]}'); check "
-                        "the data folder.")
+        # the search's warnings are held back: only this draw's own image is named, and a folder where
+        # nothing reads gets its one sentence, not a warning for each of its files first
+        with warnings.catch_warnings(record=True) as skipped:
+            warnings.simplefilter("always")
+            for attempt in range(len(self.items)):  # the next readable image, however far
+                j = (i + attempt) % len(self.items)
+                img = self._load(j)
+                if img is not None:
+                    break
+            else:
+                raise DataError(f"None of the {len(self.items)} images could be read (the first: "
+                                f"'{self.items[0]}'); check the data folder.")
+        if skipped:
+            warnings.warn(str(skipped[0].message), UserWarning, stacklevel=2)
+        x = self._augment(img, j) if self.transform is not None else img
+        return x, self.labels[j], int(bool(skipped))  # 1: this draw's own image was unreadable
 
     def unreadable(self, n: int = 3) -> list[str]:
         """The first ``n`` files that cannot be decoded (for an error message: it opens files in order)."""
