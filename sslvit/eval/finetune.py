@@ -78,9 +78,10 @@ def finetune_batch(asked: Optional[int], images: int, processes: int) -> tuple[i
     pretraining recipe fits its batch to a small folder: a few dozen labelled images still fine-tune."""
     if asked is not None:
         return asked, ""
-    half = max(2, images // processes // 2)
-    batch = min(DEFAULT_BATCH, 1 << (half.bit_length() - 1))
-    why = f" ({DEFAULT_BATCH} a process capped at half the {images} training images; --batch_size sets it)"
+    reads = images // processes
+    batch = min(DEFAULT_BATCH, 1 << (max(2, reads // 2).bit_length() - 1))
+    each = " each process reads" if processes > 1 else ""
+    why = f" ({DEFAULT_BATCH} a process capped at half the {reads} training images{each}; --batch_size sets it)"
     return batch, why if batch < DEFAULT_BATCH else ""
 
 
