@@ -3,6 +3,7 @@
 can pick a recipe that fits the data before anything is trained."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -32,7 +33,9 @@ def data_shape(data: str) -> DataShape:
     """The training split's image count and median side of a folder or a shard set."""
     if is_shard_spec(data):
         _, count, classes = resolve_shards(data, "train")
-        first = islice(iter(build_shard_dataset(data, "train")), SAMPLED)
+        with warnings.catch_warnings():  # a bad sample is the loop's to count and name, not the recipe's
+            warnings.simplefilter("ignore")
+            first = list(islice(iter(build_shard_dataset(data, "train")), SAMPLED))
         return DataShape(count, _median([min(img.size) for img, _, _ in first]), len(classes) > 1)
     root = Path(data).expanduser()
     split = (root / "train").is_dir() and (root / "val").is_dir()
