@@ -216,18 +216,23 @@ def test_a_run_on_broken_shards_trains_to_the_end_and_logs_the_counts(tmp_path, 
     assert (run / "backbone.safetensors").exists()
 
 
-def test_the_recipes_look_at_broken_shards_warns_of_nothing_the_loop_then_counts(tmp_path):
-    """The recipe reads the first samples for their size; the bad ones among them were warned of
-    there and again by the training loop, which counts and names them (the test above)."""
+def test_the_recipes_and_the_pictures_look_at_broken_shards_warns_of_nothing_the_loop_then_counts(tmp_path):
+    """The recipe reads the first samples for their size and the run picks its picture images; the
+    bad samples met there were warned of, and again by the training loop, which counts and names
+    them (the test above)."""
     import warnings
 
+    from sslvit.data.sample import spread_sample
     from sslvit.data.shape import data_shape
+    from sslvit.data.shard_reader import build_shard_dataset
 
     _broken_set(tmp_path / "bad")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         shape = data_shape(str(tmp_path / "bad"))
+        pictures = spread_sample(build_shard_dataset(str(tmp_path / "bad"), "train"), 8)
     assert shape.count == resolve_shards(str(tmp_path / "bad"), "train")[1] and shape.side > 0
+    assert len(pictures) == 8
 
 
 def test_a_shard_set_with_no_good_sample_stops_with_one_sentence(tmp_path, fresh_accelerate):

@@ -3,6 +3,7 @@ set, over its shards), so a labelled folder read in sorted order does not fill e
 picture with its first class."""
 from __future__ import annotations
 
+import warnings
 from itertools import islice
 
 import numpy as np
@@ -31,11 +32,14 @@ def spread_order(labels: np.ndarray, n: int, seed: int = 0) -> list[int]:
 
 def spread_items(dataset, n: int, seed: int = 0) -> list:
     """-> up to ``n`` (image, label) pairs of ``dataset`` (map-style or a shard set), spread
-    over its classes and shards; the same for the same seed."""
-    if isinstance(dataset, ShardDataset):
-        return _shard_items(dataset, n, seed)
-    labels = np.asarray(dataset.labels) if getattr(dataset, "labels", None) else np.zeros(len(dataset), int)
-    return [dataset[i][:2] for i in spread_order(labels, n, seed)]
+    over its classes and shards; the same for the same seed. An unreadable image met on the way is
+    passed over quietly: the training loop counts and names it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if isinstance(dataset, ShardDataset):
+            return _shard_items(dataset, n, seed)
+        labels = np.asarray(dataset.labels) if getattr(dataset, "labels", None) else np.zeros(len(dataset), int)
+        return [dataset[i][:2] for i in spread_order(labels, n, seed)]
 
 
 def spread_sample(dataset, n: int, seed: int = 0) -> list:
