@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sslvit.config import ConfigError
 from sslvit.data.folder import DataError, load_rgb
 from sslvit.data.shard_reader import decode_sample
 
@@ -463,3 +464,17 @@ def test_attention_on_a_file_that_is_no_image_is_one_sentence_without_a_warning(
             with pytest.raises(DataError, match=rf"^'{path}' is not a readable image file \({kind}\); pass --image"):
                 run_attention(AttentionConfig(ckpt=str(tiny_backbone), image=str(path)))
     assert not (tiny_backbone / "attention.png").exists()
+
+
+def test_an_out_that_is_a_file_is_one_sentence_and_the_file_is_kept(tmp_path):
+    """It ended in NotADirectoryError's traceback from the folder's clean-up guard."""
+    from sslvit.recipes.mae import MAERunConfig
+    from sslvit.train.entry import run_pretraining
+    from tests.test_end_to_end import TINY
+
+    out = tmp_path / "notes.yaml"
+    out.write_text("mine")
+    with pytest.raises(ConfigError, match=rf"^--out '{out}' is a file; pass --out a directory \(a new one, or a "
+                                          r"run's own with --resume\)\.$"):
+        run_pretraining(MAERunConfig, "mae", argv=[*TINY, "--out", str(out)])
+    assert out.read_text() == "mine"

@@ -189,9 +189,25 @@ def test_timm_model_imports_and_gives_timm_features_and_exports_back(tmp_path):
     imgs = torch.randn(2, 3, IMG, IMG)
     with torch.no_grad():
         torch.testing.assert_close(mae.backbone.eval().forward_features(imgs), model.forward_features(imgs))
-    export_main([str(fake_run(tmp_path / "run", mae, backbone_cfg(pos_embed="learned"))), "--to", "timm",
-                 str(tmp_path / "timm.safetensors")])
-    assert_same(load_file(str(tmp_path / "timm.safetensors")), model.state_dict())
+    run = fake_run(tmp_path / "run", mae, backbone_cfg(pos_embed="learned"))
+    export_main([str(run), "--to", "timm", str(tmp_path / "new" / "timm.safetensors")])  # its folder made
+    assert_same(load_file(str(tmp_path / "new" / "timm.safetensors")), model.state_dict())
+
+
+@pytest.mark.parametrize("to", ["timm", "mae"])
+def test_an_export_that_cannot_be_written_is_one_sentence_and_leaves_nothing(to, tmp_path, capsys):
+    """A folder as the output, or one under a file: safetensors' SafetensorError and torch's
+    traceback came out before."""
+    run = fake_run(tmp_path / "run", mae_objective(pos_embed="learned"), backbone_cfg(pos_embed="learned"))
+    (tmp_path / "a_file").write_text("x")
+    cases = {tmp_path / "out_dir": "a folder", tmp_path / "a_file" / "w.pth": "a file is where its folder would be"}
+    for out, why in cases.items():
+        (tmp_path / "out_dir").mkdir(exist_ok=True)
+        with pytest.raises(SystemExit) as e:
+            export_main([str(run), "--to", to, str(out)])
+        assert e.value.code == 2 and capsys.readouterr().err == (f"error: Cannot write '{out}' ({why}); pass a file "
+                                                                 "path in a folder you can write to.\n")
+    assert list((tmp_path / "out_dir").iterdir()) == [] and (tmp_path / "a_file").read_text() == "x"
 
 
 def test_timm_dinov2_model_without_prefix_position_rows_gives_timm_features():

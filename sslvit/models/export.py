@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import functools
 import json
 import os
@@ -174,18 +175,36 @@ def export_run(run: str | Path, to: str, out: str | Path) -> list[str]:
     """Write the run's weights in ``to``'s layout at ``out`` (whole or not at all); -> lines to print."""
     groups, out = run_groups(run, to), Path(out).expanduser()
     if to == "timm":
-        save_safetensors_atomic(to_timm(groups), out, metadata={"format": "pt", "producer": "sslvit"})
+        _written(out, lambda: save_safetensors_atomic(to_timm(groups), out,
+                                                      metadata={"format": "pt", "producer": "sslvit"}))
         spec = resolve_backbone_path(run).parent / SPEC
         return [f"Wrote {out} (timm ViT state dict, {len(groups['backbone'])} tensors); it loads with strict=True into "
                 f"timm.create_model(**spec), spec being the 'timm' entry of {spec}."]
     check_official_vit(groups["backbone"], to)
     obj = to_mae(groups) if to == "mae" else to_dino(groups)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        torch.save(obj, tmp)  # the official scripts read torch pickles; tensors only, so weights_only=True opens it
+
+    def write() -> None:
+        with atomic_path(out) as tmp:
+            torch.save(obj, tmp)  # the official scripts read torch pickles; tensors only, so weights_only=True opens it
+    _written(out, write)
     parts = ", ".join(f"{k} ({len(v)} tensors)" for k, v in obj.items())
     reader = {"mae": "main_finetune.py --finetune", "dino": "eval_knn.py / eval_linear.py --pretrained_weights"}[to]
     return [f"Wrote {out} (official {to.upper()} layout: {parts}); the official {reader} reads it."]
+
+
+def _written(out: Path, write) -> None:
+    """``write()`` of ``out`` (its folder made first), or one sentence saying why it could not be."""
+    try:
+        if out.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "a folder")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise NotADirectoryError(errno.ENOTDIR, "a file is where its folder would be") from None
+        write()
+    except (OSError, SafetensorError) as e:
+        why = getattr(e, "strerror", None) or str(e)
+        raise OSError(f"Cannot write '{out}' ({why}); pass a file path in a folder you can write to.") from None
 
 
 def import_backbone(path, out_dir) -> list[str]:

@@ -84,6 +84,9 @@ def run_pretraining(config_cls, preset: str | None = None, argv=None, stop: Stop
     else:
         cfg.model.validate()
         cfg.train.validate()
+    if Path(cfg.out).expanduser().is_file():
+        raise ConfigError(f"--out '{cfg.out}' is a file; pass --out a directory (a new one, or a run's own with "
+                          "--resume).")
     if cfg.resume:
         check_same_run(cfg)
     if getattr(cfg, "_recipe_line", None) and int(os.environ.get("RANK", "0")) == 0:
