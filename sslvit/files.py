@@ -7,13 +7,15 @@ Every file written here gets the mode the user's umask gives (0644 under the usu
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 
@@ -58,6 +60,26 @@ def atomic_path(path: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+class OutputError(OSError):
+    """An output cannot be written where it was asked for; the message says why and what to pass."""
+
+
+def written(path: Path, write: Callable[[], None], fix: str) -> None:
+    """``write()`` of ``path`` (its folder made first), or OutputError: one sentence naming the path,
+    why it cannot be written and ``fix`` (safetensors' own error and PIL's are no sentence for a user)."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "a folder")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise NotADirectoryError(errno.ENOTDIR, "a file is where its folder would be") from None
+        write()
+    except (OSError, SafetensorError) as e:
+        raise OutputError(f"Cannot write '{path}' ({getattr(e, 'strerror', None) or e}); {fix}.") from None
 
 
 def save_safetensors_atomic(state: dict[str, torch.Tensor], path: Path, metadata: Optional[dict] = None) -> None:

@@ -478,3 +478,18 @@ def test_an_out_that_is_a_file_is_one_sentence_and_the_file_is_kept(tmp_path):
                                           r"run's own with --resume\)\.$"):
         run_pretraining(MAERunConfig, "mae", argv=[*TINY, "--out", str(out)])
     assert out.read_text() == "mine"
+
+
+def test_attention_with_an_out_it_cannot_write_is_one_sentence(tiny_backbone, tmp_path):
+    """A folder, or a path under a file: IsADirectoryError's traceback and '[Errno 17] File exists' before."""
+    from sslvit.eval.attention_probe import AttentionConfig, run_attention
+    from sslvit.files import OutputError
+    from sslvit.runtime.errors import USER_ERRORS
+
+    (tmp_path / "a_file").write_text("x")
+    for out, why in ((tmp_path, "a folder"), (tmp_path / "a_file" / "a.png", "a file is where its folder would be")):
+        with pytest.raises(OutputError, match=rf"^Cannot write '{out}' \({why}\); pass --out a \.png path in a folder "
+                                              "you can write to\\.$") as e:
+            run_attention(AttentionConfig(ckpt=str(tiny_backbone), data="digits", num_images=1, out=str(out)))
+        assert isinstance(e.value, USER_ERRORS)  # so the command ends with the sentence and exit code 2
+    assert (tmp_path / "a_file").read_text() == "x" and not (tiny_backbone / "attention.png").exists()

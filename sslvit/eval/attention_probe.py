@@ -19,7 +19,7 @@ from sslvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from sslvit.models.attention_maps import attention_columns
 from sslvit.models.export import load_backbone, resolve_backbone_path, run_data_of
 from sslvit.models.vit import check_img_size
-from sslvit.files import existing
+from sslvit.files import existing, written
 from sslvit.pictures import save_columns
 
 
@@ -64,13 +64,13 @@ def run_attention(cfg: AttentionConfig) -> dict:
         imgs = torch.stack(spread_sample(dataset, cfg.num_images))  # seeded, spread over the classes
     columns, normalized = attention_columns(backbone, imgs)
     out = Path(cfg.out).expanduser() if cfg.out else weights.parent / "attention.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
     replaced = existing([out])
     where = Path(cfg.image).name if cfg.image else f"{imgs.shape[0]} val images of {Path(data).name or data}"
     caption = (f"{weights.parent.resolve().name} · cls-token attention of the last block per head, over {where} "
                f"at {imgs.shape[2]}x{imgs.shape[3]} px ({imgs.shape[2] // bcfg.patch_size}x"
                f"{imgs.shape[3] // bcfg.patch_size} patches)")
-    save_columns(columns, out, normalized, caption=caption)
+    written(out, lambda: save_columns(columns, out, normalized, caption=caption),
+            "pass --out a .png path in a folder you can write to")
     return {"picture": str(out), "ckpt": str(weights), "images": imgs.shape[0], "heads": len(columns) - 2,
             "replaced": replaced,
             "grid": [imgs.shape[2] // bcfg.patch_size, imgs.shape[3] // bcfg.patch_size]}

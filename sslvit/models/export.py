@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
 import functools
 import json
 import os
@@ -25,7 +24,7 @@ from sslvit.models.checkpoint_layouts import (Imported, WeightsError, from_sslvi
                                               newest_checkpoint_weights, to_dino, to_mae, to_timm)
 from sslvit.models.init_from import backbone_config_of, backbone_shape, load_imported
 from sslvit.models.vit import BackboneConfig, SSLViT, build_backbone, timm_spec
-from sslvit.files import atomic_path, save_safetensors_atomic, write_json_atomic
+from sslvit.files import atomic_path, save_safetensors_atomic, write_json_atomic, written
 
 WEIGHTS = "backbone.safetensors"
 SPEC = "backbone.json"
@@ -171,12 +170,15 @@ def check_official_vit(backbone: dict, to: str) -> None:
                            "backbone.json).")
 
 
+FIX_OUT = "pass a file path in a folder you can write to"
+
+
 def export_run(run: str | Path, to: str, out: str | Path) -> list[str]:
     """Write the run's weights in ``to``'s layout at ``out`` (whole or not at all); -> lines to print."""
     groups, out = run_groups(run, to), Path(out).expanduser()
     if to == "timm":
-        _written(out, lambda: save_safetensors_atomic(to_timm(groups), out,
-                                                      metadata={"format": "pt", "producer": "sslvit"}))
+        written(out, lambda: save_safetensors_atomic(to_timm(groups), out, metadata={"format": "pt",
+                                                                                    "producer": "sslvit"}), FIX_OUT)
         spec = resolve_backbone_path(run).parent / SPEC
         return [f"Wrote {out} (timm ViT state dict, {len(groups['backbone'])} tensors); it loads with strict=True into "
                 f"timm.create_model(**spec), spec being the 'timm' entry of {spec}."]
@@ -186,25 +188,10 @@ def export_run(run: str | Path, to: str, out: str | Path) -> list[str]:
     def write() -> None:
         with atomic_path(out) as tmp:
             torch.save(obj, tmp)  # the official scripts read torch pickles; tensors only, so weights_only=True opens it
-    _written(out, write)
+    written(out, write, FIX_OUT)
     parts = ", ".join(f"{k} ({len(v)} tensors)" for k, v in obj.items())
     reader = {"mae": "main_finetune.py --finetune", "dino": "eval_knn.py / eval_linear.py --pretrained_weights"}[to]
     return [f"Wrote {out} (official {to.upper()} layout: {parts}); the official {reader} reads it."]
-
-
-def _written(out: Path, write) -> None:
-    """``write()`` of ``out`` (its folder made first), or one sentence saying why it could not be."""
-    try:
-        if out.is_dir():
-            raise IsADirectoryError(errno.EISDIR, "a folder")
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-        except FileExistsError:
-            raise NotADirectoryError(errno.ENOTDIR, "a file is where its folder would be") from None
-        write()
-    except (OSError, SafetensorError) as e:
-        why = getattr(e, "strerror", None) or str(e)
-        raise OSError(f"Cannot write '{out}' ({why}); pass a file path in a folder you can write to.") from None
 
 
 def import_backbone(path, out_dir) -> list[str]:

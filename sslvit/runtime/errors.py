@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sslvit.config import ConfigError
 from sslvit.data.folder import DataError
+from sslvit.files import OutputError
 from sslvit.models.checkpoint_layouts import WeightsError
 
 
@@ -20,4 +21,4 @@ class MainProcessFailed(RuntimeError):
 
 
 USER_ERRORS = (ConfigError, DataError, WeightsError, FileNotFoundError, FileExistsError, PermissionError, ValueError,
-               TrainingDiverged, CheckpointError, MainProcessFailed)
+               TrainingDiverged, CheckpointError, MainProcessFailed, OutputError)
