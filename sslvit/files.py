@@ -66,9 +66,10 @@ class OutputError(OSError):
     """An output cannot be written where it was asked for; the message says why and what to pass."""
 
 
-def written(path: Path, write: Callable[[], None], fix: str) -> None:
+def written(path: Path, write: Optional[Callable[[], None]], fix: str) -> None:
     """``write()`` of ``path`` (its folder made first), or OutputError: one sentence naming the path,
-    why it cannot be written and ``fix`` (safetensors' own error and PIL's are no sentence for a user)."""
+    why it cannot be written and ``fix`` (safetensors' own error and PIL's are no sentence for a user).
+    ``write`` None: only the folder is made and the path checked, before long work that ends in it."""
     path = Path(path)
     try:
         if path.is_dir():
@@ -77,7 +78,8 @@ def written(path: Path, write: Callable[[], None], fix: str) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
         except FileExistsError:
             raise NotADirectoryError(errno.ENOTDIR, "a file is where its folder would be") from None
-        write()
+        if write is not None:
+            write()
     except (OSError, SafetensorError) as e:
         raise OutputError(f"Cannot write '{path}' ({getattr(e, 'strerror', None) or e}); {fix}.") from None
 

@@ -196,3 +196,15 @@ def test_cli_help_names_the_command_and_its_keys(argv, capsys):
         cli(argv)
     out = capsys.readouterr().out
     assert e.value.code == 0 and "usage: python -m sslvit.tokenizers fit [--config" in out and "  --vocab 8192" in out
+
+
+def test_cli_with_an_out_it_cannot_write_says_so_before_fitting(tmp_path, image_folder, capsys):
+    (tmp_path / "a_file").write_text("x")
+    cases = {tmp_path: "a folder", tmp_path / "a_file" / "t.safetensors": "a file is where its folder would be"}
+    for out, why in cases.items():
+        with pytest.raises(SystemExit) as e:
+            cli(["fit", "--data", str(image_folder), "--out", str(out), "--iters", "2"])
+        printed = capsys.readouterr()
+        assert e.value.code == 2 and printed.err == (f"error: Cannot write '{out}' ({why}); pass --out a .safetensors "
+                                                     "path in a folder you can write to.\n")
+        assert "tokenizer:" not in printed.out  # refused before the fit, not after it

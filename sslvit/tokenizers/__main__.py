@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from sslvit.config import ConfigError, build_config, help_text
+from sslvit.files import written
 from sslvit.tokenizers.fit import TokenizerFitConfig, fit_tokenizer
 from sslvit.runtime.errors import USER_ERRORS
 from sslvit.train.data_recipe import preset_for
@@ -57,8 +59,10 @@ def main(argv: list[str]) -> None:
         keys, reason = beit_recipe_keys(asked.data, asked.kind)
         cfg = build_config(FitCommand, argv[1:], presets=lambda data: keys)
         print(f"{reason}: the tokenizer pretrain/beit.py --data {cfg.data} would fit, unless a key is given here")
+        path, fix = Path(cfg.out).expanduser(), "pass --out a .safetensors path in a folder you can write to"
+        written(path, None, fix)  # before the fit: a path it cannot write is said at once
         tok, _ = fit_tokenizer(cfg, cfg.data, cfg.img_size or 224, cfg.patch_size or 16)
-        path = tok.save(cfg.out)
+        written(path, lambda: tok.save(path), fix)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
