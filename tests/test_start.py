@@ -3,6 +3,7 @@ command, is the same as the two commands a user would type; it resumes, reuses a
 run does, and a run that fails after it keeps it."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,8 +51,12 @@ def test_start_spec_reads_objective_and_epochs_and_names_a_bad_one():
     assert parse_start(None) is None and parse_start("none") is None and parse_start("None") is None
     assert scaled_start("mae:33", 4.0) == "mae:132" and scaled_start("mae", 4.0) == "mae"
     for bad in ("mae:0", "mae:x", "mae:33:1", "MAE 33"):
-        with pytest.raises(ValueError, match="OBJECTIVE:EPOCHS"):
+        with pytest.raises(ValueError, match=r"OBJECTIVE:EPOCHS; .* \(random weights\)\.$"):
             parse_start(bad)
+    for weights in ("runs/mae-mine", str(Path(__file__))):  # a run or a file: pointed at --init
+        with pytest.raises(ValueError, match=rf"\(random weights\); to start from the weights at '{weights}', pass "
+                                             r"--init with it\.$"):
+            parse_start(weights)
     with pytest.raises(ValueError, match="'dino', which cannot start a run; use mae"):
         check_start("dino:5")
     with pytest.raises(ValueError, match="start 'beit' names"):  # through the config, as a user meets it

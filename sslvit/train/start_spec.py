@@ -6,6 +6,7 @@ objectives can be a start and how one is trained."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Optional
 
 _SPEC = re.compile(r"([a-z_]+)(?::(\d+))?")
@@ -17,8 +18,10 @@ def parse_start(spec: Optional[str]) -> Optional[tuple[str, Optional[int]]]:
         return None
     m = _SPEC.fullmatch(spec.strip())
     if m is None or (m[2] is not None and int(m[2]) < 1):
+        weights = "/" in spec or Path(spec).expanduser().exists()  # a run or a file: what --init takes
         raise ValueError(f"start '{spec}' is not OBJECTIVE or OBJECTIVE:EPOCHS; write e.g. mae:33 (MAE's recipe for "
-                         "this data, 33 epochs), mae, or none (random weights).")
+                         "this data, 33 epochs), mae, or none (random weights)"
+                         + (f"; to start from the weights at '{spec}', pass --init with it." if weights else "."))
     return m[1], int(m[2]) if m[2] is not None else None
 
 
