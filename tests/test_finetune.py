@@ -101,8 +101,8 @@ def test_the_default_batch_fits_a_small_folder_as_the_pretraining_recipe_does(ex
     assert [finetune_batch(None, n, p)[0] for n, p in ((4500, 1), (128, 1), (127, 1), (128, 2), (3, 1))] == [64, 64, 32,
                                                                                                         32, 2]
     assert finetune_batch(8, 48, 1) == (8, "")
-    assert finetune_batch(None, 48, 2)[1] == " (64 a process capped at half the 24 training images each process reads; " \
-                                             "--batch_size sets it)"
+    two = " (64 a process capped at half the 24 training images each process reads; --batch_size sets it)"
+    assert finetune_batch(None, 48, 2) == (8, two)
 
 
 def test_average_pool_head_is_maes_global_pool():

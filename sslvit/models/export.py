@@ -177,8 +177,8 @@ def export_run(run: str | Path, to: str, out: str | Path) -> list[str]:
     """Write the run's weights in ``to``'s layout at ``out`` (whole or not at all); -> lines to print."""
     groups, out = run_groups(run, to), Path(out).expanduser()
     if to == "timm":
-        written(out, lambda: save_safetensors_atomic(to_timm(groups), out, metadata={"format": "pt",
-                                                                                    "producer": "sslvit"}), FIX_OUT)
+        meta = {"format": "pt", "producer": "sslvit"}
+        written(out, lambda: save_safetensors_atomic(to_timm(groups), out, metadata=meta), FIX_OUT)
         spec = resolve_backbone_path(run).parent / SPEC
         return [f"Wrote {out} (timm ViT state dict, {len(groups['backbone'])} tensors); it loads with strict=True into "
                 f"timm.create_model(**spec), spec being the 'timm' entry of {spec}."]
