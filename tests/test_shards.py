@@ -89,12 +89,12 @@ def test_an_interrupted_write_resumes_and_never_exposes_a_half_shard(split_folde
     real = shards.write_shard
     calls = []
 
-    def dies_on_third(plan, out_dir):
+    def dies_on_third(plan, out_dir, max_side=None):
         calls.append(plan.name)
         if len(calls) == 3:  # half a shard on disk, then the process dies
             Path(out_dir, f".{plan.name}.123.tmp").write_bytes(b"half a tar")
             raise KeyboardInterrupt
-        return real(plan, out_dir)
+        return real(plan, out_dir, max_side)
 
     monkeypatch.setattr(shards, "write_shard", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
@@ -542,3 +542,33 @@ def test_a_labelled_folder_is_written_with_the_val_images_reading_it_directly_ho
     assert "train: 45 samples in 1 shard, 3 classes" in capsys.readouterr().out
     assert json.loads((tmp_path / "whole" / "train.json").read_text())["num_samples"] == 45
     assert not (tmp_path / "whole" / "val.json").exists()
+
+
+def test_max_side_stores_large_images_upright_at_that_short_side_and_small_ones_as_they_are(tmp_path, capsys):
+    """``--max-side N``: what a camera folder needs, since a run decodes each image at every step."""
+    from PIL import Image
+
+    src = tmp_path / "photos"
+    (src / "a").mkdir(parents=True)
+    (src / "b").mkdir()
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray((rng.random((300, 400, 3)) * 255).astype(np.uint8))
+    exif = photo.getexif()
+    exif[0x0112] = 6  # the camera was held upright: a viewer turns it 90 degrees
+    photo.save(src / "a" / "turned.jpg", exif=exif)
+    photo.save(src / "a" / "wide.png")
+    photo.resize((40, 30)).save(src / "b" / "small.jpg")
+    photo.resize((96, 72)).save(src / "b" / "edge.jpeg")  # short side 72: at the limit, kept
+    shards_main([str(src), str(tmp_path / "out"), "--val_fraction", "0", "--max-side", "72"])
+    stored = _members(tmp_path / "out" / "train-000000.tar")
+    images = sorted((Image.open(io.BytesIO(data)).size, Image.open(io.BytesIO(data)).format, name[-3:])
+                    for name, data in stored.items() if not name.endswith("cls"))
+    # the turned photo upright (JPEG), the PNG smaller (PNG), the one at the limit and the small one as they were
+    assert images == [((40, 30), "JPEG", "jpg"), ((72, 96), "JPEG", "jpg"), ((96, 72), "JPEG", "jpg"),
+                      ((96, 72), "PNG", "png")]
+    kept = {(src / "b" / "small.jpg").read_bytes(), (src / "b" / "edge.jpeg").read_bytes()}
+    assert kept <= set(stored.values())
+    assert json.loads((tmp_path / "out" / "train.json").read_text())["max_side"] == 72
+    with pytest.raises(SystemExit):  # the same folder at another size is another write
+        shards_main([str(src), str(tmp_path / "out"), "--val_fraction", "0", "--max-side", "64"])
+    assert "of a different write" in capsys.readouterr().err

@@ -27,7 +27,7 @@ from sslvit.data.folder import DataError
 from sslvit.data.shape import SMALL_SIDE, DataShape, data_shape
 from sslvit.data.shard_reader import is_shard_spec
 from sslvit.data.transforms import hflip_for
-from sslvit.models.backbone_config import VIT_SIZES
+from sslvit.models.backbone_config import VIT_SIZES, BackboneConfig
 from sslvit.tokenizers.tokenizer_config import FAISS_MIN_POINTS_PER_CODE
 from sslvit.train.start_spec import scaled_start
 
@@ -37,6 +37,7 @@ TUNED_SIZE = 32
 MAX_EPOCH_SCALE = 4
 PIXEL_KEYS = (("model", "img_size"), ("model", "patch_size"), ("crops", "local_size"), ("tokenizer", "pixel_size"))
 BATCHED_SHRINK = 1.5
+LARGE_READ = 4  # images this many times the run's side are mostly decoded for nothing
 
 
 def fitted_small_recipe(preset: dict, shape: DataShape) -> dict:
@@ -98,10 +99,24 @@ def _chosen(presets: dict, data: str) -> tuple[dict | None, str]:
     seen = f"{shape.count:,} training images, short side {shape.side} px"
     if shape.side > SMALL_SIDE and shape.count >= FEW_IMAGES:
         return None, (f"recipe: the reference defaults ({seen}: more than {SMALL_SIDE} px and at least "
-                      f"{FEW_IMAGES:,} images)")
+                      f"{FEW_IMAGES:,} images)") + _large_images_note(data, shape.side, BackboneConfig().img_size)
     recipe = fitted_small_recipe(presets["cluttered"], shape)
     why = f"at most {SMALL_SIDE} px" if shape.side <= SMALL_SIDE else f"fewer than {FEW_IMAGES:,} images"
-    return recipe, f"recipe: small data ({seen}: {why}), the cluttered preset fitted to it"
+    note = _large_images_note(data, shape.side, int(recipe.get("model", {}).get("img_size", TUNED_SIZE)))
+    return recipe, f"recipe: small data ({seen}: {why}), the cluttered preset fitted to it{note}"
+
+
+def _large_images_note(data: str, side: int, size: int) -> str:
+    """A second line for a folder of images at least LARGE_READ times the run's side: a run decodes
+    every image whole at every step (a phone photo takes about 100 ms), so storing them smaller
+    once, as shards, is most of what it can gain. 4x keeps RandomResizedCrop's smallest crops at
+    the run's size or above (MAE's 0.2 of the area: 0.45 x 4 = 1.8 sides)."""
+    if is_shard_spec(data) or side < LARGE_READ * size:
+        return ""
+    stored = LARGE_READ * size
+    return (f"\nnote: the images' short side is {side} px and this recipe trains at {size} px, and each is "
+            f"decoded whole at every step; `python -m sslvit.data.shards {data} SHARDS --max-side {stored}` "
+            f"stores them at {stored} px once, and --data SHARDS reads those")
 
 
 def _counted(n: int, noun: str) -> str:
