@@ -1,5 +1,7 @@
 """What a folder of camera photos costs a run to read, against the same photos written as shards
-with ``--max-side``: decoded + augmented images per second, one process, one thread.
+with ``--max-side``: decoded + augmented images per second, one process, one thread. The folder is
+read twice: as a run reads it (a JPEG decoded at the smallest DCT scale whose short side is at least
+4 x ``--img``, ``sslvit.data.decode.draft``) and decoded whole, as it was read before 2026-12-07.
 
 Setup: ``--n`` photo-sized JPEGs (``--side`` px short side, 4:3, quality 90) made from
 scikit-learn's two real sample photos (``china.jpg``, ``flower.jpg``, 427 x 640), upscaled and
@@ -41,8 +43,10 @@ def make_photos(root: Path, n: int, side: int) -> None:
         big.crop((x, y, x + side * 4 // 3, y + side)).save(root / f"class{i % 2}" / f"{i:04d}.jpg", quality=90)
 
 
-def images_per_s(data: str, img: int) -> float:
+def images_per_s(data: str, img: int, whole: bool = False) -> float:
     dataset = build_dataset(data, "train", img, transform=mae_train_transform(img))
+    if whole:  # before 2026-12-07: every JPEG decoded at its full size
+        dataset.read_for = None
     t0 = time.perf_counter()
     n = sum(1 for _ in iterate(dataset))
     return n / (time.perf_counter() - t0)
@@ -66,17 +70,21 @@ def main() -> None:
         write_shards(folder, shards, val_fraction=0, max_side=max_side, progress=False)
         write_s = time.perf_counter() - t0
         mb = {p: sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) / 1e6 for p in (folder, shards)}
-        rates = {"folder": [], "shards": []}
+        rates = {"whole": [], "folder": [], "shards": []}
         for _ in range(args.rounds):
+            rates["whole"].append(images_per_s(str(folder), args.img, whole=True))
             rates["folder"].append(images_per_s(str(folder), args.img))
             rates["shards"].append(images_per_s(str(shards), args.img))
-    folder_rate, shard_rate = (statistics.median(rates[k]) for k in ("folder", "shards"))
-    print(f"folder of photos ({mb[folder]:.0f} MB): {folder_rate:.1f} images/s  (rounds: "
-          f"{', '.join(f'{r:.1f}' for r in rates['folder'])})")
+    rate = {k: statistics.median(v) for k, v in rates.items()}
+    rounds = {k: ", ".join(f"{r:.1f}" for r in v) for k, v in rates.items()}
+    print(f"folder of photos ({mb[folder]:.0f} MB), each JPEG decoded whole: {rate['whole']:.1f} images/s  "
+          f"(rounds: {rounds['whole']})")
+    print(f"the same folder as a run reads it (decoded at a DCT scale >= {4 * args.img} px): {rate['folder']:.1f} "
+          f"images/s  (rounds: {rounds['folder']})")
     print(f"shards, --max-side {max_side} ({mb[shards]:.1f} MB, written in {write_s:.1f} s, "
-          f"{args.n / write_s:.1f} images/s): {shard_rate:.1f} images/s  (rounds: "
-          f"{', '.join(f'{r:.1f}' for r in rates['shards'])})")
-    print(f"ratio: the shards read {shard_rate / folder_rate:.1f}x as many images a second")
+          f"{args.n / write_s:.1f} images/s): {rate['shards']:.1f} images/s  (rounds: {rounds['shards']})")
+    print(f"ratios: the folder as read {rate['folder'] / rate['whole']:.1f}x decoded whole; the shards "
+          f"{rate['shards'] / rate['folder']:.1f}x the folder as read, {rate['shards'] / rate['whole']:.1f}x whole")
 
 
 if __name__ == "__main__":

@@ -241,12 +241,12 @@ def test_pixels_are_not_enough_but_the_digits_are_there():
 
 
 def test_a_folder_of_images_four_times_the_runs_side_is_pointed_at_smaller_shards(tmp_path):
-    """A run decodes each image whole at every step: at 4x the side it trains at, the recipe's note
+    """A run reads and decodes each file at every step: at 4x the side it trains at, the recipe's note
     names the shard command that stores them smaller once; below that, and for shards, no note."""
     big, small = _folder(tmp_path / "big", 10, 256), _folder(tmp_path / "small", 10, 255)  # trained at 64 px
     _, why = preset_for(PRESETS, str(big))
     assert why.splitlines()[1] == ("note: the images' short side is 256 px and this recipe trains at 64 px, and "
-                                   f"each is decoded whole at every step; `python -m sslvit.data.shards {big} "
+                                   f"each file is read and decoded at every step; `python -m sslvit.data.shards {big} "
                                    "SHARDS --max-side 256` stores them at 256 px once, and --data SHARDS reads those")
     assert len(preset_for(PRESETS, str(small))[1].splitlines()) == 1
     from sslvit.data.shards import write_shards

@@ -140,3 +140,30 @@ def test_digits_is_real_fixed_split():
     assert len(train) == 1500 and len(val) == 297 and sorted(set(val.labels)) == list(range(10))
     assert train[0][0].size == (32, 32)
     assert build_dataset("digits", "val", 32).labels == val.labels
+
+
+def test_a_large_jpeg_in_a_folder_decodes_at_a_scale_still_four_times_the_crops_and_shows_the_same_picture(tmp_path):
+    """``read_for``: a 1600 x 1200 JPEG read for 64 px crops decodes at 1/4 scale (400 x 300: short
+    side >= 4 x 64), a PNG and a JPEG too small to shrink whole; the picture is the full decode's,
+    resized: compared at 64 px against the full decode, as the crops see it."""
+    import numpy as np
+    from PIL import Image
+
+    from sslvit.data.folder import load_rgb
+
+    rng = np.random.default_rng(0)
+    smooth = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((1600, 1200), Image.BICUBIC)
+    (tmp_path / "a").mkdir()
+    smooth.save(tmp_path / "a" / "photo.jpg", quality=95)
+    smooth.save(tmp_path / "a" / "photo.png")
+    smooth.resize((400, 300)).save(tmp_path / "a" / "small.jpg", quality=95)
+    ds = build_dataset(str(tmp_path), "all", 64)
+    loaded = {p.name: ds[i][0] for i, p in enumerate(ds.items)}
+    assert {k: v.size for k, v in loaded.items()} == {"photo.jpg": (400, 300), "photo.png": (1600, 1200),
+                                                      "small.jpg": (400, 300)}
+    whole = load_rgb(tmp_path / "a" / "photo.jpg")
+    assert whole.size == (1600, 1200)  # read for no size: whole, as before
+
+    def at_64(img):
+        return np.asarray(img.resize((85, 64), Image.BICUBIC, reducing_gap=3.0), dtype=np.float64)
+    assert np.abs(at_64(loaded["photo.jpg"]) - at_64(whole)).mean() < 1.0  # of 255

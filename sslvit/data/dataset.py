@@ -29,13 +29,14 @@ def is_embedded(data: str) -> bool:
 
 class ImageDataset(Dataset):
     def __init__(self, items: list, labels: list[int], transform: Optional[Callable] = None,
-                 classes: Optional[list[str]] = None, seed: Optional[int] = None):
+                 classes: Optional[list[str]] = None, seed: Optional[int] = None, read_for: Optional[int] = None):
         self.items = items  # PIL images or paths
         self.labels = labels
         self.transform = transform
         self.classes = classes or []
         self.seed = seed  # set: each sample's augmentation is drawn from (seed, epoch, index)
         self.epoch = 0
+        self.read_for = read_for  # the crops' side: a large JPEG file decodes smaller (``decode.draft``)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -60,7 +61,7 @@ class ImageDataset(Dataset):
 
     def _load(self, i: int):
         item = self.items[i]
-        return load_rgb(item) if isinstance(item, Path) else item
+        return load_rgb(item, self.read_for) if isinstance(item, Path) else item
 
     def __getitem__(self, i: int):
         # the search's warnings are held back: only this draw's own image is named, and a folder where
@@ -116,13 +117,13 @@ def build_dataset(data: str, split: str, img_size: int, transform=None, val_frac
     root = Path(data).expanduser()
     if (root / "train").is_dir() and (root / "val").is_dir() and split in ("train", "val"):
         paths, labels, classes = scan_folder(root / split)
-        return ImageDataset(paths, labels, transform, classes)
+        return ImageDataset(paths, labels, transform, classes, read_for=img_size)
     paths, labels, classes = scan_folder(root)
     if split == "all":
-        return ImageDataset(paths, labels, transform, classes)
+        return ImageDataset(paths, labels, transform, classes, read_for=img_size)
     train, val = held_out_split(len(paths), val_fraction, seed)
     keep = val if split == "val" else train
-    return ImageDataset([paths[i] for i in keep], [labels[i] for i in keep], transform, classes)
+    return ImageDataset([paths[i] for i in keep], [labels[i] for i in keep], transform, classes, read_for=img_size)
 
 
 def class_count(dataset) -> int:

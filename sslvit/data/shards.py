@@ -34,7 +34,7 @@ import webdataset as wds
 from PIL import Image
 from tqdm.auto import tqdm
 
-from sslvit.data.decode import to_rgb
+from sslvit.data.decode import draft, to_rgb
 from sslvit.data.folder import VAL_FRACTION, DataError, held_out_split, scan_folder
 
 INDEX_FORMAT = "sslvit-shards/1"
@@ -90,7 +90,7 @@ def stored_image(path: str, max_side: Optional[int]) -> tuple[str, bytes]:
         with Image.open(io.BytesIO(raw)) as img:
             if min(img.size) <= max_side:
                 return _image_ext(path), raw
-            img.draft("RGB", (max_side, max_side))  # JPEG: decode at the smallest DCT scale that is large enough
+            draft(img, max_side)  # a JPEG decodes at the smallest DCT scale still at least max_side
             img = to_rgb(img)
     except Exception:  # PIL raises many types for corrupt files
         return _image_ext(path), raw

@@ -23,6 +23,7 @@ import copy
 from pathlib import Path
 
 from sslvit.data.cluttered import parse_spec
+from sslvit.data.decode import DRAFT_FACTOR
 from sslvit.data.folder import DataError
 from sslvit.data.shape import SMALL_SIDE, DataShape, data_shape
 from sslvit.data.shard_reader import is_shard_spec
@@ -37,7 +38,6 @@ TUNED_SIZE = 32
 MAX_EPOCH_SCALE = 4
 PIXEL_KEYS = (("model", "img_size"), ("model", "patch_size"), ("crops", "local_size"), ("tokenizer", "pixel_size"))
 BATCHED_SHRINK = 1.5
-LARGE_READ = 4  # images this many times the run's side are mostly decoded for nothing
 
 
 def fitted_small_recipe(preset: dict, shape: DataShape) -> dict:
@@ -107,15 +107,16 @@ def _chosen(presets: dict, data: str) -> tuple[dict | None, str]:
 
 
 def _large_images_note(data: str, side: int, size: int) -> str:
-    """A second line for a folder of images at least LARGE_READ times the run's side: a run decodes
-    every image whole at every step (a phone photo takes about 100 ms), so storing them smaller
-    once, as shards, is most of what it can gain. 4x keeps RandomResizedCrop's smallest crops at
+    """A second line for a folder of images at least DRAFT_FACTOR times the run's side: a run reads
+    and decodes every file at every step (a JPEG at a reduced DCT scale, ``decode.draft``; any other
+    format whole), so storing them smaller once, as shards, is most of what it can still gain (phone
+    photos: 10.7x, ``benchmarks/photo_read.py``). 4x keeps RandomResizedCrop's smallest crops at
     the run's size or above (MAE's 0.2 of the area: 0.45 x 4 = 1.8 sides)."""
-    if is_shard_spec(data) or side < LARGE_READ * size:
+    if is_shard_spec(data) or side < DRAFT_FACTOR * size:
         return ""
-    stored = LARGE_READ * size
-    return (f"\nnote: the images' short side is {side} px and this recipe trains at {size} px, and each is "
-            f"decoded whole at every step; `python -m sslvit.data.shards {data} SHARDS --max-side {stored}` "
+    stored = DRAFT_FACTOR * size
+    return (f"\nnote: the images' short side is {side} px and this recipe trains at {size} px, and each file is "
+            f"read and decoded at every step; `python -m sslvit.data.shards {data} SHARDS --max-side {stored}` "
             f"stores them at {stored} px once, and --data SHARDS reads those")
 
 
