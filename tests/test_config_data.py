@@ -167,3 +167,8 @@ def test_a_large_jpeg_in_a_folder_decodes_at_a_scale_still_four_times_the_crops_
     def at_64(img):
         return np.asarray(img.resize((85, 64), Image.BICUBIC, reducing_gap=3.0), dtype=np.float64)
     assert np.abs(at_64(loaded["photo.jpg"]) - at_64(whole)).mean() < 1.0  # of 255
+    from sslvit.data.shards import write_shards  # the same files as shards (their own bytes) read alike
+
+    write_shards(tmp_path, tmp_path / "shards", val_fraction=0, progress=False)
+    streamed = sorted(img.size for img, _, _ in build_dataset(str(tmp_path / "shards"), "train", 64))
+    assert streamed == sorted(v.size for v in loaded.values())

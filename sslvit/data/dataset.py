@@ -113,7 +113,7 @@ def build_dataset(data: str, split: str, img_size: int, transform=None, val_frac
     if not data.strip():
         raise DataError("--data is empty; pass 'cluttered', 'digits', a folder of images or a shard set.")
     if is_shard_spec(data):
-        return build_shard_dataset(data, split, transform, seed=seed, keyed=True)
+        return build_shard_dataset(data, split, transform, seed=seed, keyed=True, read_for=img_size)
     root = Path(data).expanduser()
     if (root / "train").is_dir() and (root / "val").is_dir() and split in ("train", "val"):
         paths, labels, classes = scan_folder(root / split)

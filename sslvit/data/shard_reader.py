@@ -38,7 +38,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from sslvit.data.decode import to_rgb
+from sslvit.data.decode import DRAFT_FACTOR, draft, to_rgb
 from sslvit.data.folder import DataError
 from sslvit.data.shards import read_index
 
@@ -129,8 +129,9 @@ def shard_name(url: str) -> str:
     return m.group(0) if m else url
 
 
-def decode_sample(sample: dict) -> tuple[Optional[Image.Image], int, Optional[str]]:
-    """A webdataset sample dict -> (RGB image or None, label (-1 if none), what was wrong or None)."""
+def decode_sample(sample: dict, read_for: Optional[int] = None) -> tuple[Optional[Image.Image], int, Optional[str]]:
+    """A webdataset sample dict -> (RGB image or None, label (-1 if none), what was wrong or None);
+    ``read_for`` S: read for S px crops, so a large JPEG may decode smaller (``decode.draft``)."""
     key = next((k for k in IMAGE_KEYS if k in sample), None)
     if key is None or not sample[key]:
         return None, -1, "missing image"
@@ -142,6 +143,8 @@ def decode_sample(sample: dict) -> tuple[Optional[Image.Image], int, Optional[st
             return None, -1, "bad label"
     try:
         with Image.open(io.BytesIO(sample[key])) as img:
+            if read_for:
+                draft(img, DRAFT_FACTOR * read_for)
             return to_rgb(img), label, None
     except Exception:  # PIL raises many types for corrupt bytes
         return None, -1, "corrupt image"
@@ -161,8 +164,10 @@ class ShardDataset(IterableDataset):
     def __init__(self, urls: list[str], num_samples: int, transform: Optional[Callable] = None,
                  classes: Optional[list[str]] = None, shuffle: bool = True, shuffle_buffer: int = 1000,
                  resampled: bool = False, seed: int = 0, rank: Optional[int] = None,
-                 world_size: Optional[int] = None, markers: bool = True, keyed: bool = False):
+                 world_size: Optional[int] = None, markers: bool = True, keyed: bool = False,
+                 read_for: Optional[int] = None):
         self.urls = list(urls)
+        self.read_for = read_for  # the crops' side: a large JPEG decodes smaller (``decode.draft``)
         self.num_samples = num_samples
         self.transform = transform
         self.classes = classes or []
@@ -283,7 +288,7 @@ class ShardDataset(IterableDataset):
                 while errors:
                     read += 1
                     yield BadSample(url, _error_kind(errors.pop(0)))
-                img, label, problem = decode_sample(sample)
+                img, label, problem = decode_sample(sample, self.read_for)
                 read += 1
                 yield BadSample(url, problem) if problem else (img, label, written_place(number[url], read))
             while errors:
@@ -370,10 +375,11 @@ def _error_kind(exn: Exception) -> str:
 
 def build_shard_dataset(spec: str, split: str, transform=None, shuffle: bool = False, seed: int = 0,
                         markers: bool = False, resampled: bool = False, shuffle_buffer: int = 1000,
-                        keyed: bool = False) -> ShardDataset:
+                        keyed: bool = False, read_for: Optional[int] = None) -> ShardDataset:
     urls, counts, classes = resolve_shard_counts(spec, split)
     dataset = ShardDataset(urls, sum(counts.values()), transform, classes, shuffle=shuffle,
-                           shuffle_buffer=shuffle_buffer, resampled=resampled, seed=seed, markers=markers, keyed=keyed)
+                           shuffle_buffer=shuffle_buffer, resampled=resampled, seed=seed, markers=markers, keyed=keyed,
+                           read_for=read_for)
     dataset.claimed = counts  # what the index says each shard holds, checked against the first pass
     dataset.shard_ends = markers
     return dataset

@@ -32,7 +32,7 @@ def sample_fit_batches(data: str, img_size: int, n: int, seed: int, batch_size: 
     ``transform``: the run's own (its crop scale and flips); else MAE's at ``img_size``."""
     transform = transform or mae_train_transform(img_size, hflip=hflip_for(data))
     if is_shard_spec(data):
-        stream = build_shard_dataset(data, "train", transform, shuffle=True, seed=seed)
+        stream = build_shard_dataset(data, "train", transform, shuffle=True, seed=seed, read_for=img_size)
         images = lambda: torch.stack(first_items(stream, n)).split(batch_size)  # noqa: E731
     else:
         dataset = build_dataset(data, "train", img_size, transform=transform)

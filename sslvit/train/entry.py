@@ -176,7 +176,7 @@ def training_set(cfg):
     if is_shard_spec(cfg.data):
         return build_shard_dataset(cfg.data, "train", cfg.train_transform(), shuffle=True, seed=cfg.train.seed,
                                    markers=True, resampled=cfg.train.data_resampled,
-                                   shuffle_buffer=cfg.train.shuffle_buffer)
+                                   shuffle_buffer=cfg.train.shuffle_buffer, read_for=cfg.model.img_size)
     # 'train' everywhere: a folder's train/ (or all but the probes' held-out 20%), as shards read train.json,
     # so the probes never score images the backbone was trained on
     dataset = build_dataset(cfg.data, "train", cfg.model.img_size, transform=cfg.train_transform())
