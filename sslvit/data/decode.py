@@ -3,6 +3,8 @@ float images scaled to 0-255 (PIL's ``convert("RGB")`` clips them: a 16-bit PNG 
 nearly all white). Every reader (folders and shards) goes through ``to_rgb``."""
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -18,12 +20,15 @@ def draft(img: Image.Image, short_side: int) -> None:
     img.draft(img.mode, (short_side, short_side))
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """An opened PIL image -> an 8-bit RGB image, upright (EXIF orientation applied).
+def to_rgb(img: Image.Image, read_for: Optional[int] = None) -> Image.Image:
+    """An opened PIL image -> an 8-bit RGB image, upright (EXIF orientation applied). ``read_for``
+    S: the image is read for S px crops, so a large JPEG decodes smaller (``draft`` to DRAFT_FACTOR S).
 
     16-bit integer images (``I;16*``, and ``I`` within 0-65535) are scaled by 255/65535; wider
     ``I`` images by their own maximum; float images (``F``) within [0, 1] by 255, others clipped
     to 0-255."""
+    if read_for:
+        draft(img, DRAFT_FACTOR * read_for)
     img = ImageOps.exif_transpose(img)  # a copy, upright; the image itself when no tag turns it
     if img.mode in WIDE_INT_MODES or img.mode == "F":
         img = Image.fromarray(_to_uint8(np.asarray(img), img.mode), mode="L")

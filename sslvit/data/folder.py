@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from sslvit.data.decode import DRAFT_FACTOR, draft, to_rgb
+from sslvit.data.decode import to_rgb
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 VAL_FRACTION = 0.2  # held out of a folder without train/ and val/: the probes' queries, never trained on
@@ -44,12 +44,10 @@ def scan_folder(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
 
 def load_rgb(path: Path, read_for: Optional[int] = None) -> Image.Image | None:
     """The image as upright 8-bit RGB (``to_rgb``), or None (with a warning) when it cannot be decoded.
-    ``read_for`` S: the image is read for S px crops, so a large JPEG may decode smaller (``draft``)."""
+    ``read_for``: see ``to_rgb``."""
     try:
         with Image.open(path) as img:
-            if read_for:
-                draft(img, DRAFT_FACTOR * read_for)
-            return to_rgb(img)
+            return to_rgb(img, read_for)
     except Exception as e:  # PIL raises many types for corrupt files
         warnings.warn(f"Skipping unreadable image '{path}' ({e.__class__.__name__}).", stacklevel=2)
         return None

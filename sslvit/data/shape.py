@@ -24,6 +24,12 @@ class DataShape:
     labelled: bool  # in class sub-folders (or shards written from them)
 
 
+def fitted_batch(batch: int, images: int) -> int:
+    """``batch``, at most half of ``images`` (a power of two, at least 2): a few dozen images still
+    train. The small-data recipes' pretraining batch and fine-tuning's default both."""
+    return min(batch, max(2, 1 << max(0, (images // 2).bit_length() - 1)))
+
+
 def _median(values: list[int]) -> int:
     values = sorted(values)
     return values[len(values) // 2] if values else 0

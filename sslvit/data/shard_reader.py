@@ -38,7 +38,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from sslvit.data.decode import DRAFT_FACTOR, draft, to_rgb
+from sslvit.data.decode import to_rgb
 from sslvit.data.folder import DataError
 from sslvit.data.shards import read_index
 
@@ -131,7 +131,7 @@ def shard_name(url: str) -> str:
 
 def decode_sample(sample: dict, read_for: Optional[int] = None) -> tuple[Optional[Image.Image], int, Optional[str]]:
     """A webdataset sample dict -> (RGB image or None, label (-1 if none), what was wrong or None);
-    ``read_for`` S: read for S px crops, so a large JPEG may decode smaller (``decode.draft``)."""
+    ``read_for``: see ``decode.to_rgb``."""
     key = next((k for k in IMAGE_KEYS if k in sample), None)
     if key is None or not sample[key]:
         return None, -1, "missing image"
@@ -143,9 +143,7 @@ def decode_sample(sample: dict, read_for: Optional[int] = None) -> tuple[Optiona
             return None, -1, "bad label"
     try:
         with Image.open(io.BytesIO(sample[key])) as img:
-            if read_for:
-                draft(img, DRAFT_FACTOR * read_for)
-            return to_rgb(img), label, None
+            return to_rgb(img, read_for), label, None
     except Exception:  # PIL raises many types for corrupt bytes
         return None, -1, "corrupt image"
 

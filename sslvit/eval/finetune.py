@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from sslvit.data.dataset import build_dataset, check_labelled
 from sslvit.data.loaders import training_loader
+from sslvit.data.shape import fitted_batch
 from sslvit.data.shard_reader import ShardDataset
 from sslvit.data.stream_loader import StreamLoader
 from sslvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, hflip_for
@@ -79,7 +80,7 @@ def finetune_batch(asked: Optional[int], images: int, processes: int) -> tuple[i
     if asked is not None:
         return asked, ""
     reads = images // processes
-    batch = min(DEFAULT_BATCH, 1 << (max(2, reads // 2).bit_length() - 1))
+    batch = fitted_batch(DEFAULT_BATCH, reads)
     each = " each process reads" if processes > 1 else ""
     why = f" ({DEFAULT_BATCH} a process capped at half the {reads} training images{each}; --batch_size sets it)"
     return batch, why if batch < DEFAULT_BATCH else ""

@@ -25,7 +25,7 @@ from pathlib import Path
 from sslvit.data.cluttered import parse_spec
 from sslvit.data.decode import DRAFT_FACTOR
 from sslvit.data.folder import DataError
-from sslvit.data.shape import SMALL_SIDE, DataShape, data_shape
+from sslvit.data.shape import SMALL_SIDE, DataShape, data_shape, fitted_batch
 from sslvit.data.shard_reader import is_shard_spec
 from sslvit.data.transforms import hflip_for
 from sslvit.models.backbone_config import VIT_SIZES, BackboneConfig
@@ -55,7 +55,7 @@ def fitted_small_recipe(preset: dict, shape: DataShape) -> dict:
     if "start" in recipe:
         recipe["start"] = scaled_start(recipe["start"], factor)
     if "batch_size" in train:  # a batch of at most half the images: a few dozen images still train
-        train["batch_size"] = min(int(train["batch_size"]), max(2, 1 << max(0, (shape.count // 2).bit_length() - 1)))
+        train["batch_size"] = fitted_batch(int(train["batch_size"]), shape.count)
     train["knn_every"] = 0  # your data's labels, if any, are for the probes; turn it on with train.knn_every
     crops = recipe.get("crops", {})
     if "batched" in crops and shape.side > BATCHED_SHRINK * TUNED_SIZE * scale:
