@@ -131,10 +131,16 @@ def _nest(dotted: str, value: Any) -> dict:
     return out
 
 
-def _merge(a: dict, b: dict) -> dict:
+def _merge(a: dict, b: dict, prefix: str = "") -> dict:
+    """``b``'s keys over ``a``'s. A key that ``a`` gives a value and ``b`` gives keys under (a YAML
+    ``train: [1, 2]`` and ``--train.epochs 3``) is refused: one of the two is wrong, and keeping
+    either would drop the other without a word."""
     for k, v in b.items():
         if isinstance(v, dict) and isinstance(a.get(k), dict):
-            _merge(a[k], v)
+            _merge(a[k], v, prefix=f"{prefix}{k}.")
+        elif isinstance(v, dict) and k in a:
+            raise ConfigError(f"'{prefix}{k}' is given both as the value {a[k]!r} and by keys under it "
+                              f"('{prefix}{k}.{next(iter(v))}'); give it one way.")
         else:
             a[k] = v
     return a

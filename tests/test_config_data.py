@@ -102,6 +102,17 @@ def test_bad_config_is_one_clear_sentence(argv, match):
         build_config(MAERunConfig, argv)
 
 
+def test_a_yaml_value_and_command_line_keys_under_it_are_refused_not_one_dropped(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train: [1, 2]\n")
+    with pytest.raises(ConfigError, match=r"'train' is given both as the value \['1', '2'\] and by keys under it "
+                                          r"\('train.epochs'\); give it one way"):
+        build_config(MAERunConfig, ["--config", str(f), "--train.epochs", "3"])
+    f.write_text("model:\n  size: 3\n")
+    with pytest.raises(ConfigError, match=r"'model.size' is given both as the value '3' and by keys under it"):
+        build_config(MAERunConfig, ["--config", str(f), "--model.size.x", "3"])
+
+
 def _write_images(root, n=6, size=20):
     for c in ("cat", "dog"):
         (root / c).mkdir(parents=True)
