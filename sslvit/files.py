@@ -69,19 +69,34 @@ class OutputError(OSError):
 def written(path: Path, write: Optional[Callable[[], None]], fix: str) -> None:
     """``write()`` of ``path`` (its folder made first), or OutputError: one sentence naming the path,
     why it cannot be written and ``fix`` (safetensors' own error and PIL's are no sentence for a user).
-    ``write`` None: only the folder is made and the path checked, before long work that ends in it."""
+    ``write`` None: the path is only checked, before long work that ends in it; nothing is made, so
+    work that then fails leaves no empty folder behind."""
     path = Path(path)
     try:
         if path.is_dir():
             raise IsADirectoryError(errno.EISDIR, "a folder")
+        if write is None:
+            _check_writable_folder(path.parent)
+            return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except FileExistsError:
             raise NotADirectoryError(errno.ENOTDIR, "a file is where its folder would be") from None
-        if write is not None:
-            write()
+        write()
     except (OSError, SafetensorError) as e:
         raise OutputError(f"Cannot write '{path}' ({getattr(e, 'strerror', None) or e}); {fix}.") from None
+
+
+def _check_writable_folder(folder: Path) -> None:
+    """OSError unless ``folder`` exists and takes new files, or could be made: its nearest existing
+    ancestor is a folder that takes new entries."""
+    nearest = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+    if not nearest.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "a file is where its folder would be")
+    if hasattr(os, "statvfs") and os.statvfs(nearest).f_flag & os.ST_RDONLY:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
 
 def save_safetensors_atomic(state: dict[str, torch.Tensor], path: Path, metadata: Optional[dict] = None) -> None:

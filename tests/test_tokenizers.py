@@ -159,9 +159,9 @@ def test_cli_fits_reports_usage_and_refuses_a_too_large_vocab(tmp_path, image_fo
     assert grey.grey and grey.codebook.shape == (8, 16)  # --grey reaches the fit: one channel of 4 x 4
     with pytest.raises(SystemExit) as e:
         cli(["fit", "--data", str(image_folder), "--vocab", "1000", "--img_size", "16", "--patch_size", "4",
-             "--out", str(tmp_path / "big.safetensors")])
+             "--out", str(tmp_path / "new" / "big.safetensors")])
     assert e.value.code == 2 and "larger than the 768 patches" in capsys.readouterr().err
-    assert not (tmp_path / "big.safetensors").exists()
+    assert not (tmp_path / "new").exists()  # the refused fit leaves no file, and no empty folder for it
     with pytest.raises(SystemExit) as e:
         cli(["fit", "--kind", "features", "--out", str(tmp_path / "f.safetensors")])
     assert e.value.code == 2 and "needs a teacher" in capsys.readouterr().err
