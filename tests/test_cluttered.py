@@ -242,7 +242,8 @@ def test_pixels_are_not_enough_but_the_digits_are_there():
 
 def test_a_folder_of_images_four_times_the_runs_side_is_pointed_at_smaller_shards(tmp_path):
     """A run reads and decodes each file at every step: at 4x the side it trains at, the recipe's note
-    names the shard command that stores them smaller once; below that, and for shards, no note."""
+    names the shard command that stores them smaller once (for shards of such images, writes them again);
+    below that, no note."""
     big, small = _folder(tmp_path / "big", 10, 256), _folder(tmp_path / "small", 10, 255)  # trained at 64 px
     _, why = preset_for(PRESETS, str(big))
     assert why.splitlines()[1] == ("note: the images' short side is 256 px and this recipe trains at 64 px, and "
@@ -251,5 +252,22 @@ def test_a_folder_of_images_four_times_the_runs_side_is_pointed_at_smaller_shard
     assert len(preset_for(PRESETS, str(small))[1].splitlines()) == 1
     from sslvit.data.shards import write_shards
 
-    write_shards(big, tmp_path / "shards", progress=False)
-    assert len(preset_for(PRESETS, str(tmp_path / "shards"))[1].splitlines()) == 1
+    write_shards(big, tmp_path / "shards", progress=False)  # the images as they are: the same note, to write again
+    assert preset_for(PRESETS, str(tmp_path / "shards"))[1].splitlines()[1] == (
+        "note: the shards' images have a short side of 256 px and this recipe trains at 64 px, and each is decoded "
+        "at every step; `python -m sslvit.data.shards FOLDER SHARDS --max-side 256` writes them again from their "
+        "folder at 256 px, and --data SHARDS reads those")
+    write_shards(big, tmp_path / "stored", progress=False, max_side=255)
+    write_shards(small, tmp_path / "small_shards", progress=False)
+    for shards in ("stored", "small_shards"):  # stored small, or small to begin with: no note
+        assert len(preset_for(PRESETS, str(tmp_path / shards))[1].splitlines()) == 1
+
+
+def test_a_folder_where_no_sampled_header_reads_is_not_said_to_be_0_px(tmp_path):
+    root = tmp_path / "junk"
+    root.mkdir()
+    for i in range(6):
+        (root / f"{i}.jpg").write_bytes(b"not a jpeg")
+    recipe, why = preset_for(PRESETS, str(root))
+    assert recipe is not None and "0 px" not in why
+    assert why.startswith("recipe: small data (5 training images, none of those sampled readable: no size to go by)")

@@ -96,12 +96,14 @@ def _chosen(presets: dict, data: str) -> tuple[dict | None, str]:
         shape = data_shape(data)
     except DataError:
         return None, "recipe: the reference defaults"  # the dataset itself says what is wrong, later
-    seen = f"{shape.count:,} training images, short side {shape.side} px"
+    side = f"short side {shape.side} px" if shape.side else "none of those sampled readable"
+    seen = f"{shape.count:,} training images, {side}"
     if shape.side > SMALL_SIDE and shape.count >= FEW_IMAGES:
         return None, (f"recipe: the reference defaults ({seen}: more than {SMALL_SIDE} px and at least "
                       f"{FEW_IMAGES:,} images)") + _large_images_note(data, shape.side, BackboneConfig().img_size)
     recipe = fitted_small_recipe(presets["cluttered"], shape)
     why = f"at most {SMALL_SIDE} px" if shape.side <= SMALL_SIDE else f"fewer than {FEW_IMAGES:,} images"
+    why = why if shape.side else "no size to go by"
     note = _large_images_note(data, shape.side, int(recipe.get("model", {}).get("img_size", TUNED_SIZE)))
     return recipe, f"recipe: small data ({seen}: {why}), the cluttered preset fitted to it{note}"
 
@@ -111,10 +113,15 @@ def _large_images_note(data: str, side: int, size: int) -> str:
     and decodes every file at every step (a JPEG at a reduced DCT scale, ``decode.draft``; any other
     format whole), so storing them smaller once, as shards, is most of what it can still gain (phone
     photos: 10.7x, ``benchmarks/photo_read.py``). 4x keeps RandomResizedCrop's smallest crops at
-    the run's size or above (MAE's 0.2 of the area: 0.45 x 4 = 1.8 sides)."""
-    if is_shard_spec(data) or side < DRAFT_FACTOR * size:
+    the run's size or above (MAE's 0.2 of the area: 0.45 x 4 = 1.8 sides). Shards of such images get
+    the same note: they were written without ``--max-side``, and writing them again with it is the gain."""
+    if side < DRAFT_FACTOR * size:
         return ""
     stored = DRAFT_FACTOR * size
+    if is_shard_spec(data):
+        return (f"\nnote: the shards' images have a short side of {side} px and this recipe trains at {size} px, and "
+                f"each is decoded at every step; `python -m sslvit.data.shards FOLDER SHARDS --max-side {stored}` "
+                f"writes them again from their folder at {stored} px, and --data SHARDS reads those")
     return (f"\nnote: the images' short side is {side} px and this recipe trains at {size} px, and each file is "
             f"read and decoded at every step; `python -m sslvit.data.shards {data} SHARDS --max-side {stored}` "
             f"stores them at {stored} px once, and --data SHARDS reads those")
