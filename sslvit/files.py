@@ -62,6 +62,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+WRITE_ERRORS = (OSError, SafetensorError)
+"""What a write raises when its disk is full or gone: safetensors' is a SafetensorError ("I/O error:
+No space left on device"), not an OSError."""
+
+
 class OutputError(OSError):
     """An output cannot be written where it was asked for; the message says why and what to pass."""
 
@@ -83,7 +88,7 @@ def written(path: Path, write: Optional[Callable[[], None]], fix: str) -> None:
         except FileExistsError:
             raise NotADirectoryError(errno.ENOTDIR, "a file is where its folder would be") from None
         write()
-    except (OSError, SafetensorError) as e:
+    except WRITE_ERRORS as e:
         raise OutputError(f"Cannot write '{path}' ({getattr(e, 'strerror', None) or e}); {fix}.") from None
 
 

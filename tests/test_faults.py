@@ -1,6 +1,8 @@
 """Faults: non-finite steps are skipped and bound, checkpoints survive failed writes and kills."""
+import contextlib
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -78,8 +80,28 @@ def test_an_unwritable_or_full_output_directory_stops_before_training(tmp_path, 
     assert not (tmp_path / "run" / "log.jsonl").exists()  # nothing trained
 
 
-def test_a_checkpoint_write_that_fails_midway_leaves_the_previous_one_latest(tmp_path, image_folder,
+@contextlib.contextmanager
+def _files_limited_to(size: int):
+    """Every file this process writes ends at ``size`` bytes (RLIMIT_FSIZE, SIGXFSZ ignored): a write
+    past it fails with EFBIG inside the real writers (safetensors, torch.save), as a full disk's does."""
+    import resource
+    import signal
+
+    old_signal = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, old[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+        signal.signal(signal.SIGXFSZ, old_signal)
+
+
+@pytest.mark.parametrize("fails", ["model.safetensors", "optimizer.bin", "OSError"])
+def test_a_checkpoint_write_that_fails_midway_leaves_the_previous_one_latest(fails, tmp_path, image_folder,
                                                                             fresh_accelerate, monkeypatch):
+    """A full disk as the writers meet it: safetensors raises SafetensorError and torch.save a
+    RuntimeError, not OSError; before 2026-12-07 both ended the run in a traceback."""
     import errno
     from pathlib import Path
 
@@ -92,14 +114,22 @@ def test_a_checkpoint_write_that_fails_midway_leaves_the_previous_one_latest(tmp
 
     def fails_second_time(self, output_dir, **kw):
         calls.append(output_dir)
-        if len(calls) == 2:
+        if len(calls) < 2:
+            return real(self, output_dir, **kw)
+        if fails == "OSError":
             Path(output_dir).mkdir(parents=True, exist_ok=True)
             (Path(output_dir) / "model.safetensors").write_bytes(b"half")
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, output_dir, **kw)
+        model = (tmp_path / "run" / "checkpoints" / "epoch_0001" / "model.safetensors").stat().st_size
+        with _files_limited_to(model if fails == "optimizer.bin" else 1000):  # the model fits, or nothing does
+            return real(self, output_dir, **kw)
 
     monkeypatch.setattr(Accelerator, "save_state", fails_second_time)
-    with pytest.raises(CheckpointError, match="No space left on device.*epoch_0001"):
+    why = {"OSError": "No space left on device", "model.safetensors": "File too large",
+           "optimizer.bin": "unexpected pos"}[fails]
+    with pytest.raises(CheckpointError, match=rf"^Writing checkpoint 'epoch_0002' failed \(.*{why}.*GB free on its "
+                                              r"disk\); the latest checkpoint is still .*epoch_0001. Free some space, "
+                                              r"then --resume\.$"):
         _run(tmp_path / "run", image_folder)
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert ckpts == ["epoch_0001"]  # no half-written folder left beside it
@@ -133,3 +163,88 @@ def test_a_crafted_pickle_in_a_checkpoint_is_never_executed(tmp_path, image_fold
     with pytest.raises(CheckpointError, match="not loaded"):
         _run(tmp_path / "run", image_folder, ["--resume", "--train.epochs", "2"])
     assert not marker.exists()
+
+
+def test_a_checkpoint_write_that_fails_on_one_process_ends_every_process_with_a_sentence(tmp_path, image_folder):
+    """Two processes; the main one's safetensors writes meet a full disk (a file-size limit). It used
+    to raise alone: the other waited at the next barrier until gloo broke it and printed that
+    traceback, or met the folder the main one had removed under its own write."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.test_end_to_end import TINY
+
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK') == '0':\n"
+        "    import resource, signal\n"
+        "    import safetensors.torch as st\n"
+        "    real = st.save_file\n"
+        "    def save_file(*args, **kwargs):\n"
+        "        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "        old = resource.getrlimit(resource.RLIMIT_FSIZE)\n"
+        "        resource.setrlimit(resource.RLIMIT_FSIZE, (1000, old[1]))\n"
+        "        try:\n"
+        "            return real(*args, **kwargs)\n"
+        "        finally:\n"
+        "            resource.setrlimit(resource.RLIMIT_FSIZE, old)\n"
+        "    st.save_file = save_file\n")
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(repo / "launch/cpu_2proc.yaml"),
+           "--main_process_port", "29568", str(repo / "pretrain/mae.py"), *TINY, "--data", str(image_folder),
+           "--out", str(tmp_path / "run"), "--train.epochs", "1", "--train.knn_every", "0"]
+    env = {**os.environ, "PYTHONPATH": f"{inject}{os.pathsep}{repo}", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    out = done.stdout + done.stderr
+    failed = "error: Writing checkpoint 'epoch_0001' failed ("
+    assert done.returncode != 0 and f"{failed}Error while serializing: I/O error: File too large" in out, out[-3000:]
+    assert f"{failed}on another process, whose own error line says why); no checkpoint was written before it." in out
+    assert "[rank0]: Traceback" not in out and "[rank1]: Traceback" not in out  # the launcher's own report aside
+    assert "Report:" not in out and not (tmp_path / "run").exists()  # nothing half-written, no report named
+
+
+def test_a_backbone_the_full_disk_refused_is_one_sentence_and_resume_writes_it_again(tmp_path, image_folder,
+                                                                                   fresh_accelerate, monkeypatch,
+                                                                                   capsys):
+    """The last epoch's checkpoint is written, then the backbone's safetensors meets a full disk: one
+    sentence (it was a SafetensorError traceback), and --resume of the finished run writes the backbone
+    from that checkpoint without training (it used to say "Done" with no backbone.safetensors)."""
+    from safetensors.numpy import load_file
+
+    import sslvit.train.run_outputs as run_outputs
+    from sslvit.files import OutputError
+
+    real = run_outputs.export_backbone
+
+    def full_at_the_end(backbone, cfg, run_dir, state=None):
+        if (run_dir / "checkpoints" / "epoch_0002").is_dir():
+            with _files_limited_to(1000):
+                return real(backbone, cfg, run_dir, state=state)
+        return real(backbone, cfg, run_dir, state=state)
+
+    monkeypatch.setattr(run_outputs, "export_backbone", full_at_the_end)
+    run = tmp_path / "run"
+    with pytest.raises(OutputError, match=rf"^Writing the backbone into '{run}' failed \(.*File too large.*\); the "
+                                          r"checkpoint before it is written: free some space, then --resume writes"):
+        _run(run, image_folder)
+    epoch_1 = load_file(str(run / "backbone.safetensors"))  # the first epoch's export, still whole
+    log = (run / "log.jsonl").read_text()
+    monkeypatch.setattr(run_outputs, "export_backbone", real)
+    fresh_accelerate()
+    capsys.readouterr()
+    _run(run, image_folder, ["--resume"])
+    out = capsys.readouterr().out
+    last = run / "checkpoints" / "epoch_0002"
+    assert f"The run's 2 epochs were trained already; the backbone is written again from {last}." in out
+    added = [json.loads(x) for x in (run / "log.jsonl").read_text()[len(log):].splitlines()]
+    assert len(added) == 1 and "objective" in added[0]  # the session's header; nothing trained, no training time
+    backbone = load_file(str(run / "backbone.safetensors"))
+    checkpoint = load_file(str(run / "checkpoints" / "epoch_0002" / "model.safetensors"))
+    assert backbone.keys() == {k.removeprefix("backbone.") for k in checkpoint if k.startswith("backbone.")}
+    for k, v in backbone.items():
+        np.testing.assert_array_equal(v, checkpoint[f"backbone.{k}"], err_msg=k)
+    assert not np.array_equal(backbone["blocks.0.attn.qkv.weight"], epoch_1["blocks.0.attn.qkv.weight"])

@@ -1,10 +1,11 @@
 """Work that the main process does while the other processes wait for its result (a tokenizer
-fitted, a checkpoint from elsewhere imported), and how a failure there ends every process."""
+fitted, a checkpoint from elsewhere imported), writes that any process may fail (a checkpoint,
+the exported backbone), and how a failure there ends every process."""
 from __future__ import annotations
 
 from typing import Callable, Optional, TypeVar
 
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import broadcast_object_list, gather_object
 
 from sslvit.runtime.devices import process_state
 from sslvit.runtime.errors import MainProcessFailed
@@ -31,3 +32,19 @@ def main_process_does(work: Callable[[], T], what: str) -> Optional[T]:
     if failed_on_main:
         raise MainProcessFailed(f"The main process could not make {what} (its error is above).")
     return result
+
+
+def raised_together(write: Optional[Callable[[], None]], errors: tuple,
+                    failure: Callable[[Optional[BaseException]], Exception]) -> None:
+    """``write()`` on this process (None: it has nothing to write), then every process learns whether
+    any write raised one of ``errors``; if one did, every process raises ``failure(its own error, or
+    None where another process's failed)``. The exchange is a barrier too: every write has ended.
+    A process that raised alone left the others at their next barrier until gloo broke it."""
+    failed = None
+    try:
+        if write is not None:
+            write()
+    except errors as e:
+        failed = e
+    if any(gather_object([failed is not None])):  # [flag] as it is with one process
+        raise failure(failed) from None

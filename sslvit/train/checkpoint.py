@@ -14,13 +14,14 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from accelerate.utils import load as accelerate_load
 from safetensors import safe_open
 
-from sslvit.files import honour_umask
+from sslvit.files import WRITE_ERRORS, honour_umask
 from sslvit.runtime.errors import CheckpointError
+from sslvit.runtime.main_first import raised_together
 
 CKPT_DIR = "checkpoints"
 
@@ -86,21 +87,21 @@ def save_checkpoint(accelerator, run_dir: Path, epoch: int, step: int, keep: int
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    try:
+
+    def state() -> None:
         with _without_shared_tensor_notice():
             accelerator.save_state(str(tmp), safe_serialization=True)
         if os.environ.get("SSLVIT_TEST_CHECKPOINT_PAUSE"):  # lets the kill -9 test land inside a write
             time.sleep(float(os.environ["SSLVIT_TEST_CHECKPOINT_PAUSE"]))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            honour_umask(tmp)  # safetensors writes model.safetensors 0600: colleagues could not read it
-            meta = {"epoch": epoch, "step": step, "precision": accelerator.mixed_precision}
-            (tmp / "meta.json").write_text(json.dumps({**meta, **({"progress": progress} if progress else {})}))
-            _fsync_dir(tmp)
-    except OSError as e:  # disk full, quota, a vanished mount: the previous checkpoint stays the latest
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"Writing checkpoint '{final.name}' failed ({e.strerror or e}); the latest checkpoint is "
-                              f"still {latest_checkpoint(run_dir) or 'none'}. Free some space, then --resume.") from None
+
+    def completed() -> None:  # after every process's part of the state is written
+        honour_umask(tmp)  # safetensors writes model.safetensors 0600: colleagues could not read it
+        meta = {"epoch": epoch, "step": step, "precision": accelerator.mixed_precision}
+        (tmp / "meta.json").write_text(json.dumps({**meta, **({"progress": progress} if progress else {})}))
+        _fsync_dir(tmp)
+
+    _written_together(accelerator, state, run_dir, tmp)
+    _written_together(accelerator, completed if accelerator.is_main_process else None, run_dir, tmp)
     if accelerator.is_main_process:
         if final.exists():
             shutil.rmtree(final)
@@ -110,6 +111,27 @@ def save_checkpoint(accelerator, run_dir: Path, epoch: int, step: int, keep: int
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+CHECKPOINT_WRITE_ERRORS = (*WRITE_ERRORS, RuntimeError)  # torch.save's on a full disk: "unexpected pos"
+
+
+def _written_together(accelerator, write: Optional[Callable[[], None]], run_dir: Path, tmp: Path) -> None:
+    """``write()`` of a part of checkpoint ``tmp`` on this process (None: no part here); if any
+    process's part failed, the folder goes and every process raises CheckpointError. A process that
+    raised alone also removed the folder under the others' writes still under way."""
+    def failure(failed: Optional[BaseException]) -> CheckpointError:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        free = f"{shutil.disk_usage(run_dir).free / 1e9:.2f} GB free on its disk"
+        why = (f"{getattr(failed, 'strerror', None) or failed}; {free}" if failed is not None
+               else "on another process, whose own error line says why")
+        latest = latest_checkpoint(run_dir)
+        then = (f"the latest checkpoint is still {latest}. Free some space, then --resume" if latest else
+                "no checkpoint was written before it. Free some space, then start the run again")
+        return CheckpointError(f"Writing checkpoint '{tmp.name.removeprefix('.tmp_')}' failed ({why}); {then}.")
+
+    raised_together(write, CHECKPOINT_WRITE_ERRORS, failure)
 
 
 def verify_loadable(ckpt: Path) -> None:

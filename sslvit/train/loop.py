@@ -246,6 +246,11 @@ class Trainer:
         self.start_epoch = session_start(self.p, len(self.loader))
         self.last_epoch, self.run_t0 = last_epoch, time.perf_counter()
         try:
+            finished = self.p.epoch > last_epoch
+            if finished:  # --resume of a finished run: its backbone, written again
+                acc.print(f"The run's {tc.epochs} epoch{'s' * (tc.epochs != 1)} were trained already; the backbone "
+                          f"is written again from {self.resume_from}.")
+                export(acc, self.model, self.raw, self.cfg, self.run_dir)
             while self.p.epoch <= last_epoch:
                 signum = stop.agreed(acc)
                 if signum is None:
@@ -258,15 +263,27 @@ class Trainer:
                 self.p = Progress(epoch=self.p.epoch + 1, step=self.p.step, applied=self.p.applied,
                                   bad_streak=self.p.bad_streak, counts_checked=self.p.counts_checked)
             elapsed = time.perf_counter() - self.run_t0
-            self.log({"step": self.p.step, "training_time_s": elapsed})
-            acc.print(f"Training time {timedelta(seconds=round(elapsed))}")
+            if not finished:
+                self.log({"step": self.p.step, "training_time_s": elapsed})
+                acc.print(f"Training time {timedelta(seconds=round(elapsed))}")
+        except BaseException as e:
+            failed = e
+            raise
+        else:
+            failed = None
         finally:
-            if self.log_file is not None:
-                self.log_file.close()
-            for tracker in acc.trackers:  # end_training without its destroy_process_group: a run's start
-                tracker.finish()  # is followed by the run in the same processes; main() ends the group
-            write_report(acc, self.run_dir)
+            self._close(failed)
         return self.run_dir
+
+    def _close(self, failed: Optional[BaseException]) -> None:
+        if self.log_file is not None:
+            self.log_file.close()
+        for tracker in self.accelerator.trackers:  # end_training without its destroy_process_group: a run's
+            tracker.finish()  # start is followed by the run in the same processes; main() ends the group
+        # a run that fails before its first checkpoint is removed (entry.removed_if_it_fails), a
+        # diverged one kept: a report of the removed one would be named, then gone
+        if failed is None or isinstance(failed, TrainingDiverged) or latest_checkpoint(self.run_dir):
+            write_report(self.accelerator, self.run_dir)
 
     def _epoch_batches(self):
         """This epoch's batches, past the ones a mid-epoch checkpoint already trained."""

@@ -8,6 +8,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 from accelerate.utils import DistributedType, gather_object
@@ -15,11 +16,13 @@ from accelerate.utils import DistributedType, gather_object
 from sslvit.data.stream_loader import StreamLoader, wrong_counts
 from sslvit.eval.features import extract_features
 from sslvit.eval.knn import knn_classify
+from sslvit.files import WRITE_ERRORS, OutputError
 from sslvit.models.export import export_backbone
 from sslvit.pictures import save_columns
 from sslvit.report import build_report
 from sslvit.report.curves import save_curves
 from sslvit.report.runlog import read_log, run_caption
+from sslvit.runtime.main_first import raised_together
 
 
 def sharded(accelerator) -> bool:
@@ -62,10 +65,18 @@ def export(accelerator, model, raw, cfg, run_dir: Path) -> None:
         full = accelerator.get_state_dict(model)
         prefix = next(name for name, m in raw.named_modules() if m is backbone) + "."
         state = {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
-    if accelerator.is_main_process:
+
+    def write() -> None:
         if os.environ.get("SSLVIT_TEST_EXPORT_PAUSE"):  # lets a test widen the window other processes must wait out
             time.sleep(float(os.environ["SSLVIT_TEST_EXPORT_PAUSE"]))
         export_backbone(backbone, cfg.model, run_dir, state=state)
+
+    def failure(failed: Optional[BaseException]) -> OutputError:
+        why = getattr(failed, "strerror", None) or failed or "on the main process, whose own error line says why"
+        return OutputError(f"Writing the backbone into '{run_dir}' failed ({why}); the checkpoint before it is "
+                           "written: free some space, then --resume writes the backbone again.")
+
+    raised_together(write if accelerator.is_main_process else None, WRITE_ERRORS, failure)
 
 
 def check_shard_counts(accelerator, loader: StreamLoader, train_set, log, epoch: int) -> bool:
