@@ -133,3 +133,54 @@ def test_a_weights_file_the_main_process_cannot_import_stops_both_with_their_sen
     assert done.returncode != 0 and f"error: --weights {junk}: '{junk}' matches none of the layouts" in out, out[-3000:]
     assert f"error: The main process could not make the backbone of --weights {junk}" in out
     assert "[rank1]: Traceback" not in out
+
+
+FULL_DISK = """import os
+if os.environ.get("RANK", "0") == "0":  # the main process's files stop at 300 bytes, as on a full disk
+    import resource, signal
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (300, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+"""
+
+
+@pytest.mark.parametrize("script, processes, port, args", [
+    ("knn.py", 2, 29569, ["--baselines", "false", "--ks", "[5]"]),
+    ("linear.py", 1, 0, ["--baselines", "false", "--epochs", "2"]),
+    ("finetune.py", 1, 0, ["--epochs", "1"]),
+])
+def test_a_probe_whose_results_the_disk_refuses_ends_with_a_sentence_and_no_partial_file(
+        script, processes, port, args, run_dir, tmp_path):
+    """The features cache, the picture, the results and the fine-tuned weights meet a full disk (a
+    file-size limit on the main process): the cache is a warning, the rest one sentence on every
+    process. The cache's SafetensorError and the results' OSError were tracebacks on the main process,
+    and the other waited at a barrier until gloo broke it."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("features", "knn*", "linear*", "finetune_*"))
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": str(run_dir.parent / "folder")}))
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(FULL_DISK)
+    env = {**os.environ, "PYTHONPATH": f"{inject}{os.pathsep}{REPO}", "OMP_NUM_THREADS": "1"}
+    probe = [str(REPO / "probes" / script), "--ckpt", str(run), *args]
+    cmd = [sys.executable, *probe] if processes == 1 else \
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch/cpu_2proc.yaml"),
+         "--main_process_port", str(port), *probe]
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = done.stdout + done.stderr
+    folder = run / "finetune_full" if script == "finetune.py" else run
+    fix = "free some space there, or copy the run to a disk you can write to and pass --ckpt with the copy."
+    lines = [x for x in out.splitlines() if x.startswith("error: ")]
+    main = [x for x in lines if "File too large" in x]
+    assert done.returncode != 0 and len(main) == 1, out
+    assert main[0].startswith(f"error: Cannot write the probe's results into '{folder}' (") and main[0].endswith(fix)
+    if script != "finetune.py":
+        assert f"warning: the features could not be cached in '{run / 'features'}'" in out
+    if processes == 2:
+        other = f"error: Cannot write the probe's results into '{folder}' (on the main process, whose own error " \
+                f"line says why); {fix}"
+        assert sorted(lines) == sorted([*main, other])
+        assert "[rank1]: Traceback" not in out
+    assert "Traceback" not in out if processes == 1 else "[rank0]: Traceback" not in out
+    written = {p.name for p in folder.iterdir()}
+    assert not written & {"knn.json", "linear.json", "finetune.json", "model.safetensors"}
+    assert not [p for p in run.rglob("*") if p.name.startswith(".tmp_")]  # no partial file under any name

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -15,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from sslvit.data.shard_reader import is_shard_spec
-from sslvit.files import save_safetensors_atomic
+from sslvit.files import WRITE_ERRORS, save_safetensors_atomic
 
 CACHE_DIR = "features"
 
@@ -70,7 +71,11 @@ def cached_features(weights: Path, compute: Callable[[], tuple[torch.Tensor, tor
     feats, labels = compute()
     if not write:
         return feats, labels, False
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {k: str(v) for k, v in desc.items()}
-    save_safetensors_atomic({"features": feats.contiguous(), "labels": labels.contiguous()}, path, metadata=meta)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_safetensors_atomic({"features": feats.contiguous(), "labels": labels.contiguous()}, path, metadata=meta)
+    except WRITE_ERRORS as e:  # a cache only saves time: the probe goes on with the features it holds
+        print(f"warning: the features could not be cached in '{path.parent}' "
+              f"({getattr(e, 'strerror', None) or e}); the probe goes on without the cache.", file=sys.stderr)
     return feats, labels, False

@@ -1,12 +1,17 @@
 """Features of a frozen backbone, extracted once, by one process or split over many."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Callable, Optional
+
 import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from sslvit.data.dataset import iterate
 from sslvit.data.shard_reader import ShardDataset
+from sslvit.files import WRITE_ERRORS, OutputError
+from sslvit.runtime.main_first import raised_together
 
 
 @torch.no_grad()
@@ -68,10 +73,17 @@ def _gather_shares(accelerator, shares: list[torch.Tensor], interleaved: bool) -
     return whole
 
 
-def finish_probe(accelerator, report):
-    """End a probe on every process together (the others wait while the main one scores)
-    -> ``report`` (None on the other processes)."""
-    accelerator.wait_for_everyone()
+def finish_probe(accelerator, report, write: Optional[Callable[[], None]], folder: Path):
+    """End a probe on every process together (the others wait while the main one scores and runs
+    ``write``, which writes its files into ``folder``) -> ``report`` (None on the other processes).
+    A write the disk refuses (full, read-only) ends every process with OutputError: one sentence
+    naming ``folder``, where it was a traceback on the main process and a wait on the others."""
+    def failure(failed: Optional[BaseException]) -> OutputError:
+        why = getattr(failed, "strerror", None) or failed or "on the main process, whose own error line says why"
+        return OutputError(f"Cannot write the probe's results into '{folder}' ({why}); free some space there, or "
+                           "copy the run to a disk you can write to and pass --ckpt with the copy.")
+
+    raised_together(write, WRITE_ERRORS, failure)
     accelerator.end_training()
     return report
 

@@ -28,6 +28,7 @@ from sslvit.data.shape import fitted_batch
 from sslvit.data.shard_reader import ShardDataset
 from sslvit.data.stream_loader import StreamLoader
 from sslvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, hflip_for
+from sslvit.eval.features import finish_probe
 from sslvit.models.backbone_config import check_img_size
 from sslvit.files import existing, save_safetensors_atomic, write_json_atomic
 from sslvit.runtime.devices import build_accelerator
@@ -359,15 +360,15 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
               "effective_batch": effective, "lr": base_lr, "processes": accelerator.num_processes,
               "parameters_sharded": sharded, "history": history}
     state = accelerator.get_state_dict(model)  # collective under FSDP: every process gathers, the main one keeps
-    main = accelerator.is_main_process
-    if main:
-        out = weights.parent / f"finetune_{cfg.mode}"
+    main, out = accelerator.is_main_process, weights.parent / f"finetune_{cfg.mode}"
+
+    def write() -> None:
         out.mkdir(exist_ok=True)
         report["replaced"] = existing([out / "model.safetensors", out / "finetune.json"])
         save_safetensors_atomic(state, out / "model.safetensors")
         write_json_atomic(report, out / "finetune.json")
-    accelerator.end_training()
-    return report if main else None  # the main process prints the report, once
+
+    return finish_probe(accelerator, report if main else None, write if main else None, out)  # printed once
 
 
 def format_report(report: dict) -> str:

@@ -72,7 +72,7 @@ def run_knn_probe(cfg: KNNProbeConfig) -> dict:
         random_feats = (*features_of(random_init, "random init", train_set, "train"),
                         *features_of(random_init, "random init", val_set, "val"))
     if not main:  # the search, the scores and the files are the main process's
-        return finish_probe(accelerator, None)
+        return finish_probe(accelerator, None, None, weights.parent)
     score("pretrained", *feats)
     if cfg.baselines:
         score("random_init", *random_feats)
@@ -81,12 +81,15 @@ def run_knn_probe(cfg: KNNProbeConfig) -> dict:
               "num_train": len(feats[1]), "num_val": len(feats[3]), "results": results, "retrieval": retrieval,
               "replaced": existing([weights.parent / "knn.json"] +
                                    ([weights.parent / "knn_neighbours.png"] if cfg.picture_queries > 0 else []))}
-    if cfg.picture_queries > 0:
-        picture = _neighbours_picture(feats, train_set, val_set, cfg, weights.parent / "knn_neighbours.png",
-                                      _picture_caption(weights, results["pretrained"]))
-        report["picture"] = str(picture)
-    write_json_atomic(report, weights.parent / "knn.json")
-    return finish_probe(accelerator, report)
+
+    def write() -> None:
+        if cfg.picture_queries > 0:
+            picture = _neighbours_picture(feats, train_set, val_set, cfg, weights.parent / "knn_neighbours.png",
+                                          _picture_caption(weights, results["pretrained"]))
+            report["picture"] = str(picture)
+        write_json_atomic(report, weights.parent / "knn.json")
+
+    return finish_probe(accelerator, report, write, weights.parent)
 
 
 def _neighbours_picture(feats, train_set, val_set, cfg: KNNProbeConfig, path, caption: str):

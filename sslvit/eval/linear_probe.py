@@ -114,7 +114,7 @@ def run_linear_probe(cfg: LinearProbeConfig) -> dict:
         baselines = {"random_init": _split_features(cfg, build_backbone(bcfg), sets, data, size, accelerator),
                      "raw_pixels": _split_features(cfg, None, sets, data, size, accelerator)}
     if not main:  # the heads, the scores and the files are the main process's
-        return finish_probe(accelerator, None)
+        return finish_probe(accelerator, None, None, weights.parent)
     parts = len(backbone.blocks) if cfg.recipe == "blocks" else 1  # BEiT's protocol: a grid per block
     rows, best, n_hold = _fit_grid(cfg, *feats, accelerator.device, parts)
     passes, _, val_x, val_y = feats
@@ -130,8 +130,7 @@ def run_linear_probe(cfg: LinearProbeConfig) -> dict:
             report["baselines"][name] = b_rows[b_best]
     out = weights.parent / ("linear_pixels.json" if cfg.recipe == "pixels" else "linear.json")  # not the backbone's
     report["replaced"] = existing([out])
-    write_json_atomic(report, out)
-    return finish_probe(accelerator, report)
+    return finish_probe(accelerator, report, lambda: write_json_atomic(report, out), out.parent)
 
 
 def _split_features(cfg: LinearProbeConfig, model, sets, data: str, size: int, accelerator, cached=None):
