@@ -248,3 +248,48 @@ def test_a_backbone_the_full_disk_refused_is_one_sentence_and_resume_writes_it_a
     for k, v in backbone.items():
         np.testing.assert_array_equal(v, checkpoint[f"backbone.{k}"], err_msg=k)
     assert not np.array_equal(backbone["blocks.0.attn.qkv.weight"], epoch_1["blocks.0.attn.qkv.weight"])
+
+
+def test_a_log_and_pictures_the_disk_refuses_are_warnings_and_the_run_goes_on(tmp_path, image_folder,
+                                                                             fresh_accelerate, monkeypatch, capsys):
+    """On the main process alone, a log record or a picture that the disk refused raised, and the other
+    processes waited at the next barrier; they only show the run, and a checkpoint that cannot be
+    written is the sentence that stops it."""
+    import builtins
+    import errno
+    import os
+
+    import sslvit.train.loop as loop
+    import sslvit.train.run_outputs as run_outputs
+
+    real_columns = run_outputs.save_columns
+
+    def limited(*args, **kwargs):  # the picture's real writer meets a file-size limit
+        with _files_limited_to(1000):
+            return real_columns(*args, **kwargs)
+
+    class Filling:  # log.jsonl's disk fills after its third record
+        def __init__(self, file):
+            self.file, self.records = file, 0
+
+        def write(self, text):
+            self.records += 1
+            if self.records > 3:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.file.write(text)
+
+        def flush(self):
+            self.file.flush()
+
+        def close(self):
+            self.file.close()
+
+    monkeypatch.setattr(run_outputs, "save_columns", limited)
+    monkeypatch.setattr(loop, "open", lambda path, mode="r": Filling(builtins.open(path, mode)), raising=False)
+    run = _run(tmp_path / "run", image_folder)
+    err = capsys.readouterr().err
+    assert err.count(f"warning: '{run / 'log.jsonl'}' could not be written (No space left on device); the run goes "
+                     "on, and a checkpoint that cannot be written stops it.") == 1
+    assert err.count(f"warning: the pictures could not be written into '{run}' (File too large); the run goes on.") == 2
+    assert len((run / "log.jsonl").read_text().splitlines()) == 3 and not list(run.glob("pictures_epoch*.png"))
+    assert latest_checkpoint(run).name == "epoch_0002" and (run / "backbone.safetensors").is_file()

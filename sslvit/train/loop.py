@@ -7,10 +7,12 @@ SIGTERM or SIGINT stops the run: see ``stop_signals``) and export.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import signal
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -179,7 +181,7 @@ class Trainer:
             save_yaml(cfg, self.run_dir / "config.yaml")
         set_seed(self.tc.seed)
         self._prepare(objective)
-        self.log_file = None
+        self.log_file, self.log_failed = None, False
 
     def _prepare(self, objective) -> None:
         tc, acc = self.tc, self.accelerator
@@ -219,8 +221,14 @@ class Trainer:
 
     def log(self, record: dict) -> None:
         if self.main:
-            self.log_file.write(json.dumps(record) + "\n")
-            self.log_file.flush()
+            try:
+                self.log_file.write(json.dumps(record) + "\n")
+                self.log_file.flush()
+            except OSError as e:  # the main process alone: raising here left the others at the next barrier
+                if not self.log_failed:
+                    print(f"warning: '{self.run_dir / 'log.jsonl'}' could not be written ({e.strerror or e}); the run "
+                          "goes on, and a checkpoint that cannot be written stops it.", file=sys.stderr)
+                self.log_failed = True
         self.accelerator.log(tracked_scalars(record), step=self.p.step)
 
     def run(self, stop: Optional[StopRequest] = None) -> Path:
@@ -277,7 +285,8 @@ class Trainer:
 
     def _close(self, failed: Optional[BaseException]) -> None:
         if self.log_file is not None:
-            self.log_file.close()
+            with contextlib.suppress(OSError):  # every record is flushed: only one log() warned of is left
+                self.log_file.close()
         for tracker in self.accelerator.trackers:  # end_training without its destroy_process_group: a run's
             tracker.finish()  # start is followed by the run in the same processes; main() ends the group
         # a run that fails before its first checkpoint is removed (entry.removed_if_it_fails), a

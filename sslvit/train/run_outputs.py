@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -152,14 +153,18 @@ def save_pictures(accelerator, raw, imgs: torch.Tensor, path: Path) -> None:
     raw.train(was_training)
     if not accelerator.is_main_process:  # under FSDP every process draws them (see ``gathered``); one writes
         return
-    save_curves(path.parent)
-    if columns is None:  # the objective draws no pictures
-        return
-    normalized = None
-    if isinstance(columns, tuple):
-        columns, normalized = columns
-    caption = run_caption(path.parent, read_log(path.parent), f"{type(raw).__name__} pictures")
-    save_columns(columns, path, normalized, caption=caption)
+    try:
+        save_curves(path.parent)
+        if columns is None:  # the objective draws no pictures
+            return
+        normalized = None
+        if isinstance(columns, tuple):
+            columns, normalized = columns
+        caption = run_caption(path.parent, read_log(path.parent), f"{type(raw).__name__} pictures")
+        save_columns(columns, path, normalized, caption=caption)
+    except WRITE_ERRORS as e:  # pictures only show the run: a full disk is the next checkpoint's to stop it
+        print(f"warning: the pictures could not be written into '{path.parent}' ({getattr(e, 'strerror', None) or e});"
+              " the run goes on.", file=sys.stderr)
 
 
 def write_report(accelerator, run_dir: Path) -> None:
