@@ -250,11 +250,13 @@ def test_a_backbone_the_full_disk_refused_is_one_sentence_and_resume_writes_it_a
     assert not np.array_equal(backbone["blocks.0.attn.qkv.weight"], epoch_1["blocks.0.attn.qkv.weight"])
 
 
-def test_a_log_and_pictures_the_disk_refuses_are_warnings_and_the_run_goes_on(tmp_path, image_folder,
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # the writer thread's report
+@pytest.mark.parametrize("events", [3, 12])  # TensorBoard's disk fills at its hparams, or in the run
+def test_logs_and_pictures_the_disk_refuses_are_warnings_and_the_run_goes_on(events, tmp_path, image_folder,
                                                                              fresh_accelerate, monkeypatch, capsys):
-    """On the main process alone, a log record or a picture that the disk refused raised, and the other
-    processes waited at the next barrier; they only show the run, and a checkpoint that cannot be
-    written is the sentence that stops it."""
+    """On the main process alone, a log record, a TensorBoard event or a picture that the disk refused
+    raised, and the other processes waited at the next barrier; they only show the run, and a
+    checkpoint that cannot be written is the sentence that stops it."""
     import builtins
     import errno
     import os
@@ -284,12 +286,26 @@ def test_a_log_and_pictures_the_disk_refuses_are_warnings_and_the_run_goes_on(tm
         def close(self):
             self.file.close()
 
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    real_record = RecordWriter.write
+    records = []
+
+    def filling_events(self, data):  # TensorBoard's writer thread meets the full disk after ``events``
+        records.append(data)
+        if len(records) > events:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_record(self, data)
+
     monkeypatch.setattr(run_outputs, "save_columns", limited)
     monkeypatch.setattr(loop, "open", lambda path, mode="r": Filling(builtins.open(path, mode)), raising=False)
+    monkeypatch.setattr(RecordWriter, "write", filling_events)
     run = _run(tmp_path / "run", image_folder)
     err = capsys.readouterr().err
-    assert err.count(f"warning: '{run / 'log.jsonl'}' could not be written (No space left on device); the run goes "
-                     "on, and a checkpoint that cannot be written stops it.") == 1
+    for name in ("log.jsonl", "tensorboard"):
+        assert err.count(f"warning: '{run / name}' could not be written (No space left on device); the run goes "
+                         "on, and a checkpoint that cannot be written stops it.") == 1, err
+    assert "Traceback" not in err and "Exception in thread" not in err  # the writer thread's own report kept quiet
     assert err.count(f"warning: the pictures could not be written into '{run}' (File too large); the run goes on.") == 2
     assert len((run / "log.jsonl").read_text().splitlines()) == 3 and not list(run.glob("pictures_epoch*.png"))
     assert latest_checkpoint(run).name == "epoch_0002" and (run / "backbone.safetensors").is_file()

@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, gather_object, set_seed
@@ -41,7 +41,7 @@ from sslvit.train.run_outputs import (check_shard_counts, export, gathered, mach
 from sslvit.runtime.errors import CheckpointError, TrainingDiverged
 from sslvit.runtime.schedules import cosine_schedule, scaled_lr
 from sslvit.train.stop_signals import RunStopped, StopRequest
-from sslvit.train.tracking import tracked_scalars, write_hparams
+from sslvit.train.tracking import quiet_writer_thread, tracked_scalars, write_hparams
 from sslvit.train.train_config import TrainConfig
 
 __all__ = ["TrainConfig", "TrainingDiverged", "RunStopped", "pretrain"]
@@ -181,7 +181,7 @@ class Trainer:
             save_yaml(cfg, self.run_dir / "config.yaml")
         set_seed(self.tc.seed)
         self._prepare(objective)
-        self.log_file, self.log_failed = None, False
+        self.log_file, self.log_failures = None, set()
 
     def _prepare(self, objective) -> None:
         tc, acc = self.tc, self.accelerator
@@ -225,19 +225,31 @@ class Trainer:
                 self.log_file.write(json.dumps(record) + "\n")
                 self.log_file.flush()
             except OSError as e:  # the main process alone: raising here left the others at the next barrier
-                if not self.log_failed:
-                    print(f"warning: '{self.run_dir / 'log.jsonl'}' could not be written ({e.strerror or e}); the run "
-                          "goes on, and a checkpoint that cannot be written stops it.", file=sys.stderr)
-                self.log_failed = True
-        self.accelerator.log(tracked_scalars(record), step=self.p.step)
+                self._log_failed("log.jsonl", e)
+        self._tracked(lambda: self.accelerator.log(tracked_scalars(record), step=self.p.step))
+
+    def _tracked(self, write: Callable[[], None]) -> None:
+        """A TensorBoard write, until one fails (its writer then raises that error on every write)."""
+        if "tensorboard" not in self.log_failures:
+            try:
+                write()
+            except OSError as e:
+                self._log_failed("tensorboard", e)
+
+    def _log_failed(self, name: str, e: OSError) -> None:
+        if name not in self.log_failures:
+            print(f"warning: '{self.run_dir / name}' could not be written ({e.strerror or e}); the run goes on, and a "
+                  "checkpoint that cannot be written stops it.", file=sys.stderr)
+        self.log_failures.add(name)
 
     def run(self, stop: Optional[StopRequest] = None) -> Path:
         stop = stop or StopRequest()
         self.p = self._resume()
         acc, tc = self.accelerator, self.tc
         acc.init_trackers("tensorboard")  # one entry per run: hparams below, not in a folder of their own
+        quiet_writer_thread()
         if self.resume_from is None:  # a resumed run's entry has them already
-            write_hparams(acc, _flat(to_dict(self.cfg)))
+            self._tracked(lambda: write_hparams(acc, _flat(to_dict(self.cfg))))
         self.log_file = open(self.run_dir / "log.jsonl", "a") if self.main else None
         if self.main:
             acc.print(f"Run directory: {self.run_dir}  |  {acc.num_processes} process(es)"
@@ -288,7 +300,8 @@ class Trainer:
             with contextlib.suppress(OSError):  # every record is flushed: only one log() warned of is left
                 self.log_file.close()
         for tracker in self.accelerator.trackers:  # end_training without its destroy_process_group: a run's
-            tracker.finish()  # start is followed by the run in the same processes; main() ends the group
+            with contextlib.suppress(OSError):  # start is followed by the run in the same processes; main()
+                tracker.finish()  # ends the group. An OSError here is the full disk log() warned of
         # a run that fails before its first checkpoint is removed (entry.removed_if_it_fails), a
         # diverged one kept: a report of the removed one would be named, then gone
         if failed is None or isinstance(failed, TrainingDiverged) or latest_checkpoint(self.run_dir):

@@ -7,6 +7,8 @@ hparams summaries go into the run's own event file instead (``config.yaml`` hold
 The log records carry ``step`` and ``epoch``: those are the x-axis, not curves."""
 from __future__ import annotations
 
+import threading
+
 AXES = ("step", "epoch")
 
 
@@ -29,3 +31,19 @@ def write_hparams(accelerator, hparams: dict) -> None:
     for summary in hparams_summaries(hparams, {}):  # experiment, session start, session end
         writer.file_writer.add_summary(summary)
     writer.flush()
+
+
+def quiet_writer_thread() -> None:
+    """TensorBoard writes its events in a thread that, on a full disk, prints its traceback and stops;
+    the writer then raises that error on the next event, which the loop warns of once. Only that
+    thread's OSError is kept quiet; every other thread's error reaches the previous hook."""
+    previous = threading.excepthook
+    if getattr(previous, "sslvit_quiet", False):
+        return
+
+    def hook(args) -> None:
+        if not (type(args.thread).__name__ == "_AsyncWriterThread" and issubclass(args.exc_type, OSError)):
+            previous(args)
+
+    hook.sslvit_quiet = True
+    threading.excepthook = hook
