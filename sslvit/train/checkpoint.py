@@ -124,8 +124,9 @@ def _written_together(accelerator, write: Optional[Callable[[], None]], run_dir:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         free = f"{shutil.disk_usage(run_dir).free / 1e9:.2f} GB free on its disk"
-        why = (f"{getattr(failed, 'strerror', None) or failed}; {free}" if failed is not None
-               else "on another process, whose own error line says why")
+        said = "torch.save could not write its file" if isinstance(failed, RuntimeError) else (  # "unexpected pos"
+            getattr(failed, "strerror", None) or failed)
+        why = f"{said}; {free}" if failed is not None else "on another process, whose own error line says why"
         latest = latest_checkpoint(run_dir)
         then = (f"the latest checkpoint is still {latest}. Free some space, then --resume" if latest else
                 "no checkpoint was written before it. Free some space, then start the run again")
