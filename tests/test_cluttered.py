@@ -28,6 +28,17 @@ def test_split_sizes_labels_and_cache(tmp_path):
     assert small[0].size == (16, 16)
 
 
+def test_a_cache_folder_that_cannot_be_written_is_a_warning_and_the_set_is_built_in_memory(tmp_path, monkeypatch):
+    """A read-only or full home used to stop every run on the set with the cache's OSError."""
+    (tmp_path / "a_file").write_text("x")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a_file"))  # a file where the cache's folder would be
+    with pytest.warns(UserWarning, match=rf"^the cluttered set could not be cached in '{tmp_path / 'a_file'}/sslvit' "
+                                         r"\(.*\); it is built again at each run \(set XDG_CACHE_HOME"):
+        imgs, labels = cluttered_split("val", 32)
+    built, built_labels = build("val", 0, 1.0)
+    assert labels == built_labels.tolist() and np.array_equal(np.asarray(imgs[7]), built[7])
+
+
 def test_variants_differ_and_the_generator_is_seeded():
     a, la = build("val", 0, 1.0)
     b, lb = build("val", 0, 1.0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -135,10 +136,14 @@ def cluttered_split(split: str, img_size: int, seed: int = 0, strength: float = 
             images, labels = f["images"], f["labels"]
     except (OSError, KeyError, ValueError):  # not built yet, or a damaged cache: build again
         images, labels = build(split, seed, strength)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(file) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, images=images, labels=labels)
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(file) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, images=images, labels=labels)
+        except OSError as e:  # a cache only saves seconds: a read-only or full home still runs
+            warnings.warn(f"the {NAME} set could not be cached in '{file.parent}' ({e.strerror or e}); it is built "
+                          "again at each run (set XDG_CACHE_HOME to a folder you can write to).", stacklevel=2)
     pil = [Image.fromarray(a) for a in images]
     if img_size != CANVAS:
         pil = [p.resize((img_size, img_size), Image.BICUBIC) for p in pil]
