@@ -572,3 +572,37 @@ def test_max_side_stores_large_images_upright_at_that_short_side_and_small_ones_
     with pytest.raises(SystemExit):  # the same folder at another size is another write
         shards_main([str(src), str(tmp_path / "out"), "--val_fraction", "0", "--max-side", "64"])
     assert "of a different write" in capsys.readouterr().err
+
+
+def test_a_full_disk_or_an_unreadable_image_is_one_sentence_and_leaves_no_partial_shard(split_folder, tmp_path,
+                                                                                         capsys, monkeypatch):
+    """Both were tracebacks, and the full disk left its half shard under a temporary name for good."""
+    import errno
+    import os
+
+    import sslvit.data.shards as shards
+    from tests.test_faults import _files_limited_to
+
+    out = tmp_path / "shards"
+    argv = [str(split_folder / "train"), str(out), "--val_fraction", "0", "--max-count", "10", "--workers", "1"]
+    with _files_limited_to(4000), pytest.raises(SystemExit) as e:  # a shard of 10 samples is about 20 KB
+        shards.main(argv)
+    assert e.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == (
+        f"error: Cannot write shard '{out / 'train-000000.tar'}' (File too large); free some space, then run the same "
+        "command again: it keeps the shards already written.")
+    assert not [p.name for p in out.iterdir() if p.name.endswith((".tar", ".tmp"))]
+    shards.main(argv)  # the same command, the disk freed: the whole write
+    assert len(list(out.glob("train-*.tar"))) == 5 and not list(out.glob(".*.tmp"))
+    real = shards.stored_image
+    unreadable = sorted((split_folder / "train").rglob("*.png"))[3]
+
+    def stored(path, max_side):
+        if Path(path) == unreadable:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real(path, max_side)
+
+    monkeypatch.setattr(shards, "stored_image", stored)
+    with pytest.raises(SystemExit) as e:
+        shards.main([*argv[:1], str(tmp_path / "other"), *argv[2:]])
+    assert e.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == (
+        f"error: Cannot read '{unreadable}' (Permission denied); make it readable or move it out of the folder.")

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from sslvit.data.decode import draft, to_rgb
 from sslvit.data.folder import VAL_FRACTION, DataError, held_out_split, scan_folder
+from sslvit.files import OutputError
 
 INDEX_FORMAT = "sslvit-shards/1"
 TAR_OVERHEAD = 1024  # bytes per member beside its data: a 512-byte header plus padding, at most
@@ -106,18 +107,29 @@ def stored_image(path: str, max_side: Optional[int]) -> tuple[str, bytes]:
 
 
 def write_shard(plan: ShardPlan, out: str, max_side: Optional[int] = None) -> dict:
-    """Write one shard (temporary name, then rename); -> its index entry."""
+    """Write one shard (temporary name, then rename; a write that fails leaves neither); -> its
+    index entry. A source file that cannot be read is a DataError, a shard that cannot be written
+    (a full disk) an OutputError: one sentence each, where they were a traceback."""
     final = Path(out) / plan.name
     tmp = final.with_name(f".{plan.name}.{os.getpid()}.tmp")
-    # mtime fixed: the same plan gives the same bytes
-    with wds.TarWriter(str(tmp), encoder=False, mtime=0.0) as sink:
-        for j, (path, label) in enumerate(zip(plan.files, plan.labels)):
-            ext, data = stored_image(path, max_side)
-            sample = {"__key__": f"{plan.first_key + j:09d}", ext: data}
-            if label >= 0:
-                sample["cls"] = str(label).encode()
-            sink.write(sample)
-    os.replace(tmp, final)
+    try:
+        with wds.TarWriter(str(tmp), encoder=False, mtime=0.0) as sink:  # mtime fixed: a plan gives the same bytes
+            for j, (path, label) in enumerate(zip(plan.files, plan.labels)):
+                try:
+                    ext, data = stored_image(path, max_side)
+                except OSError as e:
+                    raise DataError(f"Cannot read '{path}' ({e.strerror or e}); make it readable or move it out "
+                                    "of the folder.") from None
+                sample = {"__key__": f"{plan.first_key + j:09d}", ext: data}
+                if label >= 0:
+                    sample["cls"] = str(label).encode()
+                sink.write(sample)
+        os.replace(tmp, final)
+    except OSError as e:
+        raise OutputError(f"Cannot write shard '{final}' ({e.strerror or e}); free some space, then run the same "
+                          "command again: it keeps the shards already written.") from None
+    finally:
+        tmp.unlink(missing_ok=True)
     return _entry(final, len(plan.files))
 
 
@@ -160,17 +172,17 @@ def write_split(found: tuple[list[Path], list[int], list[str]], out: Path, split
     entries = {name: _entry(out / name, next(len(p.files) for p in plans if p.name == name)) for name in done}
     t0 = time.perf_counter()
     bar = tqdm(total=len(plans), initial=len(done), desc=f"{split} shards", disable=not progress)
-    if workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            for entry in pool.map(write_shard, todo, [str(out)] * len(todo), [max_side] * len(todo)):
+    with bar:  # closed before an error's line, not after it
+        if workers > 1 and len(todo) > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                for entry in pool.map(write_shard, todo, [str(out)] * len(todo), [max_side] * len(todo)):
+                    entries[entry["name"]] = entry
+                    bar.update()
+        else:
+            for p in todo:
+                entry = write_shard(p, str(out), max_side)
                 entries[entry["name"]] = entry
                 bar.update()
-    else:
-        for p in todo:
-            entry = write_shard(p, str(out), max_side)
-            entries[entry["name"]] = entry
-            bar.update()
-    bar.close()
     seconds = time.perf_counter() - t0
     index = {
         "format": INDEX_FORMAT,
@@ -255,7 +267,7 @@ def main(argv=None) -> None:
         results = write_shards(args.src, args.out, args.split, args.val_fraction, seed=args.seed,
                                max_count=args.max_count, max_bytes=int(args.max_size * 1e9), workers=args.workers,
                                max_side=args.max_side)
-    except DataError as e:
+    except (DataError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     for r in results:
