@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from sslvit.files import WRITE_ERRORS
 from sslvit.report import build_report
 
 
@@ -18,6 +19,10 @@ def main(argv: list[str]) -> None:
         path = build_report(argv[0])
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except WRITE_ERRORS as e:
+        print(f"error: Cannot write the report into '{argv[0]}' ({getattr(e, 'strerror', None) or e}); free some space "
+              "there, or copy the run to a disk you can write to.", file=sys.stderr)
         raise SystemExit(2) from None
     print(f"-> {path}")
 
