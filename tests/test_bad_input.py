@@ -493,3 +493,39 @@ def test_attention_with_an_out_it_cannot_write_is_one_sentence(tiny_backbone, tm
             run_attention(AttentionConfig(ckpt=str(tiny_backbone), data="digits", num_images=1, out=str(out)))
         assert isinstance(e.value, USER_ERRORS)  # so the command ends with the sentence and exit code 2
     assert (tmp_path / "a_file").read_text() == "x" and not (tiny_backbone / "attention.png").exists()
+
+
+@pytest.mark.parametrize("command", ["probe", "tokenizer", "shards"])
+def test_ctrl_c_in_a_command_that_is_not_a_training_run_is_one_line_and_exit_130(command, tmp_path, image_folder,
+                                                                                  monkeypatch, capsys):
+    """Python's KeyboardInterrupt traceback, from wherever the command was; a training run already
+    stopped with one line and 128 + SIGINT (tests/test_kill_resume.py)."""
+    import dataclasses
+
+    import sslvit.data.shards as shards
+    import sslvit.tokenizers.__main__ as tokenizers
+    from sslvit.eval import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    def run() -> None:
+        if command == "probe":
+            monkeypatch.setattr("sys.argv", ["probe"])
+            cli.main(dataclasses.make_dataclass("NoKeys", []), interrupted, str)
+        elif command == "tokenizer":
+            monkeypatch.setattr(tokenizers, "fit_tokenizer", interrupted)
+            tokenizers.main(["fit", "--data", str(image_folder), "--out", str(tmp_path / "t.safetensors")])
+        else:
+            monkeypatch.setattr(shards, "write_shards", interrupted)
+            shards.main([str(image_folder), str(tmp_path / "shards")])
+
+    with pytest.raises(SystemExit) as e:
+        try:
+            run()
+        except KeyboardInterrupt:  # escaping, it would stop pytest itself rather than fail this test
+            pytest.fail("the KeyboardInterrupt escaped the command")
+    kept = {"probe": "the probe wrote nothing, and earlier results are as they were",
+            "tokenizer": "nothing was written to --out",
+            "shards": "the complete shards are kept, and the same command writes the rest"}[command]
+    assert e.value.code == 130 and capsys.readouterr().err.splitlines()[-1] == f"Stopped by Ctrl-C (SIGINT); {kept}."

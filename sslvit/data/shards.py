@@ -270,6 +270,10 @@ def main(argv=None) -> None:
     except (DataError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("Stopped by Ctrl-C (SIGINT); the complete shards are kept, and the same command writes the rest.",
+              file=sys.stderr)
+        raise SystemExit(130) from None  # 128 + SIGINT, as a stopped training run
     for r in results:
         rate = r["written_samples"] / max(r["seconds"], 1e-9)
         shards, classes = len(r["shards"]), len(r["classes"])

@@ -60,6 +60,11 @@ def main(config_cls, run, fmt, argv=None) -> None:
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # Python's traceback, from wherever the probe was; its files are whole or absent
+        if int(os.environ.get("RANK", "0")) == 0:
+            print("Stopped by Ctrl-C (SIGINT); the probe wrote nothing, and earlier results are as they were.",
+                  file=sys.stderr)
+        raise SystemExit(130) from None  # 128 + SIGINT, as a stopped training run
     if report is not None:  # None on the other processes of a multi-process probe
         print(fmt(report))
         if report.get("replaced"):

@@ -66,6 +66,9 @@ def main(argv: list[str]) -> None:
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("Stopped by Ctrl-C (SIGINT); nothing was written to --out.", file=sys.stderr)
+        raise SystemExit(130) from None  # 128 + SIGINT, as a stopped training run
     print(f"-> {path}")
 
 
