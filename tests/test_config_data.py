@@ -144,6 +144,11 @@ def test_missing_or_empty_folder_is_one_clear_error(tmp_path):
         build_dataset(str(tmp_path / "nope"), "all", 16)
     with pytest.raises(DataError, match="holds no images"):
         build_dataset(str(tmp_path), "all", 16)
+    (tmp_path / "phone" / "2024").mkdir(parents=True)
+    (tmp_path / "phone" / "2024" / "IMG_0001.HEIC").write_bytes(b"ftypheic")  # an iPhone's export
+    with pytest.raises(DataError, match=r"holds HEIC photos \('IMG_0001.HEIC'\), which Pillow cannot read; convert "
+                                        r"them to JPEG first"):
+        build_dataset(str(tmp_path / "phone"), "all", 16)
 
 
 def test_digits_is_real_fixed_split():

@@ -32,6 +32,10 @@ def scan_folder(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
             raise DataError(f"Data folder '{root}' holds tar shards but no index (train.json), and sslvit reads shards "
                             "through their index; write them with `python -m sslvit.data.shards IMAGES OUT`, which "
                             "writes train.json (and val.json) beside them.")
+        heic = next((p for p in root.rglob("*") if p.suffix.lower() in (".heic", ".heif")), None)
+        if heic is not None:  # an iPhone's photos: Pillow reads none of them without a plugin
+            raise DataError(f"Data folder '{root}' holds HEIC photos ('{heic.name}'), which Pillow cannot read; "
+                            "convert them to JPEG first (e.g. `heif-convert`, or `pip install pillow-heif`).")
         raise DataError(f"Data folder '{root}' holds no images ({', '.join(IMG_EXTENSIONS)}); "
                         "point --data at the folder that contains them.")
     rel_parts = [p.relative_to(root).parts for p in paths]
