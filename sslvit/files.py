@@ -89,7 +89,9 @@ def written(path: Path, write: Optional[Callable[[], None]], fix: str) -> None:
             raise NotADirectoryError(errno.ENOTDIR, "a file is where its folder would be") from None
         write()
     except WRITE_ERRORS as e:
-        raise OutputError(f"Cannot write '{path}' ({getattr(e, 'strerror', None) or e}); {fix}.") from None
+        full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or f"(os error {errno.ENOSPC})" in str(e)
+        raise OutputError(f"Cannot write '{path}' ({getattr(e, 'strerror', None) or e}); "
+                          f"{'free some space, or ' * full}{fix}.") from None
 
 
 def _check_writable_folder(folder: Path) -> None:

@@ -529,3 +529,26 @@ def test_ctrl_c_in_a_command_that_is_not_a_training_run_is_one_line_and_exit_130
             "tokenizer": "nothing was written to --out",
             "shards": "the complete shards are kept, and the same command writes the rest"}[command]
     assert e.value.code == 130 and capsys.readouterr().err.splitlines()[-1] == f"Stopped by Ctrl-C (SIGINT); {kept}."
+
+
+@pytest.mark.parametrize("error, said, full", [
+    (OSError(28, "No space left on device"), "No space left on device", True),
+    ("safetensors", "Error while serializing: I/O error: No space left on device (os error 28)", True),
+    (OSError(27, "File too large"), "File too large", False),  # a per-file limit: more space would not help
+    (PermissionError(13, "Permission denied"), "Permission denied", False),
+])
+def test_an_output_the_disk_refuses_names_the_path_why_and_for_a_full_disk_space_first(error, said, full, tmp_path):
+    from safetensors import SafetensorError
+
+    from sslvit.files import OutputError, written
+
+    if error == "safetensors":  # what safetensors raises on a full disk: no OSError, no errno
+        error = SafetensorError(said)
+
+    def write():
+        raise error
+
+    with pytest.raises(OutputError) as e:
+        written(tmp_path / "x.safetensors", write, "pass --out elsewhere")
+    fix = "free some space, or pass --out elsewhere" if full else "pass --out elsewhere"
+    assert str(e.value) == f"Cannot write '{tmp_path / 'x.safetensors'}' ({said}); {fix}."
