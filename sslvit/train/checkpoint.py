@@ -113,7 +113,11 @@ def save_checkpoint(accelerator, run_dir: Path, epoch: int, step: int, keep: int
     return final
 
 
-CHECKPOINT_WRITE_ERRORS = (*WRITE_ERRORS, RuntimeError)  # torch.save's on a full disk: "unexpected pos"
+try:  # FSDP's sharded state: torch.distributed.checkpoint gathers every process's write error into one
+    from torch.distributed.checkpoint.api import CheckpointException  # raised on every process
+except ImportError:  # a torch built without torch.distributed
+    CheckpointException = RuntimeError
+CHECKPOINT_WRITE_ERRORS = (*WRITE_ERRORS, RuntimeError, CheckpointException)  # torch.save's: "unexpected pos"
 
 
 def _written_together(accelerator, write: Optional[Callable[[], None]], run_dir: Path, tmp: Path) -> None:
@@ -124,8 +128,11 @@ def _written_together(accelerator, write: Optional[Callable[[], None]], run_dir:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         free = f"{shutil.disk_usage(run_dir).free / 1e9:.2f} GB free on its disk"
-        said = "torch.save could not write its file" if isinstance(failed, RuntimeError) else (  # "unexpected pos"
-            getattr(failed, "strerror", None) or failed)
+        said = getattr(failed, "strerror", None) or failed
+        if isinstance(failed, CheckpointException):
+            said = f"process {', '.join(map(str, sorted(failed.failures)))} could not write its shard of the state"
+        elif isinstance(failed, RuntimeError):  # "unexpected pos 64 vs 0"
+            said = "torch.save could not write its file"
         why = f"{said}; {free}" if failed is not None else "on another process, whose own error line says why"
         latest = latest_checkpoint(run_dir)
         then = (f"the latest checkpoint is still {latest}. Free some space, then --resume" if latest else
