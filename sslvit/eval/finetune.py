@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import resource
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -363,10 +364,16 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     main, out = accelerator.is_main_process, weights.parent / f"finetune_{cfg.mode}"
 
     def write() -> None:
+        made = not out.exists()
         out.mkdir(exist_ok=True)
         report["replaced"] = existing([out / "model.safetensors", out / "finetune.json"])
-        save_safetensors_atomic(state, out / "model.safetensors")
-        write_json_atomic(report, out / "finetune.json")
+        try:
+            save_safetensors_atomic(state, out / "model.safetensors")
+            write_json_atomic(report, out / "finetune.json")
+        except BaseException:  # a folder this write made is not left behind half-filled
+            if made:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
 
     return finish_probe(accelerator, report if main else None, write if main else None, out)  # printed once
 
