@@ -1,4 +1,6 @@
 import math
+import os
+import signal
 
 import pytest
 
@@ -100,3 +102,33 @@ def test_a_samples_crop_is_keyed_by_the_cpu_generator_alone(tmp_path, monkeypatc
     urls, n, _ = resolve_shards(str(tmp_path / "shards"), "train")
     draws = [[x for x, *_ in ShardDataset(urls, n, transform=crop, seed=5)] for _ in range(2)]
     assert len(draws[0]) == 4 and all(torch.equal(a, b) for a, b in zip(*draws))
+
+
+def test_a_second_ctrl_c_a_second_later_stops_at_once_and_one_press_through_a_launcher_does_not(tmp_path):
+    """A launcher forwards the terminal's Ctrl-C, so a trainer gets one press twice within a moment:
+    that is the first stop request; another press after SAME_PRESS_S exits at once with 130."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "presses.py"
+    script.write_text(
+        "import os, signal, time\n"
+        "from sslvit.train.stop_signals import SAME_PRESS_S, StopRequest\n"
+        "with StopRequest() as stop:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)  # the launcher's copy of the same press\n"
+        "    time.sleep(0.2)\n"
+        "    print('flagged', stop.signum == signal.SIGINT, flush=True)\n"
+        "    time.sleep(SAME_PRESS_S + 0.1)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(5)\n"
+        "print('not stopped', flush=True)\n")
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(script)], cwd=repo, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(repo)},
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert done.returncode == 130 and done.stdout == "flagged True\n", (done.stdout, done.stderr)
+    assert done.stderr == ("\nSIGINT received: stopping after this step with a checkpoint (Ctrl-C again to stop at "
+                           "once)\nSecond Ctrl-C: stopping now, without a checkpoint of this step; --resume continues "
+                           "from the latest complete one (before the first, it starts the run again).\n")

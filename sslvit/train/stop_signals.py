@@ -80,7 +80,7 @@ class StopRequest:
         elif signum == signal.SIGINT and now - self._first_at > SAME_PRESS_S:
             # checkpoints are renamed into place when complete, so stopping mid-write loses nothing
             _say("Second Ctrl-C: stopping now, without a checkpoint of this step; --resume continues from the "
-                 "latest complete one.")
+                 "latest complete one (before the first, it starts the run again).")
             os._exit(128 + signum)
 
     def agreed(self, accelerator) -> Optional[int]:
