@@ -89,9 +89,14 @@ def written(path: Path, write: Optional[Callable[[], None]], fix: str) -> None:
             raise NotADirectoryError(errno.ENOTDIR, "a file is where its folder would be") from None
         write()
     except WRITE_ERRORS as e:
-        full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or f"(os error {errno.ENOSPC})" in str(e)
         raise OutputError(f"Cannot write '{path}' ({getattr(e, 'strerror', None) or e}); "
-                          f"{'free some space, or ' * full}{fix}.") from None
+                          f"{'free some space, or ' * disk_full(e)}{fix}.") from None
+
+
+def disk_full(e: Optional[BaseException]) -> bool:
+    """Whether a write failed for a full disk or quota (ENOSPC, EDQUOT; safetensors names the number
+    only in its text), where freeing space is the fix, not another folder."""
+    return getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or f"(os error {errno.ENOSPC})" in str(e)
 
 
 def _check_writable_folder(folder: Path) -> None:

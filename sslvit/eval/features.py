@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from sslvit.data.dataset import iterate
 from sslvit.data.shard_reader import ShardDataset
-from sslvit.files import WRITE_ERRORS, OutputError
+from sslvit.files import WRITE_ERRORS, OutputError, disk_full
 from sslvit.runtime.main_first import raised_together
 
 
@@ -80,8 +80,9 @@ def finish_probe(accelerator, report, write: Optional[Callable[[], None]], folde
     naming ``folder``, where it was a traceback on the main process and a wait on the others."""
     def failure(failed: Optional[BaseException]) -> OutputError:
         why = getattr(failed, "strerror", None) or failed or "on the main process, whose own error line says why"
-        return OutputError(f"Cannot write the probe's results into '{folder}' ({why}); free some space there, or "
-                           "copy the run to a disk you can write to and pass --ckpt with the copy.")
+        return OutputError(f"Cannot write the probe's results into '{folder}' ({why}); "
+                           f"{'free some space there, or ' * disk_full(failed)}copy the run to a disk you can write "
+                           "to and pass --ckpt with the copy.")
 
     raised_together(write, WRITE_ERRORS, failure)
     accelerator.end_training()
