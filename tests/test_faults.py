@@ -308,3 +308,38 @@ def test_logs_and_pictures_the_disk_refuses_are_warnings_and_the_run_goes_on(eve
     assert err.count(f"warning: the pictures could not be written into '{run}' (File too large); the run goes on.") == 2
     assert len((run / "log.jsonl").read_text().splitlines()) == 3 and not list(run.glob("pictures_epoch*.png"))
     assert latest_checkpoint(run).name == "epoch_0002" and (run / "backbone.safetensors").is_file()
+
+
+@pytest.mark.parametrize("torch_says, said", [
+    ("DataLoader worker (pid 4321) is killed by signal: Killed. ",
+     "A data-loading worker (pid 4321) was killed by signal Killed (most often the system's out-of-memory killer)"),
+    ("DataLoader worker (pid 4321) is killed by signal: Bus error. It is possible that dataloader's workers are out of "
+     "shared memory. Please try to raise your shared memory limit.",
+     "A data-loading worker (pid 4321) was killed by signal Bus error (out of shared memory: give /dev/shm more"),
+    ("DataLoader worker (pid(s) 4321, 4322) exited unexpectedly",
+     "A data-loading worker (pid 4321, 4322) exited unexpectedly; lower --train.num_workers"),
+])
+def test_a_data_loading_worker_the_system_killed_ends_the_run_with_a_sentence(torch_says, said, tmp_path, image_folder,
+                                                                              fresh_accelerate, monkeypatch, capsys):
+    """torch raises its RuntimeError from wherever the step was (its SIGCHLD handler), so a worker
+    the out-of-memory killer took ended the run in a traceback through the optimizer's code."""
+    import sys
+
+    from sslvit.recipes.mae import MAERunConfig
+    from sslvit.train import entry
+    from tests.test_end_to_end import TINY
+
+    def killed(*args, **kwargs):
+        raise RuntimeError(torch_says)
+
+    monkeypatch.setattr(mae.MAE, "forward", killed)
+    monkeypatch.setattr(sys, "argv", ["mae.py", *TINY, "--data", str(image_folder), "--out", str(tmp_path / "run")])
+    with pytest.raises(SystemExit) as e:
+        entry.main(MAERunConfig, "mae")
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert e.value.code == 2 and err.startswith(f"error: {said}") and err.endswith(
+        "each worker holds its own copy of the data pipeline) and run again with --resume, which continues from the "
+        "latest checkpoint if one was written.")
+    monkeypatch.setattr(mae.MAE, "forward", lambda self, imgs: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # any other RuntimeError is a bug: its traceback stays
+        entry.main(MAERunConfig, "mae")

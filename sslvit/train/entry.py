@@ -25,7 +25,7 @@ from sslvit.models.init_from import load_imported
 from sslvit.train.checkpoint import latest_checkpoint
 from sslvit.train.data_recipe import preset_for, summary
 from sslvit.runtime.devices import process_state
-from sslvit.runtime.errors import USER_ERRORS, TrainingDiverged
+from sslvit.runtime.errors import USER_ERRORS, TrainingDiverged, worker_lost
 from sslvit.train.run_lock import run_dir_lock
 from sslvit.train.start_stage import train_start
 from sslvit.train.stop_signals import RunStopped, StopRequest, follow_launcher
@@ -218,6 +218,12 @@ def main(config_cls, preset: str | None = None) -> None:
             run_dir = run_pretraining(config_cls, preset, stop=stop)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except RuntimeError as e:  # torch's traceback from wherever the step was when a worker died
+        sentence = worker_lost(e, "--train.num_workers")
+        if sentence is None:
+            raise
+        print(f"error: {sentence}", file=sys.stderr)
         raise SystemExit(2) from None
     except RunStopped as e:
         if process_state().is_main_process and not e.announced:
