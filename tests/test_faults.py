@@ -310,36 +310,57 @@ def test_logs_and_pictures_the_disk_refuses_are_warnings_and_the_run_goes_on(eve
     assert latest_checkpoint(run).name == "epoch_0002" and (run / "backbone.safetensors").is_file()
 
 
-@pytest.mark.parametrize("torch_says, said", [
-    ("DataLoader worker (pid 4321) is killed by signal: Killed. ",
-     "A data-loading worker (pid 4321) was killed by signal Killed (most often the system's out-of-memory killer)"),
-    ("DataLoader worker (pid 4321) is killed by signal: Bus error. It is possible that dataloader's workers are out of "
-     "shared memory. Please try to raise your shared memory limit.",
+@pytest.mark.parametrize("raised, said", [
+    (RuntimeError("DataLoader worker (pid 4321) is killed by signal: Killed. "),
+     "A data-loading worker (pid 4321) was killed by signal Killed (most often the system's out-of-memory killer); "
+     "lower --train.num_workers (each worker holds its own copy of the data pipeline)"),
+    (RuntimeError("DataLoader worker (pid 4321) is killed by signal: Bus error. It is possible that dataloader's "
+                  "workers are out of shared memory. Please try to raise your shared memory limit."),
      "A data-loading worker (pid 4321) was killed by signal Bus error (out of shared memory: give /dev/shm more"),
-    ("DataLoader worker (pid(s) 4321, 4322) exited unexpectedly",
+    (RuntimeError("DataLoader worker (pid(s) 4321, 4322) exited unexpectedly"),
      "A data-loading worker (pid 4321, 4322) exited unexpectedly; lower --train.num_workers"),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.10 GiB "
+                            "of which 1.2 GiB is free.\nSee documentation for Memory Management"),
+     "The accelerator ran out of memory (CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity "
+     "of 79.10 GiB of which 1.2 GiB is free.); lower --train.batch_size or set --model.grad_checkpointing true"),
 ])
-def test_a_data_loading_worker_the_system_killed_ends_the_run_with_a_sentence(torch_says, said, tmp_path, image_folder,
-                                                                              fresh_accelerate, monkeypatch, capsys):
-    """torch raises its RuntimeError from wherever the step was (its SIGCHLD handler), so a worker
-    the out-of-memory killer took ended the run in a traceback through the optimizer's code."""
+def test_memory_or_a_data_loading_worker_the_machine_ran_out_of_ends_the_run_with_a_sentence(
+        raised, said, tmp_path, image_folder, fresh_accelerate, monkeypatch, capsys):
+    """torch raises these from wherever the step was (a worker's death through its SIGCHLD handler), so
+    a worker the out-of-memory killer took, or a batch too large for the GPU, ended the run in a
+    traceback through the optimizer's or the model's code."""
     import sys
 
     from sslvit.recipes.mae import MAERunConfig
     from sslvit.train import entry
     from tests.test_end_to_end import TINY
 
-    def killed(*args, **kwargs):
-        raise RuntimeError(torch_says)
+    def fails(*args, **kwargs):
+        raise raised
 
-    monkeypatch.setattr(mae.MAE, "forward", killed)
+    monkeypatch.setattr(mae.MAE, "forward", fails)
     monkeypatch.setattr(sys, "argv", ["mae.py", *TINY, "--data", str(image_folder), "--out", str(tmp_path / "run")])
     with pytest.raises(SystemExit) as e:
         entry.main(MAERunConfig, "mae")
     err = capsys.readouterr().err.splitlines()[-1]
     assert e.value.code == 2 and err.startswith(f"error: {said}") and err.endswith(
-        "each worker holds its own copy of the data pipeline) and run again with --resume, which continues from the "
-        "latest checkpoint if one was written.")
+        " and run again with --resume, which continues from the latest checkpoint if one was written.")
     monkeypatch.setattr(mae.MAE, "forward", lambda self, imgs: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
     with pytest.raises(RuntimeError, match="shape mismatch"):  # any other RuntimeError is a bug: its traceback stays
         entry.main(MAERunConfig, "mae")
+
+
+def test_a_probe_out_of_accelerator_memory_is_a_sentence_naming_its_batch_size(monkeypatch, capsys):
+    import dataclasses
+
+    from sslvit.eval import cli
+
+    def out_of_memory(cfg):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 512.00 MiB.")
+
+    monkeypatch.setattr("sys.argv", ["probe"])
+    with pytest.raises(SystemExit) as e:
+        cli.main(dataclasses.make_dataclass("NoKeys", []), out_of_memory, str)
+    assert e.value.code == 2 and capsys.readouterr().err == (
+        "error: The accelerator ran out of memory (CUDA out of memory. Tried to allocate 512.00 MiB.); lower "
+        "--batch_size and run the probe again.\n")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sslvit.config import ConfigError, build_config, help_text
 from sslvit.models.checkpoint_layouts import WeightsError
-from sslvit.runtime.errors import USER_ERRORS
+from sslvit.runtime.errors import USER_ERRORS, explained
 from sslvit.runtime.main_first import main_process_does
 
 WEIGHTS_HELP = ("  --weights FILE  a checkpoint from elsewhere (timm, official MAE / DINO, DINOv2, sslvit) instead of "
@@ -59,6 +59,12 @@ def main(config_cls, run, fmt, argv=None) -> None:
         report = run(cfg)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except RuntimeError as e:  # torch's traceback from wherever the probe was when memory or a worker ran out
+        sentence = explained(e, "--batch_size", "--num_workers", "run the probe again")
+        if sentence is None:
+            raise
+        print(f"error: {sentence}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:  # Python's traceback, from wherever the probe was; its files are whole or absent
         if int(os.environ.get("RANK", "0")) == 0:

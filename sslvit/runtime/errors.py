@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Optional
 
+import torch
+
 from sslvit.config import ConfigError
 from sslvit.data.folder import DataError
 from sslvit.files import OutputError
@@ -33,14 +35,24 @@ _SIGNAL_CAUSE = {"Killed": " (most often the system's out-of-memory killer)",
                  "Bus error": " (out of shared memory: give /dev/shm more, e.g. `docker run --shm-size 8g`)"}
 
 
-def worker_lost(error: BaseException, key: str) -> Optional[str]:
+def explained(error: BaseException, batch_key: str, workers_key: str, then: str) -> Optional[str]:
+    """The sentence for a RuntimeError the machine caused rather than the code: the accelerator's
+    memory ran out (``batch_key`` lowers it), or a data-loading worker died (``workers_key``), each
+    followed by ``then`` (how to go on); None for any other error, whose traceback is the bug report."""
+    if isinstance(error, torch.OutOfMemoryError):
+        first = str(error).strip().splitlines()[0][:160] if str(error).strip() else "out of memory"
+        return (f"The accelerator ran out of memory ({first}); lower {batch_key}"
+                f"{' or set --model.grad_checkpointing true' if batch_key.startswith('--train.') else ''} and {then}.")
+    return worker_lost(error, workers_key, then)
+
+
+def worker_lost(error: BaseException, key: str, then: str) -> Optional[str]:
     """The sentence for torch's RuntimeError when a data-loading worker dies (the out-of-memory killer,
-    a full /dev/shm), naming the ``key`` that sets the workers; None for any other error."""
+    a full /dev/shm), naming the ``key`` that sets the workers, then ``then``; None for any other error."""
     found = _WORKER_LOST.search(str(error)) if isinstance(error, RuntimeError) else None
     if found is None:
         return None
     pids, signal_name = found.group(1), found.group(2)
     how = f"was killed by signal {signal_name.strip()}" if signal_name else "exited unexpectedly"
     return (f"A data-loading worker (pid {pids}) {how}{_SIGNAL_CAUSE.get((signal_name or '').strip(), '')}; lower "
-            f"{key} (each worker holds its own copy of the data pipeline) and run again with --resume, which "
-            "continues from the latest checkpoint if one was written.")
+            f"{key} (each worker holds its own copy of the data pipeline) and {then}.")

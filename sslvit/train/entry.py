@@ -25,7 +25,7 @@ from sslvit.models.init_from import load_imported
 from sslvit.train.checkpoint import latest_checkpoint
 from sslvit.train.data_recipe import preset_for, summary
 from sslvit.runtime.devices import process_state
-from sslvit.runtime.errors import USER_ERRORS, TrainingDiverged, worker_lost
+from sslvit.runtime.errors import USER_ERRORS, TrainingDiverged, explained
 from sslvit.train.run_lock import run_dir_lock
 from sslvit.train.start_stage import train_start
 from sslvit.train.stop_signals import RunStopped, StopRequest, follow_launcher
@@ -219,8 +219,9 @@ def main(config_cls, preset: str | None = None) -> None:
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    except RuntimeError as e:  # torch's traceback from wherever the step was when a worker died
-        sentence = worker_lost(e, "--train.num_workers")
+    except RuntimeError as e:  # torch's traceback from wherever the step was when memory or a worker ran out
+        sentence = explained(e, "--train.batch_size", "--train.num_workers",
+                             "run again with --resume, which continues from the latest checkpoint if one was written")
         if sentence is None:
             raise
         print(f"error: {sentence}", file=sys.stderr)
