@@ -151,8 +151,8 @@ if os.environ.get("RANK", "0") == "0":  # the main process's files stop at 300 b
 def test_a_probe_whose_results_the_disk_refuses_ends_with_a_sentence_and_no_partial_file(
         script, processes, port, args, run_dir, tmp_path):
     """The features cache, the picture, the results and the fine-tuned weights meet a full disk (a
-    file-size limit on the main process): the cache is a warning, the rest one sentence on every
-    process. The cache's SafetensorError and the results' OSError were tracebacks on the main process,
+    file-size limit on the main process): the cache is a warning, the rest one sentence, the same on
+    every process. The cache's SafetensorError and the results' OSError were tracebacks on the main process,
     and the other waited at a barrier until gloo broke it."""
     run = tmp_path / "run"
     shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("features", "knn*", "linear*", "finetune_*"))
@@ -170,16 +170,13 @@ def test_a_probe_whose_results_the_disk_refuses_ends_with_a_sentence_and_no_part
     folder = run / "finetune_full" if script == "finetune.py" else run
     fix = "copy the run to a disk you can write to and pass --ckpt with the copy."  # EFBIG: no space to free
     lines = [x for x in out.splitlines() if x.startswith("error: ")]
-    main = [x for x in lines if "File too large" in x]
+    main = sorted(set(x for x in lines if "File too large" in x))
     assert done.returncode != 0 and len(main) == 1, out
     assert main[0].startswith(f"error: Cannot write the probe's results into '{folder}' (") and main[0].endswith(fix)
     if script != "finetune.py":
         assert f"warning: the features could not be cached in '{run / 'features'}'" in out
-    if processes == 2:
-        other = f"error: Cannot write the probe's results into '{folder}' (on the main process, whose own error " \
-                f"line says why); {fix}"
-        assert sorted(lines) == sorted([*main, other])
-        assert "[rank1]: Traceback" not in out
+    if processes == 2:  # the other process carries the main one's sentence, if the launcher lets it print
+        assert set(lines) == set(main) and "[rank1]: Traceback" not in out
     assert "Traceback" not in out if processes == 1 else "[rank0]: Traceback" not in out
     if script == "finetune.py":
         assert not folder.exists()  # the folder the fine-tune made for its files goes with them

@@ -78,13 +78,12 @@ def finish_probe(accelerator, report, write: Optional[Callable[[], None]], folde
     ``write``, which writes its files into ``folder``) -> ``report`` (None on the other processes).
     A write the disk refuses (full, read-only) ends every process with OutputError: one sentence
     naming ``folder``, where it was a traceback on the main process and a wait on the others."""
-    def failure(failed: Optional[BaseException]) -> OutputError:
-        why = getattr(failed, "strerror", None) or failed or "on the main process, whose own error line says why"
-        return OutputError(f"Cannot write the probe's results into '{folder}' ({why}); "
-                           f"{'free some space there, or ' * disk_full(failed)}copy the run to a disk you can write "
-                           "to and pass --ckpt with the copy.")
+    def said(failed: BaseException) -> str:
+        return (f"Cannot write the probe's results into '{folder}' ({getattr(failed, 'strerror', None) or failed}); "
+                f"{'free some space there, or ' * disk_full(failed)}copy the run to a disk you can write to and pass "
+                "--ckpt with the copy.")
 
-    raised_together(write, WRITE_ERRORS, failure)
+    raised_together(write, WRITE_ERRORS, said, OutputError)
     accelerator.end_training()
     return report
 

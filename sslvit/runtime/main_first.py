@@ -34,17 +34,20 @@ def main_process_does(work: Callable[[], T], what: str) -> Optional[T]:
     return result
 
 
-def raised_together(write: Optional[Callable[[], None]], errors: tuple,
-                    failure: Callable[[Optional[BaseException]], Exception]) -> None:
+def raised_together(write: Optional[Callable[[], None]], errors: tuple, said: Callable[[BaseException], str],
+                    error: type[Exception]) -> None:
     """``write()`` on this process (None: it has nothing to write), then every process learns whether
-    any write raised one of ``errors``; if one did, every process raises ``failure(its own error, or
-    None where another process's failed)``. The exchange is a barrier too: every write has ended.
-    A process that raised alone left the others at their next barrier until gloo broke it."""
-    failed = None
+    any write raised one of ``errors``; if one did, every process raises ``error`` with the sentence
+    ``said`` made of the failed write's error, where it happened. Each process carries the reason: a
+    launcher stops the others as soon as one exits, so any of them may be the only one to print. The
+    exchange is a barrier too: every write has ended. A process that raised alone left the others at
+    their next barrier until gloo broke it."""
+    mine = None
     try:
         if write is not None:
             write()
     except errors as e:
-        failed = e
-    if any(gather_object([failed is not None])):  # [flag] as it is with one process
-        raise failure(failed) from None
+        mine = said(e)
+    sentences = [s for s in gather_object([mine]) if s is not None]  # [mine] as it is with one process
+    if sentences:
+        raise error(mine or sentences[0]) from None

@@ -124,22 +124,26 @@ def _written_together(accelerator, write: Optional[Callable[[], None]], run_dir:
     """``write()`` of a part of checkpoint ``tmp`` on this process (None: no part here); if any
     process's part failed, the folder goes and every process raises CheckpointError. A process that
     raised alone also removed the folder under the others' writes still under way."""
-    def failure(failed: Optional[BaseException]) -> CheckpointError:
-        if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-        free = f"{shutil.disk_usage(run_dir).free / 1e9:.2f} GB free on its disk"
-        said = getattr(failed, "strerror", None) or failed
+    def said(failed: BaseException) -> str:
+        why = getattr(failed, "strerror", None) or failed
         if isinstance(failed, CheckpointException):
-            said = f"process {', '.join(map(str, sorted(failed.failures)))} could not write its shard of the state"
+            why = f"process {', '.join(map(str, sorted(failed.failures)))} could not write its shard of the state"
         elif isinstance(failed, RuntimeError):  # "unexpected pos 64 vs 0"
-            said = "torch.save could not write its file"
-        why = f"{said}; {free}" if failed is not None else "on another process, whose own error line says why"
+            why = "torch.save could not write its file"
+        if accelerator.num_processes > 1 and not isinstance(failed, CheckpointException):
+            why = f"{why}, on process {accelerator.process_index}"
         latest = latest_checkpoint(run_dir)
         then = (f"the latest checkpoint is still {latest}. Free some space, then --resume" if latest else
                 "no checkpoint was written before it. Free some space, then start the run again")
-        return CheckpointError(f"Writing checkpoint '{tmp.name.removeprefix('.tmp_')}' failed ({why}); {then}.")
+        return (f"Writing checkpoint '{tmp.name.removeprefix('.tmp_')}' failed ({why}; "
+                f"{shutil.disk_usage(run_dir).free / 1e9:.2f} GB free on its disk); {then}.")
 
-    raised_together(write, CHECKPOINT_WRITE_ERRORS, failure)
+    try:
+        raised_together(write, CHECKPOINT_WRITE_ERRORS, said, CheckpointError)
+    except CheckpointError:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def verify_loadable(ckpt: Path) -> None:

@@ -9,7 +9,6 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 from accelerate.utils import DistributedType, gather_object
@@ -72,12 +71,11 @@ def export(accelerator, model, raw, cfg, run_dir: Path) -> None:
             time.sleep(float(os.environ["SSLVIT_TEST_EXPORT_PAUSE"]))
         export_backbone(backbone, cfg.model, run_dir, state=state)
 
-    def failure(failed: Optional[BaseException]) -> OutputError:
-        why = getattr(failed, "strerror", None) or failed or "on the main process, whose own error line says why"
-        return OutputError(f"Writing the backbone into '{run_dir}' failed ({why}); the checkpoint before it is "
-                           "written: free some space, then --resume writes the backbone again.")
+    def said(failed: BaseException) -> str:
+        return (f"Writing the backbone into '{run_dir}' failed ({getattr(failed, 'strerror', None) or failed}); the "
+                "checkpoint before it is written: free some space, then --resume writes the backbone again.")
 
-    raised_together(write if accelerator.is_main_process else None, WRITE_ERRORS, failure)
+    raised_together(write if accelerator.is_main_process else None, WRITE_ERRORS, said, OutputError)
 
 
 def check_shard_counts(accelerator, loader: StreamLoader, train_set, log, epoch: int) -> bool:
