@@ -89,8 +89,14 @@ def written(path: Path, write: Optional[Callable[[], None]], fix: str) -> None:
             raise NotADirectoryError(errno.ENOTDIR, "a file is where its folder would be") from None
         write()
     except WRITE_ERRORS as e:
-        raise OutputError(f"Cannot write '{path}' ({getattr(e, 'strerror', None) or e}); "
+        raise OutputError(f"Cannot write '{path}' ({reason(e)}); "
                           f"{'free some space, or ' * disk_full(e)}{fix}.") from None
+
+
+def reason(e: BaseException) -> str:
+    """Why a write failed, as a sentence part: an OSError's own words ("No space left on device"),
+    else the error's text (safetensors' SafetensorError has no strerror)."""
+    return getattr(e, "strerror", None) or str(e)
 
 
 def disk_full(e: Optional[BaseException]) -> bool:

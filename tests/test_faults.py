@@ -80,6 +80,25 @@ def test_an_unwritable_or_full_output_directory_stops_before_training(tmp_path, 
     assert not (tmp_path / "run" / "log.jsonl").exists()  # nothing trained
 
 
+def main_process_files_limited_to(size: int, folder, launched: bool) -> dict:
+    """The environment for a subprocess whose main process's files stop at ``size`` bytes, as on a full
+    disk: a ``sitecustomize`` in ``folder`` sets its RLIMIT_FSIZE. ``launched``: the command is a
+    launcher, which stays unlimited (its processes would inherit its limit), and only rank 0 is limited."""
+    import os
+    from pathlib import Path
+
+    rank = "os.environ.get('RANK')" if launched else "os.environ.get('RANK', '0')"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(
+        "import os\n"
+        f"if {rank} == '0':\n"
+        "    import resource, signal\n"
+        "    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        f"    resource.setrlimit(resource.RLIMIT_FSIZE, ({size}, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n")
+    repo = Path(__file__).resolve().parents[1]
+    return {**os.environ, "PYTHONPATH": f"{folder}{os.pathsep}{repo}", "OMP_NUM_THREADS": "1"}
+
+
 @contextlib.contextmanager
 def _files_limited_to(size: int):
     """Every file this process writes ends at ``size`` bytes (RLIMIT_FSIZE, SIGXFSZ ignored): a write
@@ -173,27 +192,18 @@ def test_a_checkpoint_write_that_fails_on_one_process_ends_every_process_with_a_
     until gloo broke it and printed that traceback, or met the folder the main one had removed under its
     own write. Under FSDP torch.distributed.checkpoint raises on every process, but as a traceback.
     Every process now ends with the failed process's sentence."""
-    import os
     import subprocess
     import sys
     from pathlib import Path
 
     from tests.test_end_to_end import TINY
 
-    inject = tmp_path / "inject"
-    inject.mkdir()
-    (inject / "sitecustomize.py").write_text(
-        "import os\n"
-        "if os.environ.get('RANK') == '0':\n"
-        "    import resource, signal\n"
-        "    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-        "    resource.setrlimit(resource.RLIMIT_FSIZE, (60000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n")
+    env = main_process_files_limited_to(60000, tmp_path / "inject", launched=True)
     repo = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(repo / f"launch/{launch}.yaml"),
            "--main_process_port", str(port), str(repo / "pretrain/mae.py"), *TINY, "--data", str(image_folder),
            "--out", str(tmp_path / "run"), "--train.epochs", "1", "--train.knn_every", "0",
            "--train.picture_every", "100"]  # the pictures (a warning when refused) would come after the checkpoint
-    env = {**os.environ, "PYTHONPATH": f"{inject}{os.pathsep}{repo}", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     out = done.stdout + done.stderr
     failed = "error: Writing checkpoint 'epoch_0001' failed ("

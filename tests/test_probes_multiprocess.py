@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from sslvit.data.shards import write_shards
 from sslvit.models import BackboneConfig, build_backbone
 from sslvit.models.export import export_backbone
+from tests.test_faults import main_process_files_limited_to
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -135,14 +136,6 @@ def test_a_weights_file_the_main_process_cannot_import_stops_both_with_their_sen
     assert "[rank1]: Traceback" not in out
 
 
-FULL_DISK = """import os
-if os.environ.get("RANK", "0") == "0":  # the main process's files stop at 300 bytes, as on a full disk
-    import resource, signal
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (300, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-"""
-
-
 @pytest.mark.parametrize("script, processes, port, args", [
     ("knn.py", 2, 29569, ["--baselines", "false", "--ks", "[5]"]),
     ("linear.py", 1, 0, ["--baselines", "false", "--epochs", "2"]),
@@ -157,10 +150,7 @@ def test_a_probe_whose_results_the_disk_refuses_ends_with_a_sentence_and_no_part
     run = tmp_path / "run"
     shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("features", "knn*", "linear*", "finetune_*"))
     (run / "config.yaml").write_text(yaml.safe_dump({"data": str(run_dir.parent / "folder")}))
-    inject = tmp_path / "inject"
-    inject.mkdir()
-    (inject / "sitecustomize.py").write_text(FULL_DISK)
-    env = {**os.environ, "PYTHONPATH": f"{inject}{os.pathsep}{REPO}", "OMP_NUM_THREADS": "1"}
+    env = main_process_files_limited_to(300, tmp_path / "inject", launched=processes > 1)  # as on a full disk
     probe = [str(REPO / "probes" / script), "--ckpt", str(run), *args]
     cmd = [sys.executable, *probe] if processes == 1 else \
         [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch/cpu_2proc.yaml"),

@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from sslvit.data.shard_reader import is_shard_spec
-from sslvit.files import WRITE_ERRORS, save_safetensors_atomic
+from sslvit.files import WRITE_ERRORS, reason, save_safetensors_atomic
 
 CACHE_DIR = "features"
 
@@ -77,5 +77,5 @@ def cached_features(weights: Path, compute: Callable[[], tuple[torch.Tensor, tor
         save_safetensors_atomic({"features": feats.contiguous(), "labels": labels.contiguous()}, path, metadata=meta)
     except WRITE_ERRORS as e:  # a cache only saves time: the probe goes on with the features it holds
         print(f"warning: the features could not be cached in '{path.parent}' "
-              f"({getattr(e, 'strerror', None) or e}); the probe goes on without the cache.", file=sys.stderr)
+              f"({reason(e)}); the probe goes on without the cache.", file=sys.stderr)
     return feats, labels, False

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from sslvit.data.dataset import iterate
 from sslvit.data.shard_reader import ShardDataset
-from sslvit.files import WRITE_ERRORS, OutputError, disk_full
+from sslvit.files import WRITE_ERRORS, OutputError, disk_full, reason
 from sslvit.runtime.main_first import raised_together
 
 
@@ -79,7 +79,7 @@ def finish_probe(accelerator, report, write: Optional[Callable[[], None]], folde
     A write the disk refuses (full, read-only) ends every process with OutputError: one sentence
     naming ``folder``, where it was a traceback on the main process and a wait on the others."""
     def said(failed: BaseException) -> str:
-        return (f"Cannot write the probe's results into '{folder}' ({getattr(failed, 'strerror', None) or failed}); "
+        return (f"Cannot write the probe's results into '{folder}' ({reason(failed)}); "
                 f"{'free some space there, or ' * disk_full(failed)}copy the run to a disk you can write to and pass "
                 "--ckpt with the copy.")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from sslvit.files import WRITE_ERRORS, disk_full
+from sslvit.files import WRITE_ERRORS, disk_full, reason
 from sslvit.report import build_report
 
 
@@ -21,7 +21,7 @@ def main(argv: list[str]) -> None:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except WRITE_ERRORS as e:
-        print(f"error: Cannot write the report into '{argv[0]}' ({getattr(e, 'strerror', None) or e}); "
+        print(f"error: Cannot write the report into '{argv[0]}' ({reason(e)}); "
               f"{'free some space there, or ' * disk_full(e)}copy the run to a disk you can write to.", file=sys.stderr)
         raise SystemExit(2) from None
     print(f"-> {path}")

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 from accelerate.utils import load as accelerate_load
 from safetensors import safe_open
 
-from sslvit.files import WRITE_ERRORS, honour_umask
+from sslvit.files import WRITE_ERRORS, honour_umask, reason
 from sslvit.runtime.errors import CheckpointError
 from sslvit.runtime.main_first import raised_together
 
@@ -125,7 +125,7 @@ def _written_together(accelerator, write: Optional[Callable[[], None]], run_dir:
     process's part failed, the folder goes and every process raises CheckpointError. A process that
     raised alone also removed the folder under the others' writes still under way."""
     def said(failed: BaseException) -> str:
-        why = getattr(failed, "strerror", None) or failed
+        why = reason(failed)
         if isinstance(failed, CheckpointException):
             why = f"process {', '.join(map(str, sorted(failed.failures)))} could not write its shard of the state"
         elif isinstance(failed, RuntimeError):  # "unexpected pos 64 vs 0"

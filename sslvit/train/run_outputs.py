@@ -16,7 +16,7 @@ from accelerate.utils import DistributedType, gather_object
 from sslvit.data.stream_loader import StreamLoader, wrong_counts
 from sslvit.eval.features import extract_features
 from sslvit.eval.knn import knn_classify
-from sslvit.files import WRITE_ERRORS, OutputError
+from sslvit.files import WRITE_ERRORS, OutputError, reason
 from sslvit.models.export import export_backbone
 from sslvit.pictures import save_columns
 from sslvit.report import build_report
@@ -72,7 +72,7 @@ def export(accelerator, model, raw, cfg, run_dir: Path) -> None:
         export_backbone(backbone, cfg.model, run_dir, state=state)
 
     def said(failed: BaseException) -> str:
-        return (f"Writing the backbone into '{run_dir}' failed ({getattr(failed, 'strerror', None) or failed}); the "
+        return (f"Writing the backbone into '{run_dir}' failed ({reason(failed)}); the "
                 "checkpoint before it is written: free some space, then --resume writes the backbone again.")
 
     raised_together(write if accelerator.is_main_process else None, WRITE_ERRORS, said, OutputError)
@@ -161,8 +161,8 @@ def save_pictures(accelerator, raw, imgs: torch.Tensor, path: Path) -> None:
         caption = run_caption(path.parent, read_log(path.parent), f"{type(raw).__name__} pictures")
         save_columns(columns, path, normalized, caption=caption)
     except WRITE_ERRORS as e:  # pictures only show the run: a full disk is the next checkpoint's to stop it
-        print(f"warning: the pictures could not be written into '{path.parent}' ({getattr(e, 'strerror', None) or e});"
-              " the run goes on.", file=sys.stderr)
+        print(f"warning: the pictures could not be written into '{path.parent}' ({reason(e)}); the run goes on.",
+              file=sys.stderr)
 
 
 def write_report(accelerator, run_dir: Path) -> None:
