@@ -210,6 +210,22 @@ def test_an_export_that_cannot_be_written_is_one_sentence_and_leaves_nothing(to,
     assert list((tmp_path / "out_dir").iterdir()) == [] and (tmp_path / "a_file").read_text() == "x"
 
 
+@pytest.mark.parametrize("to", ["timm", "mae"])
+def test_an_export_the_disk_cuts_short_is_one_sentence_and_leaves_no_partial_file(to, tmp_path, capsys):
+    """A full disk met midway (a 4 KB file-size limit gives the writers' real errors): torch.save's
+    RuntimeError ("unexpected pos") came out as a traceback before, and it is no OSError."""
+    from tests.test_faults import _files_limited_to
+
+    run = fake_run(tmp_path / "run", mae_objective(pos_embed="learned"), backbone_cfg(pos_embed="learned"))
+    out = tmp_path / "out" / "w.pth"
+    with _files_limited_to(4096), pytest.raises(SystemExit) as e:
+        export_main([str(run), "--to", to, str(out)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"error: Cannot write '{out}' (") and err.count("\n") == 1, err
+    assert err.endswith("); pass a file path in a folder you can write to.\n"), err
+    assert list(out.parent.iterdir()) == []
+
+
 def test_timm_dinov2_model_without_prefix_position_rows_gives_timm_features():
     """timm's DINOv2 models (no_embed_class: pos_embed has no cls / register rows) load with zero prefix rows."""
     model = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, img_size=28, depth=1,

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import functools
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -187,7 +189,11 @@ def export_run(run: str | Path, to: str, out: str | Path) -> list[str]:
 
     def write() -> None:
         with atomic_path(out) as tmp:
-            torch.save(obj, tmp)  # the official scripts read torch pickles; tensors only, so weights_only=True opens it
+            try:  # the official scripts read torch pickles; tensors only, so weights_only=True opens it
+                torch.save(obj, tmp)
+            except RuntimeError as e:  # torch.save's words for a write cut short: "unexpected pos 64 vs 0"
+                free = shutil.disk_usage(tmp.parent).free / 1e9
+                raise OSError(errno.EIO, f"torch.save could not write its file; {free:.2f} GB free on its disk") from e
     written(out, write, FIX_OUT)
     parts = ", ".join(f"{k} ({len(v)} tensors)" for k, v in obj.items())
     reader = {"mae": "main_finetune.py --finetune", "dino": "eval_knn.py / eval_linear.py --pretrained_weights"}[to]
