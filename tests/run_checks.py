@@ -25,3 +25,14 @@ def assert_timm_loads_and_is_probed(run: Path) -> None:
     model.load_state_dict(load_file(str(Path(run) / "backbone.safetensors")), strict=True)
     knn = run_knn_probe(KNNProbeConfig(ckpt=str(run), ks=(5,), baselines=False, picture_queries=0))
     assert np.isfinite(knn["results"]["pretrained"][5]["top1"])
+
+
+def finalization_said(folder: Path) -> str:
+    """A PYTHONPATH entry whose ``sitecustomize`` makes each launched process (RANK set; not the
+    launcher) that ends through Python's finalization say 'finalized by rank N' on stderr."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(
+        "import atexit, os, sys\n"
+        "if os.environ.get('RANK') is not None:\n"
+        "    atexit.register(lambda: print(f\"finalized by rank {os.environ['RANK']}\", file=sys.stderr))\n")
+    return str(folder)

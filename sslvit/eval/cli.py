@@ -10,6 +10,7 @@ from sslvit.config import ConfigError, build_config, help_text
 from sslvit.models.checkpoint_layouts import WeightsError
 from sslvit.runtime.errors import USER_ERRORS, explained
 from sslvit.runtime.main_first import main_process_does
+from sslvit.runtime.process_end import ends_process
 
 WEIGHTS_HELP = ("  --weights FILE  a checkpoint from elsewhere (timm, official MAE / DINO, DINOv2, sslvit) instead of "
                 "--ckpt: its backbone is imported into FILE_sslvit/ beside it, where the results go")
@@ -49,6 +50,7 @@ def weights_as_ckpt(argv: list[str]) -> list[str]:
     return [*args, "--ckpt", str(out)]
 
 
+@ends_process
 def main(config_cls, run, fmt, argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if "-h" in argv or "--help" in argv:  # the config's keys, then the one flag that is not a key

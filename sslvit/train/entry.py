@@ -26,6 +26,7 @@ from sslvit.train.checkpoint import latest_checkpoint
 from sslvit.train.data_recipe import preset_for, summary
 from sslvit.runtime.devices import process_state
 from sslvit.runtime.errors import USER_ERRORS, TrainingDiverged, explained
+from sslvit.runtime.process_end import ends_process
 from sslvit.train.run_lock import run_dir_lock
 from sslvit.train.start_stage import train_start
 from sslvit.train.stop_signals import RunStopped, StopRequest, follow_launcher
@@ -209,6 +210,7 @@ def ended_process_group():
             dist.destroy_process_group()
 
 
+@ends_process
 def main(config_cls, preset: str | None = None) -> None:
     """Entry point: errors a user can cause end as one sentence on stderr and exit code 2; SIGTERM
     and SIGINT stop at the next step with a checkpoint, one line, and exit code 128 + signal."""
