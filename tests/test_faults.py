@@ -219,6 +219,44 @@ def test_a_checkpoint_write_that_fails_on_one_process_ends_every_process_with_a_
     assert "Report:" not in out and not (tmp_path / "run").exists()  # nothing half-written, no report named
 
 
+def test_a_process_whose_peer_dies_mid_run_ends_with_a_sentence_not_gloos_traceback(tmp_path, image_folder):
+    """Rank 1 is killed (SIGKILL, as the out-of-memory killer does) at its third backward. Rank 0's
+    next collective raised gloo's "Connection closed by peer" (or "reset") RuntimeError, a traceback
+    through the loop's loss reduction; it is one sentence pointing at the dead process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.test_end_to_end import TINY
+
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    import signal, torch\n"
+        "    _backward, _calls = torch.Tensor.backward, [0]\n"
+        "    def backward(self, *args, **kwargs):\n"
+        "        _calls[0] += 1\n"
+        "        if _calls[0] == 3:\n"
+        "            os.kill(os.getpid(), signal.SIGKILL)\n"
+        "        return _backward(self, *args, **kwargs)\n"
+        "    torch.Tensor.backward = backward\n")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{inject}{os.pathsep}{repo}", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(repo / "launch/cpu_2proc.yaml"),
+           "--main_process_port", "29588", str(repo / "pretrain/mae.py"), *TINY, "--data", str(image_folder),
+           "--out", str(tmp_path / "run"), "--train.epochs", "6", "--train.knn_every", "0"]  # 1 step an epoch
+    done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    out = done.stdout + done.stderr
+    lines = [x for x in out.splitlines() if x.startswith("error: ")]
+    assert done.returncode != 0 and "exitcode  : -9" in out, out[-3000:]  # the launcher's report of rank 1
+    said = [f"error: {PEER_LOST % why}" for why in ("Connection closed by peer", "Connection reset by peer")]
+    assert len(lines) == 1 and lines[0].startswith(tuple(said)), out[-3000:]  # which, the socket's timing decides
+    assert "[rank0]: Traceback" not in out
+
+
 def test_a_backbone_the_full_disk_refused_is_one_sentence_and_resume_writes_it_again(tmp_path, image_folder,
                                                                                    fresh_accelerate, monkeypatch,
                                                                                    capsys):
@@ -323,6 +361,10 @@ def test_logs_and_pictures_the_disk_refuses_are_warnings_and_the_run_goes_on(eve
     assert latest_checkpoint(run).name == "epoch_0002" and (run / "backbone.safetensors").is_file()
 
 
+PEER_LOST = ("Another process of the run ended first, so this one cannot go on (%s); that process's own error "
+             "line, or the launcher's report of its exit code, says why. Mend that")
+
+
 @pytest.mark.parametrize("raised, said", [
     (RuntimeError("DataLoader worker (pid 4321) is killed by signal: Killed. "),
      "A data-loading worker (pid 4321) was killed by signal Killed (most often the system's out-of-memory killer); "
@@ -336,12 +378,18 @@ def test_logs_and_pictures_the_disk_refuses_are_warnings_and_the_run_goes_on(eve
                             "of which 1.2 GiB is free.\nSee documentation for Memory Management"),
      "The accelerator ran out of memory (CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity "
      "of 79.10 GiB of which 1.2 GiB is free.); lower --train.batch_size or set --model.grad_checkpointing true"),
+    (RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+                  "[127.0.0.1]:3220. This is typically caused by a remote worker crashing."), PEER_LOST % "Connection "
+     "closed by peer"),
+    (torch.distributed.DistBackendError("NCCL error in: ProcessGroupNCCL.cpp:3356, remote process exited or there was "
+                                        "a network error, NCCL version 2.21.5"), PEER_LOST % "remote process exited"),
 ])
-def test_memory_or_a_data_loading_worker_the_machine_ran_out_of_ends_the_run_with_a_sentence(
+def test_memory_a_data_loading_worker_or_another_process_the_run_lost_ends_the_run_with_a_sentence(
         raised, said, tmp_path, image_folder, fresh_accelerate, monkeypatch, capsys):
-    """torch raises these from wherever the step was (a worker's death through its SIGCHLD handler), so
-    a worker the out-of-memory killer took, or a batch too large for the GPU, ended the run in a
-    traceback through the optimizer's or the model's code."""
+    """torch raises these from wherever the step was (a worker's death through its SIGCHLD handler, a
+    dead peer through the next collective), so a worker the out-of-memory killer took, a batch too
+    large for the GPU, or another process's death ended the run in a traceback through the
+    optimizer's or the model's code."""
     import sys
 
     from sslvit.recipes.mae import MAERunConfig

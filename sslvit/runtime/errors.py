@@ -31,6 +31,7 @@ USER_ERRORS = (ConfigError, DataError, WeightsError, FileNotFoundError, FileExis
 
 _WORKER_LOST = re.compile(r"DataLoader worker \(pid(?:\(s\))? ([\d, ]+)\) (?:is killed by signal: ([A-Za-z ]+)|exited "
                           r"unexpectedly)")
+_PEER_LOST = re.compile(r"Connection closed by peer|Connection reset by peer|Broken pipe|remote process exited")
 _SIGNAL_CAUSE = {"Killed": " (most often the system's out-of-memory killer)",
                  "Bus error": " (out of shared memory: give /dev/shm more, e.g. `docker run --shm-size 8g`)"}
 
@@ -43,7 +44,18 @@ def explained(error: BaseException, batch_key: str, workers_key: str, then: str)
         first = str(error).strip().splitlines()[0][:160] if str(error).strip() else "out of memory"
         return (f"The accelerator ran out of memory ({first}); lower {batch_key}"
                 f"{' or set --model.grad_checkpointing true' if batch_key.startswith('--train.') else ''} and {then}.")
-    return worker_lost(error, workers_key, then)
+    return worker_lost(error, workers_key, then) or peer_lost(error, then)
+
+
+def peer_lost(error: BaseException, then: str) -> Optional[str]:
+    """The sentence for the RuntimeError a collective raises when another process of the run has died
+    (gloo: "Connection closed by peer"; NCCL: "remote process exited"), then ``then``; None for any
+    other error. The cause is that process's, so this one's traceback pointed at the wrong line."""
+    found = _PEER_LOST.search(str(error)) if isinstance(error, RuntimeError) else None
+    if found is None:
+        return None
+    return (f"Another process of the run ended first, so this one cannot go on ({found.group(0)}); that "
+            f"process's own error line, or the launcher's report of its exit code, says why. Mend that and {then}.")
 
 
 def worker_lost(error: BaseException, key: str, then: str) -> Optional[str]:
