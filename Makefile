@@ -23,7 +23,7 @@ demo: $(STAMP)
 	@echo "Outputs: $(DEMO_OUT)/ (report.html: the run on one page; backbone.safetensors, knn.json, linear.json, pictures_*.png, curves.png, log.jsonl, checkpoints/)"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 clean:
 	rm -rf runs

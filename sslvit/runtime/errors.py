@@ -38,8 +38,9 @@ _SIGNAL_CAUSE = {"Killed": " (most often the system's out-of-memory killer)",
 
 def explained(error: BaseException, batch_key: str, workers_key: str, then: str) -> Optional[str]:
     """The sentence for a RuntimeError the machine caused rather than the code: the accelerator's
-    memory ran out (``batch_key`` lowers it), or a data-loading worker died (``workers_key``), each
-    followed by ``then`` (how to go on); None for any other error, whose traceback is the bug report."""
+    memory ran out (``batch_key`` lowers it), a data-loading worker died (``workers_key``), or another
+    process of the run died, each followed by ``then`` (how to go on); None for any other error, whose
+    traceback is the bug report."""
     if isinstance(error, torch.OutOfMemoryError):
         first = str(error).strip().splitlines()[0][:160] if str(error).strip() else "out of memory"
         return (f"The accelerator ran out of memory ({first}); lower {batch_key}"
