@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
@@ -97,6 +98,11 @@ def reason(e: BaseException) -> str:
     """Why a write failed, as a sentence part: an OSError's own words ("No space left on device"),
     else the error's text (safetensors' SafetensorError has no strerror)."""
     return getattr(e, "strerror", None) or str(e)
+
+
+def free_on_its_disk(path: Path) -> str:
+    """The free space of the disk holding ``path``, as a sentence part ("0.00 GB free on its disk")."""
+    return f"{shutil.disk_usage(path).free / 1e9:.2f} GB free on its disk"
 
 
 def disk_full(e: Optional[BaseException]) -> bool:

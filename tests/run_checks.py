@@ -1,6 +1,7 @@
 """Checks the end-to-end tests share: two runs ended with the same weights, and a run's export
 loads into timm from its own backbone.json and is scored by the k-NN probe."""
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +28,18 @@ def assert_timm_loads_and_is_probed(run: Path) -> None:
     assert np.isfinite(knn["results"]["pretrained"][5]["top1"])
 
 
-def finalization_said(folder: Path) -> str:
-    """A PYTHONPATH entry whose ``sitecustomize`` makes each launched process (RANK set; not the
-    launcher) that ends through Python's finalization say 'finalized by rank N' on stderr."""
+FINALIZATION_SAID = ("import atexit, os, sys\n"
+                     "if os.environ.get('RANK') is not None:\n"
+                     "    atexit.register(lambda: print(f\"finalized by rank {os.environ['RANK']}\",\n"
+                     "                                  file=sys.stderr))\n")
+"""A ``sitecustomize`` by which each launched process (RANK set; not the launcher) that ends through
+Python's finalization says 'finalized by rank N' on stderr."""
+
+
+def sitecustomized(folder: Path, code: str) -> dict:
+    """The environment for a subprocess whose Python first runs ``code`` (a ``sitecustomize`` written
+    into ``folder``), with the repository importable and one OpenMP thread."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "sitecustomize.py").write_text(
-        "import atexit, os, sys\n"
-        "if os.environ.get('RANK') is not None:\n"
-        "    atexit.register(lambda: print(f\"finalized by rank {os.environ['RANK']}\", file=sys.stderr))\n")
-    return str(folder)
+    (folder / "sitecustomize.py").write_text(code)
+    return {**os.environ, "PYTHONPATH": f"{folder}{os.pathsep}{Path(__file__).resolve().parents[1]}",
+            "OMP_NUM_THREADS": "1"}

@@ -9,6 +9,7 @@ import torch
 import sslvit.objectives.mae as mae
 from sslvit.train.checkpoint import latest_checkpoint
 from sslvit.train.loop import TrainingDiverged
+from tests.run_checks import sitecustomized
 from tests.test_end_to_end import _run
 
 
@@ -84,19 +85,13 @@ def main_process_files_limited_to(size: int, folder, launched: bool) -> dict:
     """The environment for a subprocess whose main process's files stop at ``size`` bytes, as on a full
     disk: a ``sitecustomize`` in ``folder`` sets its RLIMIT_FSIZE. ``launched``: the command is a
     launcher, which stays unlimited (its processes would inherit its limit), and only rank 0 is limited."""
-    import os
-    from pathlib import Path
-
     rank = "os.environ.get('RANK')" if launched else "os.environ.get('RANK', '0')"
-    folder.mkdir()
-    (folder / "sitecustomize.py").write_text(
-        "import os\n"
-        f"if {rank} == '0':\n"
-        "    import resource, signal\n"
-        "    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-        f"    resource.setrlimit(resource.RLIMIT_FSIZE, ({size}, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n")
-    repo = Path(__file__).resolve().parents[1]
-    return {**os.environ, "PYTHONPATH": f"{folder}{os.pathsep}{repo}", "OMP_NUM_THREADS": "1"}
+    return sitecustomized(folder, "import os\n"
+                                  f"if {rank} == '0':\n"
+                                  "    import resource, signal\n"
+                                  "    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+                                  f"    resource.setrlimit(resource.RLIMIT_FSIZE, ({size}, "
+                                  "resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n")
 
 
 @contextlib.contextmanager
@@ -223,28 +218,23 @@ def test_a_process_whose_peer_dies_mid_run_ends_with_a_sentence_not_gloos_traceb
     """Rank 1 is killed (SIGKILL, as the out-of-memory killer does) at its third backward. Rank 0's
     next collective raised gloo's "Connection closed by peer" (or "reset") RuntimeError, a traceback
     through the loop's loss reduction; it is one sentence pointing at the dead process."""
-    import os
     import subprocess
     import sys
     from pathlib import Path
 
     from tests.test_end_to_end import TINY
 
-    inject = tmp_path / "inject"
-    inject.mkdir()
-    (inject / "sitecustomize.py").write_text(
-        "import os\n"
-        "if os.environ.get('RANK') == '1':\n"
-        "    import signal, torch\n"
-        "    _backward, _calls = torch.Tensor.backward, [0]\n"
-        "    def backward(self, *args, **kwargs):\n"
-        "        _calls[0] += 1\n"
-        "        if _calls[0] == 3:\n"
-        "            os.kill(os.getpid(), signal.SIGKILL)\n"
-        "        return _backward(self, *args, **kwargs)\n"
-        "    torch.Tensor.backward = backward\n")
+    env = sitecustomized(tmp_path / "inject", "import os\n"
+                                              "if os.environ.get('RANK') == '1':\n"
+                                              "    import signal, torch\n"
+                                              "    _backward, _calls = torch.Tensor.backward, [0]\n"
+                                              "    def backward(self, *args, **kwargs):\n"
+                                              "        _calls[0] += 1\n"
+                                              "        if _calls[0] == 3:\n"
+                                              "            os.kill(os.getpid(), signal.SIGKILL)\n"
+                                              "        return _backward(self, *args, **kwargs)\n"
+                                              "    torch.Tensor.backward = backward\n")
     repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": f"{inject}{os.pathsep}{repo}", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(repo / "launch/cpu_2proc.yaml"),
            "--main_process_port", "29588", str(repo / "pretrain/mae.py"), *TINY, "--data", str(image_folder),
            "--out", str(tmp_path / "run"), "--train.epochs", "6", "--train.knn_every", "0"]  # 1 step an epoch

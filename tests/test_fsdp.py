@@ -12,7 +12,6 @@ launch/fsdp_vit_large.yaml, each timm Block one unit, sharded checkpoints).
 - Fine-tuning under FSDP writes the gathered classifier, whose val top-1 is the one it reports.
 """
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from PIL import Image
 from torch.distributed.checkpoint import FileSystemReader
 
 from sslvit.train.entry import run_pretraining
-from tests.run_checks import assert_same_backbone, assert_timm_loads_and_is_probed, finalization_said
+from tests.run_checks import FINALIZATION_SAID, assert_same_backbone, assert_timm_loads_and_is_probed, sitecustomized
 from tests.test_equivalence import OBJECTIVES, RTOL, _args, _peak_lr, compare
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,8 +49,7 @@ def labelled160(tmp_path_factory):
 def run_fsdp(name: str, data: Path, out: Path, port: int, extra=()) -> str:
     """Two processes x batch 8 under launch/fsdp_cpu_2proc.yaml; -> their stdout. Each process ends
     without Python's finalization (sslvit.runtime.process_end), which aborted one now and then."""
-    env = {**os.environ, "PYTHONPATH": f"{finalization_said(out.parent / 'site')}{os.pathsep}{REPO}",
-           "OMP_NUM_THREADS": "1"}
+    env = sitecustomized(out.parent / "site", FINALIZATION_SAID)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch/fsdp_cpu_2proc.yaml"),
            "--main_process_port", str(port), str(REPO / OBJECTIVES[name][1]), *_args(name, data, out, 8), *extra]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -152,8 +150,7 @@ def test_finetuning_under_fsdp_writes_the_gathered_classifier_it_reports(labelle
     cfg = BackboneConfig(size="tiny", depth=2, patch_size=4, img_size=16)
     torch.manual_seed(0)
     export_backbone(build_backbone(cfg), cfg, tmp_path)
-    env = {**os.environ, "PYTHONPATH": f"{finalization_said(tmp_path / 'site')}{os.pathsep}{REPO}",
-           "OMP_NUM_THREADS": "1"}
+    env = sitecustomized(tmp_path / "site", FINALIZATION_SAID)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch/fsdp_cpu_2proc.yaml"),
            "--main_process_port", str(PORTS["finetune"]), str(REPO / "probes/finetune.py"), "--ckpt", str(tmp_path),
            "--data", str(labelled160), "--epochs", "2", "--batch_size", "8"]

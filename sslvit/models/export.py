@@ -13,7 +13,6 @@ import errno
 import functools
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from sslvit.models.checkpoint_layouts import (Imported, WeightsError, from_sslvi
                                               newest_checkpoint_weights, to_dino, to_mae, to_timm)
 from sslvit.models.init_from import backbone_config_of, backbone_shape, load_imported
 from sslvit.models.vit import BackboneConfig, SSLViT, build_backbone, timm_spec
-from sslvit.files import atomic_path, save_safetensors_atomic, write_json_atomic, written
+from sslvit.files import atomic_path, free_on_its_disk, save_safetensors_atomic, write_json_atomic, written
 
 WEIGHTS = "backbone.safetensors"
 SPEC = "backbone.json"
@@ -192,8 +191,7 @@ def export_run(run: str | Path, to: str, out: str | Path) -> list[str]:
             try:  # the official scripts read torch pickles; tensors only, so weights_only=True opens it
                 torch.save(obj, tmp)
             except RuntimeError as e:  # torch.save's words for a write cut short: "unexpected pos 64 vs 0"
-                free = shutil.disk_usage(tmp.parent).free / 1e9
-                raise OSError(errno.EIO, f"torch.save could not write its file; {free:.2f} GB free on its disk") from e
+                raise OSError(errno.EIO, f"torch.save could not write its file; {free_on_its_disk(tmp.parent)}") from e
     written(out, write, FIX_OUT)
     parts = ", ".join(f"{k} ({len(v)} tensors)" for k, v in obj.items())
     reader = {"mae": "main_finetune.py --finetune", "dino": "eval_knn.py / eval_linear.py --pretrained_weights"}[to]

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 from accelerate.utils import load as accelerate_load
 from safetensors import safe_open
 
-from sslvit.files import WRITE_ERRORS, honour_umask, reason
+from sslvit.files import WRITE_ERRORS, free_on_its_disk, honour_umask, reason
 from sslvit.runtime.errors import CheckpointError
 from sslvit.runtime.main_first import raised_together
 
@@ -136,7 +136,7 @@ def _written_together(accelerator, write: Optional[Callable[[], None]], run_dir:
         then = (f"the latest checkpoint is still {latest}. Free some space, then --resume" if latest else
                 "no checkpoint was written before it. Free some space, then start the run again")
         return (f"Writing checkpoint '{tmp.name.removeprefix('.tmp_')}' failed ({why}; "
-                f"{shutil.disk_usage(run_dir).free / 1e9:.2f} GB free on its disk); {then}.")
+                f"{free_on_its_disk(run_dir)}); {then}.")
 
     try:
         raised_together(write, CHECKPOINT_WRITE_ERRORS, said, CheckpointError)
