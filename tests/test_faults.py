@@ -214,37 +214,62 @@ def test_a_checkpoint_write_that_fails_on_one_process_ends_every_process_with_a_
     assert "Report:" not in out and not (tmp_path / "run").exists()  # nothing half-written, no report named
 
 
-def test_a_process_whose_peer_dies_mid_run_ends_with_a_sentence_not_gloos_traceback(tmp_path, image_folder):
-    """Rank 1 is killed (SIGKILL, as the out-of-memory killer does) at its third backward. Rank 0's
-    next collective raised gloo's "Connection closed by peer" (or "reset") RuntimeError, a traceback
-    through the loop's loss reduction; it is one sentence pointing at the dead process."""
+def _rank_1_at_its_backward(n: int, then: str) -> str:
+    """A sitecustomize that makes rank 1 run ``then`` (indented code) at its ``n``-th backward."""
+    return ("import os\n"
+            "if os.environ.get('RANK') == '1':\n"
+            "    import torch\n"
+            "    _backward, _calls = torch.Tensor.backward, [0]\n"
+            "    def backward(self, *args, **kwargs):\n"
+            "        _calls[0] += 1\n"
+            f"        if _calls[0] == {n}:\n"
+            f"{then}"
+            "        return _backward(self, *args, **kwargs)\n"
+            "    torch.Tensor.backward = backward\n")
+
+
+def _two_processes(tmp_path, image_folder, port: int, rank_1: str, epochs: int):
+    """Two launched processes of a tiny MAE run (one step an epoch), whose rank 1 Python first runs
+    the ``rank_1`` sitecustomize. -> (the finished process, its stdout + stderr)."""
     import subprocess
     import sys
     from pathlib import Path
 
     from tests.test_end_to_end import TINY
 
-    env = sitecustomized(tmp_path / "inject", "import os\n"
-                                              "if os.environ.get('RANK') == '1':\n"
-                                              "    import signal, torch\n"
-                                              "    _backward, _calls = torch.Tensor.backward, [0]\n"
-                                              "    def backward(self, *args, **kwargs):\n"
-                                              "        _calls[0] += 1\n"
-                                              "        if _calls[0] == 3:\n"
-                                              "            os.kill(os.getpid(), signal.SIGKILL)\n"
-                                              "        return _backward(self, *args, **kwargs)\n"
-                                              "    torch.Tensor.backward = backward\n")
+    env = sitecustomized(tmp_path / "inject", rank_1)
     repo = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(repo / "launch/cpu_2proc.yaml"),
-           "--main_process_port", "29588", str(repo / "pretrain/mae.py"), *TINY, "--data", str(image_folder),
-           "--out", str(tmp_path / "run"), "--train.epochs", "6", "--train.knn_every", "0"]  # 1 step an epoch
+           "--main_process_port", str(port), str(repo / "pretrain/mae.py"), *TINY, "--data", str(image_folder),
+           "--out", str(tmp_path / "run"), "--train.epochs", str(epochs), "--train.knn_every", "0"]
     done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
-    out = done.stdout + done.stderr
+    return done, done.stdout + done.stderr
+
+
+def test_a_process_whose_peer_dies_mid_run_ends_with_a_sentence_not_gloos_traceback(tmp_path, image_folder):
+    """Rank 1 is killed (SIGKILL, as the out-of-memory killer does) at its third backward. Rank 0's
+    next collective raised gloo's "Connection closed by peer" (or "reset") RuntimeError, a traceback
+    through the loop's loss reduction; it is one sentence pointing at the dead process."""
+    kill = "            import signal; os.kill(os.getpid(), signal.SIGKILL)\n"
+    done, out = _two_processes(tmp_path, image_folder, 29588, _rank_1_at_its_backward(3, kill), epochs=6)
     lines = [x for x in out.splitlines() if x.startswith("error: ")]
     assert done.returncode != 0 and "exitcode  : -9" in out, out[-3000:]  # the launcher's report of rank 1
     said = [f"error: {PEER_LOST % why}" for why in ("Connection closed by peer", "Connection reset by peer")]
     assert len(lines) == 1 and lines[0].startswith(tuple(said)), out[-3000:]  # which, the socket's timing decides
     assert "[rank0]: Traceback" not in out
+
+
+def test_another_processs_error_is_a_line_of_its_own_not_glued_to_the_main_processs_bar(tmp_path, image_folder):
+    """Rank 1 meets an unreadable image at its 5th backward (one step an epoch: the 5th epoch's bar is
+    on the terminal they share, drawn by rank 0 with no newline). Its sentence came out glued to the
+    end of that bar (`epoch 5/6: 0%| | 0/1 [00:00<?, ?it/s]error: Cannot read ...`); it is a line of its own. (Rank 0
+    may say its peer ended first, or be stopped by the launcher before it can.)"""
+    unreadable = ("            from sslvit.data.folder import DataError\n"
+                  "            raise DataError(\"Cannot read 'x.png' (injected); move it out of the folder.\")\n")
+    done, out = _two_processes(tmp_path, image_folder, 29613, _rank_1_at_its_backward(5, unreadable), epochs=6)
+    lines = [x for x in out.splitlines() if x.startswith("error: ")]
+    assert done.returncode != 0 and "epoch 5/6" in out, out[-3000:]
+    assert "error: Cannot read 'x.png' (injected); move it out of the folder." in lines, out[-3000:]
 
 
 def test_a_backbone_the_full_disk_refused_is_one_sentence_and_resume_writes_it_again(tmp_path, image_folder,

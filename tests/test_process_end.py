@@ -48,3 +48,14 @@ def test_a_launched_process_ends_with_pythons_status_and_output_but_without_fina
     if how == "error":
         assert "Traceback (most recent call last)" in proc.stderr
     assert ("finalized" in proc.stderr) is not launched
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_another_processs_traceback_starts_on_a_line_of_its_own(rank):
+    """The main process (rank 0) draws the progress bar without a newline on the terminal every
+    process shares; a traceback from another process starts on the next line, not after the bar."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WORLD_SIZE": "2", "RANK": str(rank)}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, "error"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("\nTraceback (most recent call last)" if rank else "Traceback"), proc.stderr[:200]

@@ -10,7 +10,7 @@ from sslvit.config import ConfigError, build_config, help_text
 from sslvit.models.checkpoint_layouts import WeightsError
 from sslvit.runtime.errors import USER_ERRORS, explained
 from sslvit.runtime.main_first import main_process_does
-from sslvit.runtime.process_end import ends_process
+from sslvit.runtime.process_end import ends_process, say_error
 
 WEIGHTS_HELP = ("  --weights FILE  a checkpoint from elsewhere (timm, official MAE / DINO, DINOv2, sslvit) instead of "
                 "--ckpt: its backbone is imported into FILE_sslvit/ beside it, where the results go")
@@ -60,13 +60,13 @@ def main(config_cls, run, fmt, argv=None) -> None:
         cfg = build_config(config_cls, weights_as_ckpt(argv))
         report = run(cfg)
     except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+        say_error(str(e))
         raise SystemExit(2) from None
     except RuntimeError as e:  # torch's traceback from wherever the probe was when memory or a worker ran out
         sentence = explained(e, "--batch_size", "--num_workers", "run the probe again")
         if sentence is None:
             raise
-        print(f"error: {sentence}", file=sys.stderr)
+        say_error(sentence)
         raise SystemExit(2) from None
     except KeyboardInterrupt:  # Python's traceback, from wherever the probe was; its files are whole or absent
         if int(os.environ.get("RANK", "0")) == 0:

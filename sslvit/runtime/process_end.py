@@ -16,6 +16,19 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def another_process() -> bool:
+    """True in a launched process other than the main one (rank 0). The main one's progress bar,
+    redrawn with ``\\r`` and no newline, may hold the current line of the terminal they share."""
+    return launched() and int(os.environ.get("RANK", "0")) != 0
+
+
+def say_error(sentence: str) -> None:
+    """``error: sentence`` on stderr, on a line of its own: a process other than the main one starts
+    it with a newline, where it used to land glued to the end of the main process's bar."""
+    start = "\n" if another_process() else ""
+    print(f"{start}error: {sentence}", file=sys.stderr)
+
+
 def exit_status(stopped: BaseException | None) -> int:
     """The status Python would exit with after ``stopped`` (None: the function returned), printing
     what Python would print: the traceback of an error, the text of ``SystemExit("...")``."""
@@ -26,6 +39,8 @@ def exit_status(stopped: BaseException | None) -> int:
             return stopped.code or 0
         print(stopped.code, file=sys.stderr)
         return 1
+    if another_process():
+        print(file=sys.stderr)  # the traceback's first line on its own, not after the main process's bar
     sys.excepthook(type(stopped), stopped, stopped.__traceback__)
     return 1
 

@@ -26,7 +26,7 @@ from sslvit.train.checkpoint import latest_checkpoint
 from sslvit.train.data_recipe import preset_for, summary
 from sslvit.runtime.devices import process_state
 from sslvit.runtime.errors import USER_ERRORS, TrainingDiverged, explained
-from sslvit.runtime.process_end import ends_process
+from sslvit.runtime.process_end import ends_process, say_error
 from sslvit.train.run_lock import run_dir_lock
 from sslvit.train.start_stage import train_start
 from sslvit.train.stop_signals import RunStopped, StopRequest, follow_launcher
@@ -219,14 +219,14 @@ def main(config_cls, preset: str | None = None) -> None:
         with StopRequest() as stop, ended_process_group():
             run_dir = run_pretraining(config_cls, preset, stop=stop)
     except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+        say_error(str(e))
         raise SystemExit(2) from None
     except RuntimeError as e:  # torch's traceback from wherever the step was when memory or a worker ran out
         sentence = explained(e, "--train.batch_size", "--train.num_workers",
                              "run again with --resume, which continues from the latest checkpoint if one was written")
         if sentence is None:
             raise
-        print(f"error: {sentence}", file=sys.stderr)
+        say_error(sentence)
         raise SystemExit(2) from None
     except RunStopped as e:
         if process_state().is_main_process and not e.announced:
