@@ -10,6 +10,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import secrets
 import shutil
 from pathlib import Path
@@ -105,10 +106,45 @@ def free_on_its_disk(path: Path) -> str:
     return f"{shutil.disk_usage(path).free / 1e9:.2f} GB free on its disk"
 
 
+def write_errno(e: Optional[BaseException]) -> Optional[int]:
+    """The errno a failed write carries: an OSError's, or the number safetensors names only in its
+    text ("File too large (os error 27)"); None for an error without one (torch.save's RuntimeError)."""
+    if getattr(e, "errno", None) is not None:
+        return e.errno
+    found = re.search(r"\(os error (\d+)\)", str(e))
+    return int(found.group(1)) if found else None
+
+
 def disk_full(e: Optional[BaseException]) -> bool:
-    """Whether a write failed for a full disk or quota (ENOSPC, EDQUOT; safetensors names the number
-    only in its text), where freeing space is the fix, not another folder."""
-    return getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or f"(os error {errno.ENOSPC})" in str(e)
+    """Whether a write failed for a full disk or quota (ENOSPC, EDQUOT), where freeing space is the
+    fix, not another folder."""
+    return write_errno(e) in (errno.ENOSPC, errno.EDQUOT)
+
+
+LOW_SPACE = 10**9
+"""Under this many free bytes, a write that failed without naming why is taken for a full disk."""
+
+_WRITE_ACCESS = "give yourself write permission to '{folder}'"
+_MENDS = {errno.EROFS: "make its disk writable again (it is mounted read-only now)",
+          errno.EFBIG: "lift the file-size limit that refused it (`ulimit -f`, or the file system's own)",
+          errno.EACCES: _WRITE_ACCESS, errno.EPERM: _WRITE_ACCESS,
+          errno.EIO: "check its disk (it reported an I/O error) or use another one"}
+
+
+def mend_write(e: BaseException, folder: Path) -> str:
+    """How to mend a write into ``folder`` that failed with ``e`` before it is tried again, as a
+    clause, lower case first: free space for a full disk or quota, or for an error that names no
+    cause (torch.save's) on a disk with under LOW_SPACE free; else the fix for the cause it names."""
+    code = write_errno(e)
+    try:
+        low = code is None and shutil.disk_usage(folder).free < LOW_SPACE
+    except OSError:  # the folder is gone: nothing to measure
+        low = False
+    if disk_full(e) or low:
+        return "free some space"
+    if code is None:
+        return "find what refused the write (its disk has room)"
+    return _MENDS.get(code, "mend the cause in brackets").format(folder=folder)
 
 
 def _check_writable_folder(folder: Path) -> None:

@@ -1,9 +1,11 @@
 """Bad or unusual input: nothing silently wrong. Each case failed (or was silent) before its fix."""
 import io
+import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
+from safetensors import SafetensorError
 
 from sslvit.config import ConfigError
 from sslvit.data.folder import DataError, load_rgb
@@ -529,6 +531,31 @@ def test_ctrl_c_in_a_command_that_is_not_a_training_run_is_one_line_and_exit_130
             "tokenizer": "nothing was written to --out",
             "shards": "the complete shards are kept, and the same command writes the rest"}[command]
     assert e.value.code == 130 and capsys.readouterr().err.splitlines()[-1] == f"Stopped by Ctrl-C (SIGINT); {kept}."
+
+
+@pytest.mark.parametrize("error, mend", [
+    (OSError(28, "No space left on device"), "free some space"),
+    (OSError(122, "Disk quota exceeded"), "free some space"),
+    (SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"), "free some space"),
+    (OSError(30, "Read-only file system"), "make its disk writable again (it is mounted read-only now)"),
+    (PermissionError(13, "Permission denied"), "give yourself write permission to '{folder}'"),
+    (SafetensorError("I/O error: File too large (os error 27)"),
+     "lift the file-size limit that refused it (`ulimit -f`, or the file system's own)"),
+    (OSError(5, "Input/output error"), "check its disk (it reported an I/O error) or use another one"),
+    (OSError(6, "No such device or address"), "mend the cause in brackets"),
+    (RuntimeError("unexpected pos 64 vs 0"), "find what refused the write (its disk has room)"),
+])
+def test_a_failed_write_is_mended_as_its_cause_says_free_space_only_for_a_full_disk(error, mend, tmp_path,
+                                                                                  monkeypatch):
+    """Checkpoints, the backbone export and shards said "free some space" for any failed write; a
+    read-only disk, a permission or a file-size limit is not mended by space."""
+    import sslvit.files as files
+
+    monkeypatch.setattr(files, "LOW_SPACE", 0)  # every disk has room, whatever this machine's has
+    assert files.mend_write(error, tmp_path) == mend.format(folder=tmp_path)
+    if mend.startswith("find"):  # an error that names no cause, on a disk nearly full: space first
+        monkeypatch.setattr(files, "LOW_SPACE", shutil.disk_usage(tmp_path).free + 1)
+        assert files.mend_write(error, tmp_path) == "free some space"
 
 
 @pytest.mark.parametrize("error, said, full", [

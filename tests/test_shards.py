@@ -588,10 +588,11 @@ def test_a_full_disk_or_an_unreadable_image_is_one_sentence_and_leaves_no_partia
     with _files_limited_to(4000), pytest.raises(SystemExit) as e:  # a shard of 10 samples is about 20 KB
         shards.main(argv)
     assert e.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == (
-        f"error: Cannot write shard '{out / 'train-000000.tar'}' (File too large); free some space, then run the same "
-        "command again: it keeps the shards already written.")
+        f"error: Cannot write shard '{out / 'train-000000.tar'}' (File too large); lift the file-size limit that "
+        "refused it (`ulimit -f`, or the file system's own), then run the same command again: it keeps the shards "
+        "already written.")
     assert not [p.name for p in out.iterdir() if p.name.endswith((".tar", ".tmp"))]
-    shards.main(argv)  # the same command, the disk freed: the whole write
+    shards.main(argv)  # the same command, the limit lifted: the whole write
     assert len(list(out.glob("train-*.tar"))) == 5 and not list(out.glob(".*.tmp"))
     real = shards.stored_image
     unreadable = sorted((split_folder / "train").rglob("*.png"))[3]

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from sslvit.data.decode import draft, to_rgb
 from sslvit.data.folder import VAL_FRACTION, DataError, held_out_split, scan_folder
-from sslvit.files import OutputError
+from sslvit.files import OutputError, mend_write
 
 INDEX_FORMAT = "sslvit-shards/1"
 TAR_OVERHEAD = 1024  # bytes per member beside its data: a 512-byte header plus padding, at most
@@ -126,8 +126,8 @@ def write_shard(plan: ShardPlan, out: str, max_side: Optional[int] = None) -> di
                 sink.write(sample)
         os.replace(tmp, final)
     except OSError as e:
-        raise OutputError(f"Cannot write shard '{final}' ({e.strerror or e}); free some space, then run the same "
-                          "command again: it keeps the shards already written.") from None
+        raise OutputError(f"Cannot write shard '{final}' ({e.strerror or e}); {mend_write(e, final.parent)}, then "
+                          "run the same command again: it keeps the shards already written.") from None
     finally:
         tmp.unlink(missing_ok=True)
     return _entry(final, len(plan.files))

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 from accelerate.utils import load as accelerate_load
 from safetensors import safe_open
 
-from sslvit.files import WRITE_ERRORS, free_on_its_disk, honour_umask, reason
+from sslvit.files import WRITE_ERRORS, free_on_its_disk, honour_umask, mend_write, reason
 from sslvit.runtime.errors import CheckpointError
 from sslvit.runtime.main_first import raised_together
 
@@ -133,8 +133,10 @@ def _written_together(accelerator, write: Optional[Callable[[], None]], run_dir:
         if accelerator.num_processes > 1 and not isinstance(failed, CheckpointException):
             why = f"{why}, on process {accelerator.process_index}"
         latest = latest_checkpoint(run_dir)
-        then = (f"the latest checkpoint is still {latest}. Free some space, then --resume" if latest else
-                "no checkpoint was written before it. Free some space, then start the run again")
+        mend = mend_write(failed, run_dir)
+        mend = mend[0].upper() + mend[1:]  # after a full stop
+        then = (f"the latest checkpoint is still {latest}. {mend}, then --resume" if latest else
+                f"no checkpoint was written before it. {mend}, then start the run again")
         return (f"Writing checkpoint '{tmp.name.removeprefix('.tmp_')}' failed ({why}; "
                 f"{free_on_its_disk(run_dir)}); {then}.")
 

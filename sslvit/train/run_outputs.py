@@ -16,7 +16,7 @@ from accelerate.utils import DistributedType, gather_object
 from sslvit.data.stream_loader import StreamLoader, wrong_counts
 from sslvit.eval.features import extract_features
 from sslvit.eval.knn import knn_classify
-from sslvit.files import WRITE_ERRORS, OutputError, reason
+from sslvit.files import WRITE_ERRORS, OutputError, mend_write, reason
 from sslvit.models.export import export_backbone
 from sslvit.pictures import save_columns
 from sslvit.report import build_report
@@ -72,8 +72,8 @@ def export(accelerator, model, raw, cfg, run_dir: Path) -> None:
         export_backbone(backbone, cfg.model, run_dir, state=state)
 
     def said(failed: BaseException) -> str:
-        return (f"Writing the backbone into '{run_dir}' failed ({reason(failed)}); the "
-                "checkpoint before it is written: free some space, then --resume writes the backbone again.")
+        return (f"Writing the backbone into '{run_dir}' failed ({reason(failed)}); the checkpoint before it is "
+                f"written: {mend_write(failed, run_dir)}, then --resume writes the backbone again.")
 
     raised_together(write if accelerator.is_main_process else None, WRITE_ERRORS, said, OutputError)
 
