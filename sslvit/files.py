@@ -64,6 +64,14 @@ def atomic_path(path: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def cache_folder() -> Path:
+    """sslvit's cache (the built embedded sets, the precision timings): ``$SSLVIT_CACHE``, else
+    ``$XDG_CACHE_HOME/sslvit``, else ``~/.cache/sslvit`` (the XDG default)."""
+    if os.environ.get("SSLVIT_CACHE"):
+        return Path(os.environ["SSLVIT_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "sslvit"
+
+
 WRITE_ERRORS = (OSError, SafetensorError)
 """What a write raises when its disk is full or gone: safetensors' is a SafetensorError ("I/O error:
 No space left on device"), not an OSError."""

@@ -4,11 +4,18 @@ import torch
 from PIL import Image
 
 
+@pytest.fixture(scope="session")
+def _session_cache(tmp_path_factory):
+    """One cache folder for the session: the embedded sets are built once, not once a test."""
+    return tmp_path_factory.mktemp("cache")
+
+
 @pytest.fixture(autouse=True)
-def _seed_and_threads(tmp_path, monkeypatch):
+def _seed_and_threads(_session_cache, monkeypatch):
     torch.manual_seed(0)
-    # each test its own cache (precision timings): nothing carries over from another test or run
-    monkeypatch.setenv("SSLVIT_CACHE", str(tmp_path / "cache"))
+    # no precision timing carries over from another test or from the user's own runs
+    monkeypatch.setenv("SSLVIT_CACHE", str(_session_cache))
+    (_session_cache / "precision.json").unlink(missing_ok=True)
     yield
 
 

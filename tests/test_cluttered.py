@@ -13,7 +13,7 @@ from sslvit.train.data_recipe import fitted_small_recipe, preset_for
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("SSLVIT_CACHE", str(tmp_path / "cache" / "sslvit"))
 
 
 def test_split_sizes_labels_and_cache(tmp_path):
@@ -31,12 +31,33 @@ def test_split_sizes_labels_and_cache(tmp_path):
 def test_a_cache_folder_that_cannot_be_written_is_a_warning_and_the_set_is_built_in_memory(tmp_path, monkeypatch):
     """A read-only or full home used to stop every run on the set with the cache's OSError."""
     (tmp_path / "a_file").write_text("x")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a_file"))  # a file where the cache's folder would be
-    with pytest.warns(UserWarning, match=rf"^the cluttered set could not be cached in '{tmp_path / 'a_file'}/sslvit' "
-                                         r"\(.*\); it is built again at each run \(set XDG_CACHE_HOME"):
+    monkeypatch.setenv("SSLVIT_CACHE", str(tmp_path / "a_file"))  # a file where the cache's folder would be
+    with pytest.warns(UserWarning, match=rf"^the cluttered set could not be cached in '{tmp_path / 'a_file'}' "
+                                         r"\(.*\); it is built again at each run \(set SSLVIT_CACHE"):
         imgs, labels = cluttered_split("val", 32)
     built, built_labels = build("val", 0, 1.0)
     assert labels == built_labels.tolist() and np.array_equal(np.asarray(imgs[7]), built[7])
+
+
+@pytest.mark.parametrize("sslvit_cache, xdg, folder", [
+    ("mine", "xdg", "mine"), (None, "xdg", "xdg/sslvit"), (None, None, "home/.cache/sslvit"),
+    ("", "", "home/.cache/sslvit"),
+])
+def test_both_caches_live_in_one_folder_that_sslvit_cache_moves_else_xdg_cache_home(sslvit_cache, xdg, folder,
+                                                                                   tmp_path, monkeypatch):
+    """The set's cache followed XDG_CACHE_HOME and the precision timings SSLVIT_CACHE, so neither
+    variable moved both. Unset or empty variables fall back as the XDG spec says."""
+    from sslvit.data.cluttered import cache_file
+    from sslvit.train import precision
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for name, value in (("SSLVIT_CACHE", sslvit_cache), ("XDG_CACHE_HOME", xdg)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, str(tmp_path / value) if value else "")
+    assert cache_file("val", 0, 1.0).parent == tmp_path / folder
+    assert precision.cache_file() == tmp_path / folder / "precision.json"
 
 
 def test_variants_differ_and_the_generator_is_seeded():

@@ -18,7 +18,7 @@ import dino_redraw  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("SSLVIT_CACHE", str(tmp_path / "cache" / "sslvit"))
 
 
 def test_the_dataset_draws_again_per_sample_and_epoch_reproducibly():

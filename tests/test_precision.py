@@ -2,6 +2,8 @@
 fp32 on CPUs without native bf16 (or with ``SSLVIT_CPU_BF16=0``), and on CPUs with it the faster
 of the two for the run's own step, kept in the checkpoint so ``--resume`` does not flip it."""
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -135,7 +137,7 @@ def test_the_timings_are_cached_per_setup_so_a_rerun_times_nothing(native_bf16, 
     assert other_batch == first  # timed afresh for its own shapes
     choice = resolve_precision("auto", lambda: precision.measure_step(objective, data, 16))
     assert choice.precision == "bf16" and "cached from an earlier run" in choice.reason
-    assert precision.cache_file().parent == tmp_path / "cache"
+    assert precision.cache_file().parent == Path(os.environ["SSLVIT_CACHE"])
 
 
 def test_auto_times_a_run_on_shards_on_the_streams_first_samples(native_bf16, monkeypatch, image_folder, tmp_path,

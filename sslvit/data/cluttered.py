@@ -12,7 +12,6 @@ train.
 from __future__ import annotations
 
 import hashlib
-import os
 import warnings
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from sslvit.data.digits import NUM_VAL
-from sslvit.files import atomic_path
+from sslvit.files import atomic_path, cache_folder
 
 NAME = "cluttered"
 CANVAS = 32
@@ -121,7 +120,7 @@ def build(split: str, seed: int, strength: float) -> tuple[np.ndarray, np.ndarra
 
 
 def cache_file(split: str, seed: int, strength: float) -> Path:
-    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sslvit"
+    root = cache_folder()
     key = hashlib.sha1(f"{VERSION}-{split}-{seed}-{strength!r}".encode()).hexdigest()[:12]
     return root / f"{NAME}-{split}-{key}.npz"
 
@@ -143,7 +142,7 @@ def cluttered_split(split: str, img_size: int, seed: int = 0, strength: float = 
                     np.savez(fh, images=images, labels=labels)
         except OSError as e:  # a cache only saves seconds: a read-only or full home still runs
             warnings.warn(f"the {NAME} set could not be cached in '{file.parent}' ({e.strerror or e}); it is built "
-                          "again at each run (set XDG_CACHE_HOME to a folder you can write to).", stacklevel=2)
+                          "again at each run (set SSLVIT_CACHE to a folder you can write to).", stacklevel=2)
     pil = [Image.fromarray(a) for a in images]
     if img_size != CANVAS:
         pil = [p.resize((img_size, img_size), Image.BICUBIC) for p in pil]

@@ -9,7 +9,7 @@ loses small ones (the 16 px ViT-Ti/4 demo model runs at 0.47-0.52x: converting c
 saves).
 
 The timings are cached per CPU model, torch version, thread count, objective and batch shape in
-``$SSLVIT_CACHE/precision.json`` (default ``~/.cache/sslvit``): a rerun of the same setup times
+``precision.json`` in sslvit's cache folder (``files.cache_folder``): a rerun of the same setup times
 nothing. ``SSLVIT_CPU_BF16=0`` makes ``auto`` resolve as on a CPU without native bf16 (fp32, nothing
 timed), so one machine can run the suite both ways.
 """
@@ -25,7 +25,7 @@ from typing import Callable, Optional
 
 import torch
 
-from sslvit.files import write_json_atomic
+from sslvit.files import cache_folder, write_json_atomic
 from sslvit.runtime.devices import cpu_model, has_accelerator
 
 PRECISIONS = ("auto", "fp32", "no", "bf16", "fp16")
@@ -155,7 +155,7 @@ def time_step_precisions(objective: torch.nn.Module, batch) -> dict:
 
 
 def cache_file() -> Path:
-    return Path(os.environ.get("SSLVIT_CACHE", Path.home() / ".cache" / "sslvit")).expanduser() / "precision.json"
+    return cache_folder() / "precision.json"
 
 
 def batch_shapes(batch):
