@@ -67,3 +67,18 @@ def test_the_readmes_timm_snippet_loads_the_backbone_maes_digits_preset_builds(t
         torch.testing.assert_close(scope["model"].eval()(x), ours.features(x, pool="cls"))
     rebuilt = timm.create_model(**timm_spec(read_backbone_config("runs/mae-digits")))
     rebuilt.load_state_dict(scope["model"].state_dict(), strict=True)
+
+
+def test_an_exported_backbone_goes_into_a_folder_made_for_it_and_loads_back(tmp_path):
+    """export_backbone raised FileNotFoundError for a folder that did not exist yet."""
+    from sslvit.models.export import export_backbone, load_backbone
+
+    cfg = BackboneConfig(size="tiny", patch_size=4, img_size=16, depth=2)
+    ours = build_backbone(cfg).eval()
+    out = tmp_path / "not" / "made" / "yet"
+    written = export_backbone(ours, cfg, str(out))  # a str, as a script would pass it
+    assert written == out / "backbone.safetensors" and (out / "backbone.json").is_file()
+    back, back_cfg = load_backbone(out)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(back.eval().features(x, pool="cls"), ours.features(x, pool="cls"))

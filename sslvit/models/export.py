@@ -32,8 +32,11 @@ SPEC = "backbone.json"
 
 
 def export_backbone(backbone: SSLViT, cfg: BackboneConfig, out_dir: Path, state: dict | None = None) -> Path:
-    """Write ``backbone.json`` and ``backbone.safetensors`` (the classifier head left out);
-    ``state`` replaces ``backbone.state_dict()`` (FSDP gathers it from the shards)."""
+    """Write ``backbone.json`` and ``backbone.safetensors`` into ``out_dir`` (made if missing; the
+    classifier head left out); ``state`` replaces ``backbone.state_dict()`` (FSDP gathers it from the
+    shards)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     spec = timm_spec(cfg)
     stem = spec["embed_layer"]
     if isinstance(stem, functools.partial):  # an older stem: its class and the argument that builds it
