@@ -109,7 +109,8 @@ def _apply(cfg, updates: dict, prefix: str = "") -> None:
         key = f"{prefix}{name}"
         if name not in fields:
             close = difflib.get_close_matches(name, list(fields), n=1)
-            hint = f" Did you mean '{prefix}{close[0]}'?" if close else f" Known keys: {', '.join(prefix + k for k in fields)}."
+            known = ", ".join(prefix + k for k in fields)
+            hint = f" Did you mean '{prefix}{close[0]}'?" if close else f" Known keys: {known}."
             raise ConfigError(f"Unknown config key '{key}'.{hint}")
         tp, _ = fields[name]
         current = getattr(cfg, name)

@@ -172,7 +172,8 @@ def _where(on: torch.Tensor, make, x: torch.Tensor) -> torch.Tensor:
 
 
 def _crops(images: list[torch.Tensor], p: torch.Tensor, views: int, size: int) -> torch.Tensor:
-    """``views`` crops of each of the B images, rows view-major as p (views * B, COLUMNS) -> (views * B, C, size, size)."""
+    """``views`` crops of each of the B images, rows view-major as p (views * B, COLUMNS)
+    -> (views * B, C, size, size)."""
     by_shape: dict[tuple, list[int]] = {}
     for i, img in enumerate(images):
         by_shape.setdefault(tuple(img.shape), []).append(i)

@@ -94,7 +94,8 @@ class ImageDataset(Dataset):
 
 def build_dataset(data: str, split: str, img_size: int, transform=None, val_fraction: float = VAL_FRACTION,
                   seed: int = SPLIT_SEED) -> ImageDataset | ShardDataset:
-    """``data`` is 'cluttered' / 'digits' (embedded), a folder or a shard set (see ``shard_reader``). split 'train' | 'val' | 'all'.
+    """``data`` is 'cluttered' / 'digits' (embedded), a folder or a shard set (see ``shard_reader``);
+    split 'train' | 'val' | 'all'.
 
     A shard set comes back in its written order, unshuffled, bad samples skipped with a warning,
     each sample keyed by its place in that order: what the probes want (``extract_features`` puts

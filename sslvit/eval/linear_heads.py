@@ -58,9 +58,8 @@ class LARS(torch.optim.Optimizer):
                     dp = dp.add(p, alpha=g["weight_decay"])
                     param_norm, update_norm = torch.norm(p), torch.norm(dp)
                     one = torch.ones_like(param_norm)
-                    q = torch.where(param_norm > 0.0,
-                                    torch.where(update_norm > 0, g["trust_coefficient"] * param_norm / update_norm, one),
-                                    one)
+                    trust = torch.where(update_norm > 0, g["trust_coefficient"] * param_norm / update_norm, one)
+                    q = torch.where(param_norm > 0.0, trust, one)
                     dp = dp.mul(q)
                 state = self.state[p]
                 if "mu" not in state:

@@ -57,8 +57,9 @@ def _check_readable(path: Path) -> None:
     try:
         path.stat()
     except PermissionError:
-        raise PermissionError(f"'{path}' cannot be reached (permission denied on a folder above it); give this user "
-                              "read and execute rights on the run folder, or copy the run somewhere readable.") from None
+        raise PermissionError(f"'{path}' cannot be reached (permission denied on a folder above it); give this "
+                              "user read and execute rights on the run folder, or copy the run somewhere "
+                              "readable.") from None
     except OSError:
         return  # missing: the caller says what is missing and where it comes from
     if path.is_file() and not os.access(path, os.R_OK):

@@ -131,7 +131,8 @@ class SSLViT(VisionTransformer):
         pos_patch = pos[:, self.num_prefix_tokens:].expand(B, -1, -1)
         if keep is not None:
             patches = self.patchify(imgs)
-            x = self.embed_patches(torch.gather(patches, 1, keep[:, :, None, None, None].expand(-1, -1, *patches.shape[2:])))
+            kept = torch.gather(patches, 1, keep[:, :, None, None, None].expand(-1, -1, *patches.shape[2:]))
+            x = self.embed_patches(kept)
             x = x + torch.gather(pos_patch, 1, keep[:, :, None].expand(-1, -1, x.shape[-1]))
         else:
             x = self.embed_patches(self.patchify(imgs))

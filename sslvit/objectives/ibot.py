@@ -43,8 +43,8 @@ class IBOTConfig:
     def validate(self) -> None:
         lo, hi = self.mask_ratio - self.mask_ratio_var, self.mask_ratio + self.mask_ratio_var
         if not (0.0 <= lo and hi < 1.0):
-            raise ValueError(f"ibot.mask_ratio {self.mask_ratio} +- ibot.mask_ratio_var {self.mask_ratio_var} must stay "
-                             "within [0, 1); iBOT's are 0.3 and 0.2.")
+            raise ValueError(f"ibot.mask_ratio {self.mask_ratio} +- ibot.mask_ratio_var {self.mask_ratio_var} must "
+                             "stay within [0, 1); iBOT's are 0.3 and 0.2.")
         if not 0.0 < self.mask_probability <= 1.0:
             raise ValueError(f"ibot.mask_probability must be in (0, 1] (got {self.mask_probability}); with 0 no "
                              "patch is ever masked and the patch loss is nothing.")

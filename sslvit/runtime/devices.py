@@ -74,7 +74,8 @@ def release_accelerator() -> None:
     accelerate has no public call for this; its tests use these."""
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-    if PartialState._shared_state.get("distributed_type") == DistributedType.FSDP and PartialState().device.type == "cpu":
+    fsdp = PartialState._shared_state.get("distributed_type") == DistributedType.FSDP
+    if fsdp and PartialState().device.type == "cpu":
         # shard_on_the_cpu made it FSDP after the launch said MULTI_CPU; it does so again for the next run
         PartialState._shared_state["distributed_type"] = DistributedType.MULTI_CPU
 
@@ -88,7 +89,8 @@ def shard_on_the_cpu(accelerator: Accelerator) -> None:
     accelerate's FSDP2 ``prepare``, ``save_state``, ``load_state`` and ``get_state_dict``: the
     state is set here as accelerate sets it on a GPU, from the launch's ``FSDP_*`` variables."""
     state = AcceleratorState()
-    if state.distributed_type != DistributedType.MULTI_CPU or os.environ.get("ACCELERATE_USE_FSDP", "").lower() != "true":
+    fsdp_asked = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    if state.distributed_type != DistributedType.MULTI_CPU or not fsdp_asked:
         return
     plugin = FullyShardedDataParallelPlugin()  # reads FSDP_* as accelerate launch set them
     if plugin.fsdp_version != 2:

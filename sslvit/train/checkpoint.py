@@ -184,8 +184,8 @@ def resumable_checkpoint(run_dir: Path, say=print) -> Optional[Path]:
         damaged.append(f"'{ckpt}' ({problem})")
         say(f"warning: checkpoint {damaged[-1]} is damaged; trying the one before it.")
     if damaged:
-        raise CheckpointError(f"Every checkpoint in '{Path(run_dir) / CKPT_DIR}' is damaged, the newest {damaged[0]}; start a new --out "
-                              "(the run's config.yaml holds its settings).")
+        raise CheckpointError(f"Every checkpoint in '{Path(run_dir) / CKPT_DIR}' is damaged, the newest "
+                              f"{damaged[0]}; start a new --out (the run's config.yaml holds its settings).")
     return None
 
 

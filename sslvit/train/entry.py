@@ -69,8 +69,8 @@ def run_config(config_cls, preset: str | None = None, argv=None):
     foreign = [k for k in saved if k not in known]
     if foreign:
         raise ConfigError(f"'{saved_file.parent}' holds a run of another objective (its config.yaml has the section "
-                          f"'{foreign[0]}', which {config_cls.__name__} lacks); resume it with its own pretrain/ script, "
-                          "or pass a new --out.")
+                          f"'{foreign[0]}', which {config_cls.__name__} lacks); resume it with its own pretrain/ "
+                          "script, or pass a new --out.")
     if isinstance(saved.get("model"), dict):
         saved["model"].setdefault("stem_norm", "layer")  # a run from before the key: the stem it was built with
     if isinstance(saved.get("train"), dict):

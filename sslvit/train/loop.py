@@ -164,7 +164,8 @@ class Trainer:
 
     def __init__(self, cfg, objective, train_set, picture_imgs=None, collate_fn=None, knn_sets=None):
         self.cfg, self.tc = cfg, cfg.train
-        self.train_set, self.picture_imgs, self.collate_fn, self.knn_sets = train_set, picture_imgs, collate_fn, knn_sets
+        self.train_set, self.picture_imgs = train_set, picture_imgs
+        self.collate_fn, self.knn_sets = collate_fn, knn_sets
         self.run_dir = Path(cfg.out).expanduser()
         if not isinstance(objective, Objective):
             raise TypeError(f"{type(objective).__name__} is not an sslvit.objectives.base.Objective; subclass it "
@@ -404,16 +405,18 @@ class Trainer:
         p.step += 1
         if bad_step is not None:
             p.bad_streak += 1
-            msg = f"step {p.step} skipped: non-finite {bad_step} ({p.bad_streak} in a row, stop after {tc.max_bad_steps})"
+            msg = (f"step {p.step} skipped: non-finite {bad_step} ({p.bad_streak} in a row, stop after "
+                   f"{tc.max_bad_steps})")
             self.log({"step": p.step, "epoch": p.epoch + 1, "skipped_step": bad_step, "warnings": [msg]})
             if self.main:
                 self.bar.write(f"warning: {msg}")
             if p.bad_streak >= tc.max_bad_steps:
                 raise TrainingDiverged(
                     f"The {bad_step} were not finite for {p.bad_streak} steps in a row, up to step {p.step} "
-                    f"(epoch {p.epoch + 1}); the last good checkpoint ({latest_checkpoint(self.run_dir) or 'none yet'}) "
-                    "is intact. Likely causes: a learning rate too high (lower train.blr, or set train.clip_grad) or "
-                    "fp16 overflow (use train.precision bf16 or no); then --resume.")
+                    f"(epoch {p.epoch + 1}); the last good checkpoint "
+                    f"({latest_checkpoint(self.run_dir) or 'none yet'}) is intact. Likely causes: a learning rate "
+                    "too high (lower train.blr, or set train.clip_grad) or fp16 overflow (use train.precision bf16 or "
+                    "no); then --resume.")
             return
         p.bad_streak, p.applied = 0, p.applied + 1
         self.raw.after_optimizer_step(info)

@@ -24,7 +24,8 @@ def train_start(cfg, stop: StopRequest | None):
     say = process_state().print  # the main process's lines, as --init's
     if finished_run(start.out):
         check_reusable(start)
-        say(f"start: {start.what}, finished in {start.out}: reused (--start none trains from random weights)", flush=True)
+        say(f"start: {start.what}, finished in {start.out}: reused (--start none trains from random weights)",
+            flush=True)
     else:
         say(f"start: {start.what}, trained first in {start.out} (--start none trains from random weights)", flush=True)
         resume = ["--resume"] if cfg.resume and latest_checkpoint(start.out) is not None else []
