@@ -66,7 +66,8 @@ def training_step(cfg):
     torch.manual_seed(0)
     model = cfg.build_objective()  # BEiT fits its tokenizer here (into cfg.out)
     opt = build_adamw(model, 1e-4, 0.05)
-    batch = timing_batch(training_set(cfg), cfg.train.batch_size, cfg.collate_fn() if hasattr(cfg, "collate_fn") else None)
+    batch = timing_batch(training_set(cfg), cfg.train.batch_size,
+                         cfg.collate_fn() if hasattr(cfg, "collate_fn") else None)
     info = StepInfo(step=0, micro=0, epoch=0, total_steps=100, steps_per_epoch=70, key=0,
                     rows=slice(0, cfg.train.batch_size), global_size=cfg.train.batch_size)
 
@@ -101,8 +102,8 @@ def main() -> None:
                     for f in runs:
                         runs[f].append(kernel_ms(B, H, T, dtype, f, backward))
                 fu, ex = (statistics.median(runs[f]) for f in (True, False))
-                print(f"| {B}, {H}, {T} | {str(dtype)[6:]} | {'fwd+bwd' if backward else 'fwd'} | {fu:.2f} | {ex:.2f} | "
-                      f"{fu / ex:.2f}x |")
+                print(f"| {B}, {H}, {T} | {str(dtype)[6:]} | {'fwd+bwd' if backward else 'fwd'} | {fu:.2f} | "
+                      f"{ex:.2f} | {fu / ex:.2f}x |")
     print_steps(args)
 
 
@@ -114,7 +115,8 @@ def print_steps(args) -> None:
 def print_step_table(args, out: str) -> None:
     recipes = {"dino": DINORunConfig, "mae": MAERunConfig, "beit": BEiTRunConfig}
     chooser = attention.explicit_is_faster
-    print(f"\n2. one training step of each `cluttered` preset, ms (medians of {args.rounds} rounds x {args.steps} steps)")
+    print(f"\n2. one training step of each `cluttered` preset, ms "
+          f"(medians of {args.rounds} rounds x {args.steps} steps)")
     print("| preset | precision | sslvit's choice | fused everywhere | fused / sslvit |\n|---|---|---|---|---|")
     for name, cls in recipes.items():
         cfg = run_config(cls, preset=name, argv=["--data", "cluttered", "--out", f"{out}/{name}"])
@@ -131,8 +133,8 @@ def print_step_table(args, out: str) -> None:
                     runs[kind].append((time.perf_counter() - t0) / args.steps * 1e3)
             attention.explicit_is_faster = chooser
             ours, fused = statistics.median(runs["ours"]), statistics.median(runs["fused"])
-            print(f"| {name} (batch {cfg.train.batch_size}) | {'bf16' if bf16 else 'fp32'} | {ours:.0f} | {fused:.0f} | "
-                  f"{fused / ours:.2f}x |")
+            print(f"| {name} (batch {cfg.train.batch_size}) | {'bf16' if bf16 else 'fp32'} | {ours:.0f} | "
+                  f"{fused:.0f} | {fused / ours:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ tokenisation.
 Configuration: ViT-S/16, 224 px, batch 32, LayerScale 0.1, 78 of 196 patches block-masked
 (``beit.mask_ratio`` 0.4, BEiT's generator, exact count), pixel tokenizer with vocabulary 8192 (8 x 8 pooled patches,
 192-d; the codebook is random unit vectors, which costs the same to search as a fitted one),
-fp32 (and bf16 autocast where the CPU has native bf16), fused AdamW from the loop's ``build_adamw`` (betas (0.9, 0.98), wd 0.05), global grad clip
+fp32 (and bf16 autocast where the CPU has native bf16), fused AdamW from the loop's ``build_adamw``
+(betas (0.9, 0.98), wd 0.05), global grad clip
 3.0. One step is what ``sslvit.train.loop.pretrain`` does for BEiT: forward (the tokenizer encodes
 the masked patches under no_grad inside it, then the encoder over the full sequence with mask
 tokens, the head on the masked positions and the cross-entropy), backward, clipping, optimizer

@@ -111,13 +111,15 @@ def main() -> None:
     for kind in ("train", "eval"):
         print(f"{kind}: v2 / ours = {med[f'{kind}, v2'] / med[f'{kind}, ours']:.2f}x")
     print(f"DINO's preset crops of an image: colour path / grey first = {med['dino, colour'] / med['dino, grey']:.2f}x")
-    print(f"DINO's preset crops, per image / batched (batch {dino_batch}): grey {med['dino, grey'] / med['dino, batched']:.2f}x, "
+    print(f"DINO's preset crops, per image / batched (batch {dino_batch}): "
+          f"grey {med['dino, grey'] / med['dino, batched']:.2f}x, "
           f"colour {med['dino, colour'] / med['dino, colour batched']:.2f}x")
     for name in ("train, v2", "train, ours"):
         data = med[name] * batch
         print(f"a step's {batch} crops ({name}) = {data / (data + med['MAE step']):.1%} of step + crops")
     saved = (med["train, v2"] - med["train, ours"]) * batch
-    print(f"an epoch takes {(med['train, ours'] * batch + med['MAE step']) / (med['train, v2'] * batch + med['MAE step']):.3f}x "
+    print("an epoch takes "
+          f"{(med['train, ours'] * batch + med['MAE step']) / (med['train, v2'] * batch + med['MAE step']):.3f}x "
           f"the time with ToNormalizedTensor ({saved:.0f} ms less per step)")
 
 

@@ -172,7 +172,8 @@ def main() -> None:
     print("one image, one process (us): " + ", ".join(f"{k} {v:.1f}" for k, v in costs.items()))
     work = costs["decode"] + costs["MAE transform"]
     print(f"ceiling: a reader that costs nothing is at most {(costs['read file'] + work) / work:.2f}x faster than the "
-          f"folder here; the shard stream's own cost is {costs['shard stream (no transform)'] - costs['decode']:.1f} us "
+          f"folder here; the shard stream's own cost is "
+          f"{costs['shard stream (no transform)'] - costs['decode']:.1f} us "
           f"against the folder's {costs['read file']:.1f} us")
 
 

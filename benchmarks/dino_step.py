@@ -3,7 +3,8 @@
 Configuration: ViT-S/16 (learned position embedding, dynamic image size, student drop path 0.1,
 teacher 0), 2 global crops of --img px + 6 local crops of --local-img px, batch B (images/s counts
 the B images, not the 8B crops), head 384 -> 2048 -> 2048 -> 256 -> K (weight-normed last layer),
-fp32 (and bf16 autocast on CPUs with native bf16). One step = student forward on every crop + teacher forward on the 2 global crops, DINO loss,
+fp32 (and bf16 autocast on CPUs with native bf16).
+One step = student forward on every crop + teacher forward on the 2 global crops, DINO loss,
 backward, per-parameter gradient clipping (max norm 3), optimizer step, zero_grad, EMA teacher
 update. The configurations are timed round-robin (--warmup steps, then --steps timed steps each,
 median reported) so machine noise hits each equally.

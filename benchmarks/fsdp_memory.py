@@ -110,7 +110,8 @@ def child(on: bool, img: int, batch: int, steps: int) -> list[dict] | None:
 
 def launch(on: bool, args, port: int) -> list[dict]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch/fsdp_cpu_2proc.yaml"),
+    cmd = [sys.executable, "-m", "accelerate.commands.launch",
+           "--config_file", str(REPO / "launch/fsdp_cpu_2proc.yaml"),
            "--main_process_port", str(port), __file__, "--child", "on" if on else "off",
            "--img", str(args.img), "--batch", str(args.batch), "--steps", str(args.steps)]
     out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
@@ -144,13 +145,15 @@ def main() -> None:
         res[on] = launch(on, args, port)
         for r in res[on]:
             assert r["sharded"], "the launch did not run FSDP"
-            print(f"{'on' if on else 'off':<14}{r['rank']:>5}{r['built_mb']:>10.0f}{r['state_mb']:>18.0f}{r['first_mb']:>15.0f}"
+            print(f"{'on' if on else 'off':<14}{r['rank']:>5}{r['built_mb']:>10.0f}{r['state_mb']:>18.0f}"
+                  f"{r['first_mb']:>15.0f}"
                   f"{r['peak_mb']:>9.0f}{r['peak_mb'] - r['state_mb']:>14.0f}{r['step_s']:>8.1f}  "
                   + " ".join(f"{x:.6f}" for x in r["losses"]), flush=True)
     print(f"{res[False][0]['params'] / 1e6:.0f} M parameters (encoder + decoder), sharded over 2 processes")
     for rank in (0, 1):
         on, off = res[True][rank], res[False][rank]
-        print(f"rank {rank}, on / off: first step {on['first_mb'] / off['first_mb']:.2f}, peak {on['peak_mb'] / off['peak_mb']:.2f}, step adds "
+        print(f"rank {rank}, on / off: first step {on['first_mb'] / off['first_mb']:.2f}, "
+              f"peak {on['peak_mb'] / off['peak_mb']:.2f}, step adds "
               f"{(on['peak_mb'] - on['state_mb']) / (off['peak_mb'] - off['state_mb']):.2f}, "
               f"step time {on['step_s'] / off['step_s']:.2f}")
 

@@ -185,7 +185,8 @@ def profile(batch: int, threads: int) -> None:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = sslvit_mae("hmlp")
-    step = make_step(model, build_adamw(model, 1.5e-4 * batch / 256, 0.05, (0.9, 0.95)), torch.randn(batch, 3, 224, 224))
+    step = make_step(model, build_adamw(model, 1.5e-4 * batch / 256, 0.05, (0.9, 0.95)),
+                     torch.randn(batch, 3, 224, 224))
     step()
     step()
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -299,7 +300,8 @@ def summary(med: dict, flops: dict, peak: dict) -> None:
                       f"(goal >= {goal:.0%})")
     for prec in ("fp32", "bf16"):
         if f"sslvit hmlp {prec} compiled" in med:
-            print(f"train.compile inductor, {prec}: {med[f'sslvit hmlp {prec}'] / med[f'sslvit hmlp {prec} compiled']:.2f}x "
+            print(f"train.compile inductor, {prec}: "
+                  f"{med[f'sslvit hmlp {prec}'] / med[f'sslvit hmlp {prec} compiled']:.2f}x "
                   "the eager step")
 
 

@@ -124,7 +124,8 @@ def test_a_second_run_on_the_same_out_is_refused_and_a_dead_runs_lock_is_not_sta
 
     run = tmp_path / "run"
     holder = subprocess.Popen(  # another run holding the lock, as a live pretraining holds it
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from sslvit.train.run_lock import _acquire; "
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from sslvit.train.run_lock import _acquire; "
          "h = _acquire(Path(sys.argv[1])); print('locked', flush=True); time.sleep(600)", str(run)],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -240,7 +241,8 @@ def _exported(root, size):
 @pytest.mark.parametrize("tamper, words", [
     (lambda spec: spec.write_text("{not json"), "is not a backbone description sslvit wrote (Expecting"),
     (lambda spec: spec.write_text('{"timm": {}}'), "is not a backbone description sslvit wrote (no 'backbone' entry)"),
-    (lambda spec: spec.write_text('{"backbone": {"size": "tiny", "colour": 3}}'), "an entry BackboneConfig does not take"),
+    (lambda spec: spec.write_text('{"backbone": {"size": "tiny", "colour": 3}}'),
+     "an entry BackboneConfig does not take"),
     (lambda spec: spec.write_text('{"backbone": {"size": "enormous"}}'), "model.size 'enormous' is unknown"),
 ])
 def test_a_tampered_backbone_json_is_one_sentence_naming_the_file(tamper, words, tmp_path):

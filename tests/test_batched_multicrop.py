@@ -75,7 +75,8 @@ def test_crop_boxes_are_drawn_as_random_resized_crop(height, width, scale):
     fits a ratio of 3/4 to 4/3, so it tests the fallback (a centred box of the widest ratio)."""
     n = 4000
     torch.manual_seed(0)
-    got = torch.from_numpy(crop_boxes(height, width, np.array([scale] * n), torch.rand(n, 22, dtype=torch.float64).numpy())).float()
+    got = torch.from_numpy(crop_boxes(height, width, np.array([scale] * n),
+                                      torch.rand(n, 22, dtype=torch.float64).numpy())).float()
     img = torch.zeros(1, height, width)
     want = torch.tensor([RandomResizedCrop.get_params(img, list(scale), [3 / 4, 4 / 3]) for _ in range(n)]).float()
     assert (got[:, 0] + got[:, 2] <= height).all() and (got[:, 1] + got[:, 3] <= width).all() and (got >= 0).all()
@@ -111,7 +112,8 @@ def chain_by_torchvision(img, p, size, cfg):
 def test_every_view_is_torchvisions_chain_with_the_same_parameters(channels):
     """Whole-image boxes (so the rim is the image's, as in F.resized_crop) and parameters drawn by
     MultiCropDraw, every op forced on in some rows and off in others."""
-    cfg = MultiCropConfig(local_number=3, local_size=16, blur_sigma=(0.1, 1.0), grayscale_p=0.5 if channels == 3 else 1.0,
+    cfg = MultiCropConfig(local_number=3, local_size=16, blur_sigma=(0.1, 1.0),
+                          grayscale_p=0.5 if channels == 3 else 1.0,
                           batched=True)
     torch.manual_seed(3)
     draw, collate = MultiCropDraw(cfg, hflip=True), BatchedMultiCropCollate(32, cfg)

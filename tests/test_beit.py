@@ -117,7 +117,8 @@ def test_grid_aware_masking_defaults_and_beit_optimizer_defaults():
              BEiTConfig())
 
 
-TINY = ["--train.precision", "fp32", "--model.size", "tiny", "--model.depth", "2", "--model.patch_size", "4", "--model.img_size", "16",
+TINY = ["--train.precision", "fp32", "--model.size", "tiny", "--model.depth", "2",
+        "--model.patch_size", "4", "--model.img_size", "16",
         "--tokenizer.vocab", "16", "--tokenizer.fit_images", "48", "--tokenizer.iters", "3",
         "--train.batch_size", "16", "--train.epochs", "2", "--train.warmup_epochs", "1", "--train.num_workers", "0",
         "--train.log_every", "1", "--train.save_every", "1", "--train.picture_every", "2", "--train.blr", "1e-2"]
@@ -141,7 +142,8 @@ def test_beit_run_writes_tokenizer_backbone_pictures_and_is_probed(tmp_path, ima
     spec = json.loads((run / "backbone.json").read_text())
     assert spec["backbone"]["init_values"] == 0.1 == spec["timm"]["init_values"]
     weights = load_file(str(run / "backbone.safetensors"))
-    assert "blocks.0.ls1.gamma" in weights and not any(k.startswith(("head", "mask_token", "tokenizer")) for k in weights)
+    assert "blocks.0.ls1.gamma" in weights and not any(
+        k.startswith(("head", "mask_token", "tokenizer")) for k in weights)
     kw = {k: v for k, v in spec["timm"].items() if k not in ("embed_layer", "block_fn")}
     timm.create_model(**kw, embed_layer=HMLPStem).load_state_dict(weights, strict=True)
     knn = run_knn_probe(KNNProbeConfig(ckpt=str(run), ks=(5,), baselines=False, picture_queries=0))

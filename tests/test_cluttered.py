@@ -254,7 +254,8 @@ def test_a_folder_of_small_images_trains_with_no_keys(tmp_path, objective, capsy
     assert ("start: MAE's recipe for this data, 132 epochs, trained first in" in printed) == (objective == "dino")
     assert (out / "start-mae132" / "backbone.safetensors").is_file() == (objective == "dino")
     cfg = yaml.safe_load((out / "config.yaml").read_text())
-    assert (cfg["model"]["img_size"], cfg["model"]["patch_size"], cfg["train"]["batch_size"]) == (32, 8, 4)  # at most half of the 13
+    assert (cfg["model"]["img_size"], cfg["model"]["patch_size"],
+            cfg["train"]["batch_size"]) == (32, 8, 4)  # at most half of the 13
     assert (out / "backbone.safetensors").is_file()
 
 

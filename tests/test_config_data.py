@@ -45,7 +45,8 @@ def test_dino_small_recipe_uses_sincos_positions_and_layerscale():
     # 15 epochs of batched crops from a 33-epoch MAE start (docs/results.md, "Fourteen epochs",
     # "Fifteen and thirteen epochs"); the online k-NN every 2nd epoch pays for the 15th
     assert small.train.epochs == 15 and small.train.knn_every == 2 and small.crops.batched and small.start == "mae:33"
-    # batch 32: twice the steps an epoch for about the same time; it learns faster per epoch (docs/results.md, "Batch 32")
+    # batch 32: twice the steps an epoch for about the same time; it learns faster per epoch
+    # (docs/results.md, "Batch 32")
     assert small.train.batch_size == 32
     ref = run_config(DINORunConfig, preset="dino", argv=["--data", "cluttered", "--model.pos_embed", "learned"])
     assert ref.model.pos_embed == "learned"  # the reference's choice stays one key away
@@ -58,8 +59,8 @@ def test_dino_digits_preset_is_in_maes_digits_shape_and_names_its_start():
 
     dino = run_config(DINORunConfig, preset="dino", argv=[])
     mae = run_config(MAERunConfig, preset="mae", argv=[])
-    # MAE's digits run (the recipe's start) must load: the weights' shape is the same (drop path and the crops' dynamic size
-    # are not weights); from it DINO fine-tunes above random weights there, from random weights it did not
+    # MAE's digits run (the recipe's start) must load: the weights' shape is the same (drop path and the crops'
+    # dynamic size are not weights); from it DINO fine-tunes above random weights there, from random weights it did not
     weights = ("size", "patch_size", "img_size", "stem", "stem_norm", "pos_embed", "depth", "parallel", "init_values",
                "reg_tokens")
     assert {k: getattr(dino.model, k) for k in weights} == {k: getattr(mae.model, k) for k in weights}

@@ -13,7 +13,8 @@ from sslvit.train.checkpoint import latest_checkpoint
 from sslvit.train.entry import run_pretraining
 from sslvit.train.loop import TrainingDiverged
 
-TINY = ["--train.precision", "fp32", "--model.size", "tiny", "--model.depth", "2", "--model.patch_size", "4", "--model.img_size", "16",
+TINY = ["--train.precision", "fp32", "--model.size", "tiny", "--model.depth", "2",
+        "--model.patch_size", "4", "--model.img_size", "16",
         "--crops.local_number", "2", "--crops.local_size", "8", "--crops.blur_sigma", "[0.1, 0.5]",
         "--dino.out_dim", "128", "--dino.hidden_dim", "64", "--dino.bottleneck_dim", "32",
         "--train.batch_size", "16", "--train.epochs", "2", "--train.warmup_epochs", "1", "--train.num_workers", "0",

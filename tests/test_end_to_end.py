@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from sslvit.recipes.mae import MAERunConfig
 from sslvit.train.entry import run_pretraining
 
-TINY = ["--train.precision", "fp32", "--model.size", "tiny", "--model.depth", "2", "--model.patch_size", "4", "--model.img_size", "16",
+TINY = ["--train.precision", "fp32", "--model.size", "tiny", "--model.depth", "2",
+        "--model.patch_size", "4", "--model.img_size", "16",
         "--mae.decoder_dim", "32", "--mae.decoder_depth", "1", "--mae.decoder_heads", "2",
         "--train.batch_size", "16", "--train.epochs", "2", "--train.warmup_epochs", "1", "--train.num_workers", "0",
         "--train.log_every", "1", "--train.save_every", "1", "--train.picture_every", "1", "--train.blr", "1e-2"]
@@ -54,7 +55,8 @@ def test_lr_schedule_after_warmup(tmp_path, image_folder, fresh_accelerate, sche
     if schedule == "constant":  # held at the peak to the end
         assert lrs[3:] == pytest.approx([peak] * 3)
     else:  # half a cosine from the peak towards min_lr (reached after the last step)
-        assert lrs[3:] == pytest.approx([1e-5 + (peak - 1e-5) * 0.5 * (1 + math.cos(math.pi * k / 3)) for k in range(3)])
+        assert lrs[3:] == pytest.approx([1e-5 + (peak - 1e-5) * 0.5 * (1 + math.cos(math.pi * k / 3))
+                                         for k in range(3)])
     with pytest.raises(ValueError, match="train.lr_schedule 'linear' is unknown"):
         _run(tmp_path / "bad", image_folder, ["--train.lr_schedule", "linear"])
 
@@ -78,16 +80,19 @@ def test_resumed_run_reaches_the_same_weights(tmp_path, image_folder, fresh_acce
 
 
 def test_online_knn_is_logged_at_the_requested_interval(tmp_path, image_folder, fresh_accelerate):
-    # drop-path draws from torch's global RNG: a monitor that drew from it (a DataLoader's base seed) would change what follows
+    # drop-path draws from torch's global RNG: a monitor that drew from it (a DataLoader's base seed)
+    # would change what follows
     run = _run(tmp_path / "run", image_folder, ["--train.epochs", "3", "--train.knn_every", "2",
                                                 "--train.knn_k", "5", "--model.drop_path_rate", "0.1"])
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     knn = [r for r in records if "knn_top1" in r]
     assert [r["epoch"] for r in knn] == [2, 3]  # every 2 epochs, and the last one
     assert all(0 <= r["knn_top1"] <= 100 and r["knn_top1"] <= r["knn_top5"] for r in knn)
-    # the monitor only reads: a run without it ends on the same weights (the presets choose knn_every for its cost alone)
+    # the monitor only reads: a run without it ends on the same weights
+    # (the presets choose knn_every for its cost alone)
     fresh_accelerate()
-    quiet = _run(tmp_path / "quiet", image_folder, ["--train.epochs", "3", "--train.knn_every", "0", "--model.drop_path_rate", "0.1"])
+    quiet = _run(tmp_path / "quiet", image_folder, ["--train.epochs", "3", "--train.knn_every", "0",
+                                                    "--model.drop_path_rate", "0.1"])
     a, b = load_file(str(run / "backbone.safetensors")), load_file(str(quiet / "backbone.safetensors"))
     for k in a:
         np.testing.assert_array_equal(a[k].numpy(), b[k].numpy(), err_msg=k)

@@ -9,7 +9,8 @@ steps of size lr. It cannot change any output; the test bounds it by 20 steps x 
 What makes it hold: accelerate's seedable sampler deals the same permutation in the same
 global order; each sample's augmentation is keyed by (seed, epoch, sample index) and MAE's mask by
 its row in the step's global batch, not by the process that draws it (iBOT's crop masks by the
-image's row and the view); DINO's and iBOT's centers are all-reduced; gradients are averaged. What it needs switched off: drop path (it draws from the
+image's row and the view); DINO's and iBOT's centers are all-reduced; gradients are averaged.
+What it needs switched off: drop path (it draws from the
 process's RNG) and BatchNorm in the DINO head (batch statistics are per process): with either,
 the runs are equal in distribution only.
 """
@@ -37,7 +38,8 @@ RTOL = 1e-5  # fp32: only the order of sums over the batch differs
 BF16_U = 2.0 ** -8  # bf16's unit roundoff: 8 significant bits (7 stored + the implicit one)
 needs_native_bf16 = pytest.mark.skipif(not cpu_has_native_bf16(), reason=(
     "this CPU has no native bf16 (or SSLVIT_CPU_BF16=0): bf16 would be emulated, so its runs are not checked here"))
-COMMON = ["--train.precision", "fp32", "--model.size", "tiny", "--model.depth", "2", "--model.patch_size", "4", "--model.img_size", "16",
+COMMON = ["--train.precision", "fp32", "--model.size", "tiny", "--model.depth", "2",
+          "--model.patch_size", "4", "--model.img_size", "16",
           "--train.epochs", "2", "--train.warmup_epochs", "1", "--train.num_workers", "0", "--train.log_every", "1",
           "--train.save_every", "2", "--train.picture_every", "2", "--model.drop_path_rate", "0"]
 OBJECTIVES = {
@@ -148,7 +150,8 @@ def test_two_processes_stay_one_group_when_the_run_starts_from_init(name, folder
     process state built there without the CPU flag made each process a run of its own (both took
     the run directory, and one died on its lock)."""
     start = run_pretraining(MAERunConfig, "mae", argv=_args("mae", folder160, tmp_path / "mae", 16))
-    stdout = run_two_processes(name, folder160, tmp_path / "two", 8, port=PORTS[name] + 10, extra=["--init", str(start)])
+    stdout = run_two_processes(name, folder160, tmp_path / "two", 8, port=PORTS[name] + 10,
+                               extra=["--init", str(start)])
     assert stdout.count(f"--init {start}:") == 1  # the main process reports the load, once
 
 

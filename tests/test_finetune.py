@@ -83,7 +83,8 @@ def test_a_batch_larger_than_the_data_is_one_sentence_and_writes_nothing(exporte
     cfg = FinetuneConfig(ckpt=str(exported), data=str(image_folder), epochs=1, batch_size=64)
     with pytest.raises(ValueError) as err:
         run_finetune(cfg)
-    message = str(err.value)  # the folder's 48 training images against the effective batch, as the pretraining loop says
+    message = str(err.value)  # the folder's 48 training images against the effective batch,
+                              # as the pretraining loop says
     assert "has 48 images, fewer than one batch of 64 x 1 processes; lower --batch_size." in message
     assert "\n" not in message and not (exported.parent / "finetune_full").exists()
 

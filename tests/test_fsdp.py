@@ -50,7 +50,8 @@ def run_fsdp(name: str, data: Path, out: Path, port: int, extra=()) -> str:
     """Two processes x batch 8 under launch/fsdp_cpu_2proc.yaml; -> their stdout. Each process ends
     without Python's finalization (sslvit.runtime.process_end), which aborted one now and then."""
     env = sitecustomized(out.parent / "site", FINALIZATION_SAID)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch/fsdp_cpu_2proc.yaml"),
+    cmd = [sys.executable, "-m", "accelerate.commands.launch",
+           "--config_file", str(REPO / "launch/fsdp_cpu_2proc.yaml"),
            "--main_process_port", str(port), str(REPO / OBJECTIVES[name][1]), *_args(name, data, out, 8), *extra]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -151,7 +152,8 @@ def test_finetuning_under_fsdp_writes_the_gathered_classifier_it_reports(labelle
     torch.manual_seed(0)
     export_backbone(build_backbone(cfg), cfg, tmp_path)
     env = sitecustomized(tmp_path / "site", FINALIZATION_SAID)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch/fsdp_cpu_2proc.yaml"),
+    cmd = [sys.executable, "-m", "accelerate.commands.launch",
+           "--config_file", str(REPO / "launch/fsdp_cpu_2proc.yaml"),
            "--main_process_port", str(PORTS["finetune"]), str(REPO / "probes/finetune.py"), "--ckpt", str(tmp_path),
            "--data", str(labelled160), "--epochs", "2", "--batch_size", "8"]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)

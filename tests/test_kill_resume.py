@@ -16,8 +16,8 @@ import pytest
 from safetensors.numpy import load_file
 
 REPO = Path(__file__).resolve().parents[1]
-ARGS = ["--train.precision", "fp32", "--train.epochs", "3", "--train.save_every", "1", "--train.knn_every", "0", "--train.picture_every", "3",
-        "--train.log_every", "1"]
+ARGS = ["--train.precision", "fp32", "--train.epochs", "3", "--train.save_every", "1", "--train.knn_every", "0",
+        "--train.picture_every", "3", "--train.log_every", "1"]
 STEPS_PER_EPOCH = 1500 // 128
 
 
@@ -157,7 +157,8 @@ def test_sigterm_and_sigint_stop_with_a_checkpoint_and_resume_mid_epoch_exactly(
     diff = _largest_difference(straight, run)
     print(f"stopped at steps {stops}; largest final weight difference {diff}")
     assert diff == 0.0
-    epoch_losses = [[json.loads(x)["epoch_loss"] for x in (d / "log.jsonl").read_text().splitlines() if "epoch_loss" in x]
+    epoch_losses = [[json.loads(x)["epoch_loss"] for x in (d / "log.jsonl").read_text().splitlines()
+                     if "epoch_loss" in x]
                     for d in (straight, run)]
     assert epoch_losses[0] == epoch_losses[1]  # the epochs' mean losses carry across the stops too
 

@@ -70,7 +70,8 @@ def test_grid_accuracy_counts_top1_and_top5():
     assert top1.item() <= top5.item() and top1.item() > 50
 
 
-TINY_MAE = ["--train.precision", "fp32", "--model.size", "tiny", "--model.depth", "2", "--model.patch_size", "4", "--model.img_size", "16",
+TINY_MAE = ["--train.precision", "fp32", "--model.size", "tiny", "--model.depth", "2",
+            "--model.patch_size", "4", "--model.img_size", "16",
             "--mae.decoder_dim", "32", "--mae.decoder_depth", "1", "--mae.decoder_heads", "2",
             "--train.batch_size", "16", "--train.epochs", "1", "--train.warmup_epochs", "0",
             "--train.num_workers", "0"]

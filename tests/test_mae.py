@@ -58,7 +58,8 @@ def test_mae_objective_shapes_and_gradients():
     assert list(pics) == ["original", "masked", "reconstruction", "reconstruction + visible"]
     # pasted-back visible patches are the input pixels exactly
     vis = (1 - mask)[:, :, None] * target
-    torch.testing.assert_close(mae.backbone.patchify(pics["reconstruction + visible"]).flatten(2) * (1 - mask)[:, :, None],
+    torch.testing.assert_close(mae.backbone.patchify(pics["reconstruction + visible"]).flatten(2)
+                               * (1 - mask)[:, :, None],
                                vis)
 
 
@@ -108,7 +109,8 @@ def test_luma_target_is_each_patchs_grey_values():
     (0.299 R + 0.587 G + 0.114 B, as PIL's convert("L")) up to the per-patch normalisation."""
     backbone = build_backbone(BackboneConfig(size="tiny", patch_size=8, img_size=32, depth=1))
     mae = MAE(backbone, MAEConfig(decoder_dim=32, decoder_depth=1, decoder_heads=2, target="luma"))
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean, std = (torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
+                 torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
     real = torch.rand(2, 3, 32, 32)
     torch.manual_seed(0)
     pred, target, mask = mae.forward_pred((real - mean) / std)

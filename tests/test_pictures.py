@@ -130,7 +130,8 @@ def test_picture_sample_of_shards_comes_from_several_shards(image_folder, tmp_pa
     from sslvit.data.shard_reader import ShardDataset
     from sslvit.data.shards import write_shards
 
-    write_shards(image_folder, tmp_path / "shards", max_count=10, progress=False, val_fraction=0)  # one split of 6 shards
+    write_shards(image_folder, tmp_path / "shards", max_count=10, progress=False,
+                 val_fraction=0)  # one split of 6 shards
     ds = build_dataset(str(tmp_path / "shards"), "train", 16)
     assert len(ds.urls) == 6
     shard_of = {}

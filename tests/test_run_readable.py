@@ -40,12 +40,14 @@ def tiny_run(tmp_path_factory):
     for c in range(3):
         (root / "imgs" / f"class{c}").mkdir(parents=True)
         for i in range(20):
-            Image.fromarray((rng.random((16, 16, 3)) * 80 + c * 80).astype(np.uint8)).save(root / "imgs" / f"class{c}" / f"{i}.png")
+            Image.fromarray((rng.random((16, 16, 3)) * 80 + c * 80).astype(np.uint8)).save(
+                root / "imgs" / f"class{c}" / f"{i}.png")
     _reset_accelerate()
     old, out = os.umask(UMASK), io.StringIO()
     try:
         with contextlib.redirect_stdout(out):
-            run = run_pretraining(MAERunConfig, "mae", argv=[*TINY, "--data", str(root / "imgs"), "--out", str(root / "run")])
+            run = run_pretraining(MAERunConfig, "mae",
+                                  argv=[*TINY, "--data", str(root / "imgs"), "--out", str(root / "run")])
     finally:
         os.umask(old)
         _reset_accelerate()

@@ -122,7 +122,8 @@ def _sample_ids(dataset: ShardDataset, num_workers: int) -> list:
 
 def test_two_nodes_two_workers_read_every_sample_once_per_epoch(split_folder, tmp_path):
     out = tmp_path / "shards"
-    write_shards(split_folder / "train", out, val_fraction=0, max_count=4, progress=False)  # 12 shards, uneven 4/4/.../1
+    # 12 shards, uneven 4/4/.../1
+    write_shards(split_folder / "train", out, val_fraction=0, max_count=4, progress=False)
     urls, n, _ = resolve_shards(str(out), "train")
     expected = sorted(pixel_id(Image.open(p).convert("RGB")) for p in (split_folder / "train").rglob("*.png"))
     orders = []
@@ -312,7 +313,8 @@ with open(f"{sys.argv[2]}/rank{state.process_index}.json", "w") as f:
 
 def test_a_real_two_process_gloo_run_splits_shards_and_never_hangs(split_folder, tmp_path):
     out = tmp_path / "shards"
-    write_shards(split_folder / "train", out, val_fraction=0, max_count=20, progress=False)  # 3 shards for 2 x 2 slots: uneven
+    # 3 shards for 2 x 2 slots: uneven
+    write_shards(split_folder / "train", out, val_fraction=0, max_count=20, progress=False)
     script = tmp_path / "reader.py"
     script.write_text(TWO_PROCESS_READER)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -456,7 +458,8 @@ def test_wrong_counts_in_the_index_are_a_warning_naming_shards_and_true_counts(c
     from tests.test_end_to_end import _run
 
     out = tmp_path / "shards"
-    write_shards(split_folder / "train", out, val_fraction=0, max_count=10, progress=False)  # 45 images: 10, 10, 10, 10, 5
+    # 45 images: 10, 10, 10, 10, 5
+    write_shards(split_folder / "train", out, val_fraction=0, max_count=10, progress=False)
     index = json.loads((out / "train.json").read_text())
     true = {s["name"]: s["count"] for s in index["shards"]}
     for s in index["shards"]:
@@ -515,7 +518,8 @@ def test_a_shard_run_stopped_mid_epoch_resumes_to_the_same_weights(split_folder,
     with pytest.raises(RunStopped) as stopped:  # 2 steps an epoch: checks 1 (epoch 1), 2, 3, 4 (epoch 2), 5 = step 3
         run_pretraining(MAERunConfig, "mae", argv=[*argv, "--out", str(run)], stop=_StopAtCall(5))
     meta = read_meta(latest_checkpoint(run))
-    assert (meta["step"], meta["progress"]["batches_done"]) == (3, 1) and "step 3 (epoch 2, batch 1 of 2)" in str(stopped.value)
+    assert (meta["step"], meta["progress"]["batches_done"]) == (3, 1) and (
+        "step 3 (epoch 2, batch 1 of 2)" in str(stopped.value))
     fresh_accelerate()
     run_pretraining(MAERunConfig, "mae", argv=[*argv, "--out", str(run), "--resume"])
     a, b = load_file(str(straight / "backbone.safetensors")), load_file(str(run / "backbone.safetensors"))

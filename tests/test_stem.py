@@ -109,7 +109,8 @@ def test_grad_checkpointing_recomputes_the_blocks_and_changes_no_gradient(mode):
         torch.manual_seed(0)
         model = build_backbone(BackboneConfig(size="tiny", patch_size=8, img_size=32, depth=2, grad_checkpointing=on))
         count = [0]
-        model.blocks[0].register_forward_pre_hook(lambda *a: count.__setitem__(0, count[0] + 1))  # recompute may stop early
+        model.blocks[0].register_forward_pre_hook(
+            lambda *a: count.__setitem__(0, count[0] + 1))  # recompute may stop early
         x = torch.randn(2, 3, 32, 32)
         kw = {"keep": torch.stack([torch.randperm(16)[:5] for _ in range(2)])} if mode == "keep" else \
             {"mask": torch.rand(2, 16) < 0.5, "mask_token": torch.zeros(1, 1, 192)} if mode == "mask" else {}
