@@ -11,7 +11,9 @@
 #SBATCH --time=48:00:00
 set -euo pipefail
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
-MAIN_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+# sed reads the whole list: `head -n 1` would leave while scontrol still writes, and pipefail would
+# end the job on scontrol's SIGPIPE (exit 141)
+MAIN_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)
 MAIN_PORT=${MAIN_PORT:-29500}
 NUM_PROCESSES=$((SLURM_NNODES * GPUS_PER_NODE))
 CONFIG=${CONFIG:-launch/multi_node.yaml}  # or launch/fsdp_vit_large.yaml for ViT-L and larger

@@ -62,10 +62,12 @@ def test_the_slurm_script_parses_and_names_existing_configs():
 def test_the_slurm_script_hands_accelerate_each_argument_as_given(tmp_path):
     """The README's shard spec reaches every node's ``accelerate launch`` as one word, braces and
     all (the node's shell must not expand it into one word a shard), and a path keeps its spaces.
-    srun, scontrol and accelerate are stand-ins: srun runs its command, accelerate writes its argv."""
+    srun, scontrol and accelerate are stand-ins: srun runs its command, accelerate writes its argv.
+    scontrol writes its second host after a pause, as a long list comes in several writes: the script
+    must read the whole list (a reader that leaves after the first line ended the job on SIGPIPE)."""
     argv = tmp_path / "argv"
     fakes = {"srun": 'while [[ "$1" == --* ]]; do shift; done; exec "$@"',
-             "scontrol": "printf 'node007\\nnode008\\n'",
+             "scontrol": "printf 'node007\\n'; sleep 0.3; printf 'node008\\n'",
              "accelerate": f'printf "%s\\0" "$@" > {argv}'}
     for name, body in fakes.items():
         (tmp_path / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
